@@ -1,0 +1,150 @@
+"""Flat, typed, validated dataclass configs.
+
+Every workload's config is a dataclass deriving from `Config`. `from_dict` rejects unknown keys,
+wrong types and (through `validate`) out-of-range values with one line naming the key. The
+resolved config is saved as `config.json` in every run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+from raygen.errors import UserError
+
+
+def check(condition: bool, key: str, message: str) -> None:
+    """Raise a one-line UserError about config key `key` unless condition holds."""
+    if not condition:
+        raise UserError(f"config key '{key}': {message}")
+
+
+def _describe(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (list, tuple):
+        return f"a list of {_describe(get_args(tp)[0])}"
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in get_args(tp))
+    if tp is type(None):
+        return "null"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert a YAML/JSON value to type tp, or raise a UserError naming the key."""
+    origin = get_origin(tp)
+    fail = UserError(f"config key '{key}': expected {_describe(tp)}, got {value!r}")
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except UserError:
+                pass
+        raise fail
+    if origin is Literal:
+        if value in get_args(tp):
+            return value
+        raise fail
+    if origin in (list, tuple):
+        (inner,) = get_args(tp)[:1]
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]  # a single number where a list is expected: a list of one
+        if not isinstance(value, (list, tuple)):
+            raise fail
+        return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise fail
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise fail
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise fail
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise fail
+    if tp is dict or origin is dict:
+        if isinstance(value, dict):
+            return value
+        raise fail
+    raise TypeError(f"unsupported config field type {tp!r} for {key}")
+
+
+@dataclasses.dataclass
+class Config:
+    """Fields every run has. Subclasses add their own flat fields and extend `validate`."""
+
+    name: str = "run"
+    storage_path: str = "runs"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        check(bool(self.name) and "/" not in self.name, "name", "must be a non-empty name without '/'")
+        check(bool(self.storage_path), "storage_path", "must not be empty")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "Config":
+        if not isinstance(values, dict):
+            raise UserError(f"a {cls.__name__} must be a mapping of keys to values, got {values!r}")
+        hints = typing.get_type_hints(cls)
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - fields)
+        if unknown:
+            raise UserError(
+                f"unknown config key '{unknown[0]}' for {cls.__name__}; valid keys: {', '.join(sorted(fields))}"
+            )
+        kwargs = {k: _coerce(v, hints[k], k) for k, v in values.items()}
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "Config":
+        return type(self).from_dict({**self.to_dict(), **changes})
+
+    @property
+    def run_dir(self) -> str:
+        """Where this run writes: `<storage_path>/<name>` (a local path or a pyarrow URI)."""
+        return f"{self.storage_path.rstrip('/')}/{self.name}"
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps({"config_class": type(self).__name__, **self.to_dict()}, indent=2))
+
+
+def parse_overrides(pairs: typing.Iterable[str]) -> dict[str, Any]:
+    """`["steps=10", "sigmas=[1, 0.5]"]` -> {"steps": 10, "sigmas": [1, 0.5]} (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set expects key=value, got {pair!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            out[key.strip()] = raw
+    return out
