@@ -1,0 +1,91 @@
+"""The `raygen` command."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from raygen.errors import UserError, find_user_error
+
+ADDRESS_HELP = "Ray cluster to join (auto, host:port, ray://...). Default: $RAY_ADDRESS, else an embedded local Ray."
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="raygen")
+def cli() -> None:
+    """raygen: generative-model research on a Ray cluster.
+
+    Run a job file locally with `raygen run jobs/quickstart.yaml`; submit it to a cluster with
+    `raygen submit jobs/quickstart.yaml --address http://HEAD:8265`.
+    """
+
+
+def run_job(job_file: str, address: str | None, overrides: tuple[str, ...], dry_run: bool, verbose: bool,
+            expect_workload: str | None = None) -> None:
+    from raygen import runtime
+    from raygen.jobs import load_job
+    from raygen.workloads import workload_module
+
+    job = load_job(job_file, overrides)
+    if expect_workload is not None and job.workload != expect_workload:
+        raise UserError(
+            f"{job_file} is a '{job.workload}' job, not '{expect_workload}'; run it with `raygen run {job_file}`"
+        )
+    if dry_run:
+        click.echo(json.dumps({"workload": job.workload, **job.config.to_dict()}, indent=2))
+        return
+    runtime.init(address, verbose=verbose)
+    summary = workload_module(job.workload).run(job.config, verbose=verbose)
+    click.echo(f"done: {job.workload} run '{job.config.name}' -> {summary.get('run_dir', job.config.run_dir)}")
+    if "report" in summary:
+        click.echo(f"report: {summary['report']}")
+
+
+def job_command(name: str, workload: str | None, default_job: str | None, help_text: str):
+    """A command that runs a job file (`raygen run`) or a workload's job file (`raygen sample` ...)."""
+
+    @click.command(name=name, help=help_text)
+    @click.argument("job_file", required=default_job is None, default=default_job, metavar="JOB.yaml")
+    @click.option("--address", default=None, help=ADDRESS_HELP)
+    @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key (repeatable).")
+    @click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")
+    @click.option("-v", "--verbose", is_flag=True, help="Show Ray's own logs.")
+    def command(job_file, address, overrides, dry_run, verbose):
+        run_job(job_file, address, overrides, dry_run, verbose, expect_workload=workload)
+
+    return command
+
+
+cli.add_command(job_command("run", None, None, "Run a job file (jobs/*.yaml) on local Ray or a cluster."))
+cli.add_command(job_command("sample", "sample", "jobs/sample_mog.yaml",
+                            "Generate samples in parallel on Ray Data actors (default: jobs/sample_mog.yaml)."))
+cli.add_command(job_command("train", "train", "jobs/train_sadm_digits.yaml",
+                            "Train a diffusion model with SADM on Ray Train (default: jobs/train_sadm_digits.yaml)."))
+cli.add_command(job_command("tune", "tune", "jobs/tune_hypergrad.yaml",
+                            "Tune hyperparameters with Nystrom hypergradients on Ray Tune (default: jobs/tune_hypergrad.yaml)."))
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - user mistakes become one line, bugs keep their traceback
+        user_error = find_user_error(exc)
+        if user_error is None:
+            raise
+        click.echo(f"error: {user_error}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

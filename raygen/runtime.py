@@ -1,0 +1,59 @@
+"""Where Ray runs: an embedded local Ray by default, a cluster with `--address` or `RAY_ADDRESS`.
+
+raygen code calls `init()` instead of `ray.init()`. It keeps Ray's own log noise out of the way
+(warnings and errors only unless verbose) and turns a connection failure into one clear line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from raygen.errors import UserError
+
+# Ray >= 2.4x warns on every start about a future default; the old behaviour is what we want.
+os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+# Workers must see the same cwd-relative paths as the driver (Train/Tune change it by default).
+os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+
+
+def init(address: str | None = None, *, verbose: bool = False, num_cpus: int | None = None) -> None:
+    """Start (no address, no RAY_ADDRESS) or join (`auto`, `host:port`, `ray://...`) Ray; idempotent."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    level = logging.INFO if verbose else logging.WARNING
+    for name in ("ray", "ray.data", "ray.train", "ray.tune"):
+        logging.getLogger(name).setLevel(level)
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    kwargs = dict(logging_level=level, log_to_driver=verbose, configure_logging=True)
+    if address is None:
+        kwargs.update(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False)
+    try:
+        ray.init(address=address, **kwargs)
+    except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
+        if address is None:
+            raise
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"could not connect to Ray at {address!r} ({first_line}); check the address, or start a "
+            "cluster with `cluster/local.sh up`, or drop --address to use a local Ray"
+        ) from None
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.print_on_execution_start = verbose
+
+
+def shutdown() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def num_nodes() -> int:
+    import ray
+
+    return sum(1 for node in ray.nodes() if node.get("Alive"))
