@@ -1,0 +1,167 @@
+"""The bilevel optimiser: inner optimiser steps on theta, an outer step on phi every `unroll` steps.
+
+Hyperparameters are optimised in an unconstrained raw space u with phi = constrain(u) (e.g.
+softplus or exp keeps a weight decay positive); the hypergradient with respect to u follows by
+the chain rule because the losses are evaluated at constrain(u). A hypergradient that is NaN/inf,
+or a solver that reports divergence, is recorded in the step's record and the outer step is
+skipped, never applied.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from raygen.errors import UserError
+from raygen.hypergrad.hypergradient import Loss, Tensors, hypergradient
+from raygen.hypergrad.solvers import SolverDivergence
+
+Constrain = Callable[[Tensors], Tensors]
+
+
+def identity(raw: Tensors) -> Tensors:
+    return raw
+
+
+@dataclass
+class Task:
+    """One bilevel problem: initial params/raw hparams, the two losses (in constrained phi), eval."""
+
+    name: str
+    params: Tensors
+    hparams: Tensors  # raw, unconstrained
+    inner_loss: Loss
+    outer_loss: Loss
+    evaluate: Callable[[Tensors, Tensors], dict[str, float]]
+    constrain: Constrain = identity
+    info: dict = field(default_factory=dict)
+
+
+def optimizer(name: str, tensors: list[torch.Tensor], lr: float, momentum: float) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(tensors, lr=lr, momentum=momentum)
+    if name == "adam":
+        return torch.optim.Adam(tensors, lr=lr)
+    raise UserError(f"unknown optimizer {name!r}; valid: sgd, adam")
+
+
+class BilevelOptimizer:
+    """Runs a Task: `step()` does `unroll` inner steps then one outer step and returns a record.
+
+    solver: an IHVP solver name (see SOLVERS) or "none" (hyperparameters stay fixed: the baseline
+    that only trains the inner model). `generator` drives the solver's randomness (Nyström's
+    column choice) and is part of `state_dict`, so a resumed run repeats the uninterrupted one.
+    """
+
+    def __init__(
+        self,
+        task: Task,
+        *,
+        solver: str,
+        solver_kwargs: dict | None = None,
+        unroll: int = 100,
+        inner_lr: float = 0.1,
+        inner_momentum: float = 0.0,
+        inner_optimizer: str = "sgd",
+        outer_lr: float = 1.0,
+        outer_momentum: float = 0.9,
+        outer_optimizer: str = "sgd",
+        generator: torch.Generator | None = None,
+    ):
+        if unroll < 1:
+            raise UserError(f"unroll must be >= 1, got {unroll}")
+        self.task = task
+        self.solver = solver
+        self.solver_kwargs = dict(solver_kwargs or {})
+        self.unroll = unroll
+        self.params = [p.detach().clone().requires_grad_(True) for p in task.params]
+        self.raw = [h.detach().clone().requires_grad_(True) for h in task.hparams]
+        self.inner_opt = optimizer(inner_optimizer, self.params, inner_lr, inner_momentum)
+        self.outer_opt = optimizer(outer_optimizer, self.raw, outer_lr, outer_momentum)
+        self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        self.outer_step = 0
+        self.skipped = 0
+
+        c = task.constrain
+        self.inner_loss: Loss = lambda theta, u: task.inner_loss(theta, c(tuple(u)))
+        self.outer_loss: Loss = lambda theta, u: task.outer_loss(theta, c(tuple(u)))
+
+    def hparams(self) -> Tensors:
+        """The constrained hyperparameters phi."""
+        with torch.no_grad():
+            return self.task.constrain(tuple(self.raw))
+
+    def _inner_steps(self) -> float:
+        u = tuple(h.detach() for h in self.raw)
+        for _ in range(self.unroll):
+            self.inner_opt.zero_grad(set_to_none=True)
+            loss = self.inner_loss(tuple(self.params), u)
+            loss.backward()
+            self.inner_opt.step()
+        return float(loss)
+
+    def _outer_step(self) -> tuple[float, str | None]:
+        kwargs = dict(self.solver_kwargs)
+        if self.solver == "nystrom":
+            kwargs["generator"] = self.generator
+        start = time.perf_counter()
+        try:
+            grads = hypergradient(
+                self.inner_loss, self.outer_loss, self.params, self.raw, solver=self.solver, **kwargs
+            )
+        except SolverDivergence as exc:
+            return time.perf_counter() - start, str(exc)
+        seconds = time.perf_counter() - start
+        if not all(torch.isfinite(g).all() for g in grads):
+            return seconds, "non-finite hypergradient"
+        self.outer_opt.zero_grad(set_to_none=True)
+        for h, g in zip(self.raw, grads):
+            h.grad = g.detach().clone()
+        self.outer_opt.step()
+        return seconds, None
+
+    def step(self) -> dict:
+        inner_loss = self._inner_steps()
+        if not math.isfinite(inner_loss):
+            raise UserError(
+                f"inner loss became {inner_loss} at outer step {self.outer_step + 1}; lower inner_lr or outer_lr"
+            )
+        record: dict = {"outer_step": self.outer_step + 1, "inner_loss": inner_loss}
+        if self.solver != "none":
+            seconds, skipped = self._outer_step()
+            record["hypergrad_seconds"] = seconds
+            if skipped is not None:
+                self.skipped += 1
+                record["skipped_reason"] = skipped
+        self.outer_step += 1
+        record["skipped_steps"] = self.skipped
+        with torch.no_grad():
+            record.update(self.task.evaluate(tuple(self.params), self.hparams()))
+        return record
+
+    def state_dict(self) -> dict:
+        return {
+            "params": [p.detach().clone() for p in self.params],
+            "raw": [h.detach().clone() for h in self.raw],
+            "inner_opt": self.inner_opt.state_dict(),
+            "outer_opt": self.outer_opt.state_dict(),
+            "generator": self.generator.get_state(),
+            "outer_step": self.outer_step,
+            "skipped": self.skipped,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        with torch.no_grad():
+            for p, s in zip(self.params, state["params"]):
+                p.copy_(s)
+            for h, s in zip(self.raw, state["raw"]):
+                h.copy_(s)
+        self.inner_opt.load_state_dict(state["inner_opt"])
+        self.outer_opt.load_state_dict(state["outer_opt"])
+        self.generator.set_state(state["generator"])
+        self.outer_step = state["outer_step"]
+        self.skipped = state["skipped"]

@@ -1,0 +1,135 @@
+"""Inverse-Hessian-vector-product (IHVP) solvers for implicit differentiation.
+
+Every solver takes `hvp`, a closure mapping a flat [p] vector u to H·u (it must be vmappable:
+`torch.func.vmap(hvp)` over a [k, p] batch is how Nyström gets its k columns in one call), and a
+right-hand side v of shape [p]; it returns an approximation of H⁻¹v (Nyström: (H + rho·I)⁻¹v).
+H is assumed symmetric (a Hessian).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+from raygen.errors import UserError
+
+HVP = Callable[[torch.Tensor], torch.Tensor]
+
+
+class SolverDivergence(UserError):
+    """An iterative solver diverged for its settings (e.g. Neumann with alpha > 2/lambda_max)."""
+
+
+def hessian_columns(hvp: HVP, coords: torch.Tensor, p: int, like: torch.Tensor) -> torch.Tensor:
+    """C = H[:, coords] as a [p, k] matrix, from k Hessian-vector products in ONE vmapped call."""
+    basis = torch.zeros(len(coords), p, dtype=like.dtype, device=like.device)
+    basis[torch.arange(len(coords)), coords] = 1.0
+    # rows of vmap(hvp)(basis) are H e_j = column j of H (H symmetric)
+    return torch.func.vmap(hvp)(basis).T
+
+
+def nystrom_ihvp(
+    hvp: HVP, v: torch.Tensor, *, rank: int, rho: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """(H + rho·I)⁻¹v with H replaced by its rank-k Nyström approximation C W⁺ Cᵀ (Hataya & Yamada 2023).
+
+    Woodbury: (C W⁺ Cᵀ + rho·I)⁻¹v = v/rho − (1/rho²)·C·(W + CᵀC/rho)⁺·Cᵀv with C = H[:, K],
+    W = H[K, K] for k coordinates K drawn without replacement from `generator`. The k×k system is
+    solved in float64 through a symmetric pseudo-inverse: in float32 it loses accuracy badly at small
+    rho, and it is singular when the chosen columns are linearly dependent (rank(H) < k).
+    """
+    p = v.numel()
+    if not 1 <= rank <= p:
+        raise UserError(f"nystrom rank must be between 1 and the number of parameters ({p}), got {rank}")
+    if not rho > 0:
+        raise UserError(f"nystrom rho must be > 0, got {rho}")
+    coords = torch.randperm(p, generator=generator)[:rank].to(v.device)
+    C = hessian_columns(hvp, coords, p, v).to(torch.float64)
+    W = C[coords]
+    v64 = v.to(torch.float64)
+    M = W + C.T @ C / rho
+    M = 0.5 * (M + M.T)  # H is symmetric; remove round-off asymmetry before eigh
+    evals, evecs = torch.linalg.eigh(M)
+    cutoff = evals.abs().max() * rank * torch.finfo(torch.float64).eps
+    inv = torch.where(evals.abs() > cutoff, 1.0 / evals, torch.zeros_like(evals))
+    z = evecs @ (inv * (evecs.T @ (C.T @ v64)))
+    return (v64 / rho - (C @ z) / rho**2).to(v.dtype)
+
+
+def cg_ihvp(hvp: HVP, v: torch.Tensor, *, iters: int, tol: float = 1e-10) -> torch.Tensor:
+    """Textbook conjugate gradient for H x = v, starting from x = 0.
+
+    Stops after `iters` products, when ‖r‖ ≤ tol·‖v‖, or on non-positive curvature pᵀHp ≤ 0 (H not
+    positive definite along p: CG's step is undefined there, so the current iterate is returned).
+    """
+    if iters < 1:
+        raise UserError(f"cg iters must be >= 1, got {iters}")
+    x = torch.zeros_like(v)
+    r = v.clone()
+    p = r.clone()
+    rs = r @ r
+    stop = (tol * torch.linalg.vector_norm(v)) ** 2
+    for _ in range(iters):
+        if rs <= stop:
+            break
+        Hp = hvp(p)
+        curvature = p @ Hp
+        if curvature <= 0:
+            break
+        step = rs / curvature
+        x = x + step * p
+        r = r - step * Hp
+        rs_new = r @ r
+        p = r + (rs_new / rs) * p  # the NEW residual defines the next search direction
+        rs = rs_new
+    return x
+
+
+def neumann_ihvp(hvp: HVP, v: torch.Tensor, *, iters: int, alpha: float) -> torch.Tensor:
+    """H⁻¹v ≈ alpha·Σ_{i=0..iters} (I − alpha·H)^i v.
+
+    The series converges only when the spectral radius of I − alpha·H is < 1, i.e. 0 < alpha <
+    2/lambda_max for positive definite H. For symmetric H the term norms ‖(I − alpha·H)^i v‖ then
+    never increase, so a term that grows beyond the smallest earlier one (by a 1e-3 margin for
+    round-off) proves divergence: `SolverDivergence` is raised with an estimate of lambda_max
+    instead of returning a meaningless sum.
+    """
+    if iters < 1 or not alpha > 0:
+        raise UserError(f"neumann needs iters >= 1 and alpha > 0, got iters={iters}, alpha={alpha}")
+    term = v.clone()
+    total = v.clone()
+    norm_min = prev = float(torch.linalg.vector_norm(term))
+    for i in range(iters):
+        term = term - alpha * hvp(term)
+        total = total + term
+        norm = float(torch.linalg.vector_norm(term))
+        if not math.isfinite(norm) or norm > (1 + 1e-3) * norm_min:
+            growth = norm / prev if prev > 0 else float("inf")
+            # the term grows by |1 − alpha·lambda_max| per step, so lambda_max ≈ (1 + growth)/alpha
+            raise SolverDivergence(
+                f"Neumann series diverges at iteration {i + 1} (term norm grew x{growth:.3g} per step): "
+                f"alpha={alpha:g} exceeds 2/lambda_max ≈ {2 * alpha / (1 + growth):.3g} "
+                "(or the Hessian is not positive definite); use a smaller alpha"
+            )
+        norm_min = min(norm_min, norm)
+        prev = norm
+    return alpha * total
+
+
+def exact_ihvp(hvp: HVP, v: torch.Tensor, *, max_params: int = 5000) -> torch.Tensor:
+    """H⁻¹v by building the dense Hessian (p vmapped products) and solving; small p only."""
+    p = v.numel()
+    if p > max_params:
+        raise UserError(f"the exact solver builds a dense {p}x{p} Hessian; use it for p <= {max_params} only")
+    H = hessian_columns(hvp, torch.arange(p, device=v.device), p, v)
+    return torch.linalg.solve(0.5 * (H + H.T), v)
+
+
+SOLVERS: dict[str, Callable[..., torch.Tensor]] = {
+    "nystrom": nystrom_ihvp,
+    "cg": cg_ihvp,
+    "neumann": neumann_ihvp,
+    "exact": exact_ihvp,
+}

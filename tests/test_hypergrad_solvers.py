@@ -1,0 +1,120 @@
+"""IHVP solvers against dense float64 solves on small symmetric positive definite problems."""
+
+import pytest
+import torch
+
+from raygen.hypergrad.solvers import (
+    SolverDivergence,
+    cg_ihvp,
+    exact_ihvp,
+    neumann_ihvp,
+    nystrom_ihvp,
+)
+
+P = 12
+
+
+def spd(p: int, seed: int, cond: float = 20.0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    Q, _ = torch.linalg.qr(torch.randn(p, p, generator=g, dtype=torch.float64))
+    evals = torch.logspace(0, torch.log10(torch.tensor(cond)).item(), p, dtype=torch.float64)
+    return Q @ torch.diag(evals) @ Q.T
+
+
+def rhs(p: int, seed: int) -> torch.Tensor:
+    return torch.randn(p, generator=torch.Generator().manual_seed(1000 + seed), dtype=torch.float64)
+
+
+RHO = 0.1
+# (solver, kwargs, the matrix the solver inverts given H): every solver's exact-answer regime
+CASES = {
+    "exact": (exact_ihvp, {}, lambda H: H),
+    "cg": (cg_ihvp, {"iters": 3 * P, "tol": 1e-14}, lambda H: H),
+    "neumann": (neumann_ihvp, {"iters": 600, "alpha": 1 / 20.0}, lambda H: H),
+    "nystrom_full_rank": (nystrom_ihvp, {"rank": P, "rho": RHO}, lambda H: H + RHO * torch.eye(len(H), dtype=H.dtype)),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_solver_matches_dense_solve(name, seed):
+    solver, kwargs, target = CASES[name]
+    H, v = spd(P, seed), rhs(P, seed)
+    x = solver(lambda u: H @ u, v, **kwargs)
+    expected = torch.linalg.solve(target(H), v)
+    assert torch.allclose(x, expected, rtol=1e-8, atol=1e-10), (x - expected).abs().max()
+
+
+@pytest.mark.parametrize("rho", [1e-3, 0.1, 10.0])
+def test_nystrom_exact_when_hessian_rank_at_most_k(rho):
+    g = torch.Generator().manual_seed(3)
+    A = torch.randn(P, 3, generator=g, dtype=torch.float64)
+    H = A @ A.T  # rank 3 <= k = 5
+    v = rhs(P, 3)
+    x = nystrom_ihvp(lambda u: H @ u, v, rank=5, rho=rho, generator=torch.Generator().manual_seed(0))
+    expected = torch.linalg.solve(H + rho * torch.eye(P, dtype=H.dtype), v)
+    assert torch.allclose(x, expected, rtol=1e-8, atol=1e-8 / rho)
+
+
+@pytest.mark.parametrize("rank", [1, 4, 8])
+def test_nystrom_woodbury_equals_direct_solve_of_low_rank_approximation(rank):
+    H, v = spd(P, 4), rhs(P, 4)
+    x = nystrom_ihvp(lambda u: H @ u, v, rank=rank, rho=RHO, generator=torch.Generator().manual_seed(7))
+    K = torch.randperm(P, generator=torch.Generator().manual_seed(7))[:rank]  # same draw as the solver
+    C, W = H[:, K], H[K][:, K]
+    direct = torch.linalg.solve(C @ torch.linalg.pinv(W) @ C.T + RHO * torch.eye(P, dtype=H.dtype), v)
+    assert torch.allclose(x, direct, rtol=1e-8, atol=1e-10)
+
+
+def test_nystrom_float32_inputs_stay_accurate_at_small_rho():
+    # float32 Hessian, full rank, rho = 1e-3: the float64 k x k solve keeps the error small
+    H, v = spd(P, 5, cond=5.0), rhs(P, 5)
+    rho = 1e-3
+    x = nystrom_ihvp(lambda u: H.float() @ u, v.float(), rank=P, rho=rho, generator=torch.Generator().manual_seed(0))
+    expected = torch.linalg.solve(H + rho * torch.eye(P, dtype=H.dtype), v)
+    assert x.dtype == torch.float32
+    assert torch.linalg.vector_norm(x.double() - expected) / torch.linalg.vector_norm(expected) < 1e-3
+
+
+def test_nystrom_uses_one_batched_call_for_its_k_products():
+    H, v = spd(P, 6), rhs(P, 6)
+    calls = []
+
+    def hvp(u):
+        calls.append(1)
+        return H @ u
+
+    nystrom_ihvp(hvp, v, rank=6, rho=RHO, generator=torch.Generator().manual_seed(0))
+    assert len(calls) == 1
+
+
+def test_nystrom_column_choice_follows_generator():
+    H, v = spd(P, 7), rhs(P, 7)
+    run = lambda s: nystrom_ihvp(lambda u: H @ u, v, rank=3, rho=RHO, generator=torch.Generator().manual_seed(s))
+    assert torch.equal(run(1), run(1))
+    assert not torch.allclose(run(1), run(2))
+
+
+def test_cg_is_textbook_fast_on_well_conditioned_problem():
+    # textbook CG on a cond-3 problem contracts the H-norm error by 2*((sqrt(3)-1)/(sqrt(3)+1))^5 ~ 4e-3
+    # in 5 iterations; a CG that builds its direction from the old residual does not
+    H, v = spd(P, 8, cond=3.0), rhs(P, 8)
+    x = cg_ihvp(lambda u: H @ u, v, iters=5, tol=0.0)
+    exact = torch.linalg.solve(H, v)
+    assert torch.linalg.vector_norm(x - exact) / torch.linalg.vector_norm(exact) < 1e-2
+
+
+def test_neumann_divergence_above_two_over_lambda_max_is_detected():
+    H, v = spd(P, 9, cond=20.0), rhs(P, 9)  # lambda_max = 20
+    with pytest.raises(SolverDivergence, match="alpha"):
+        neumann_ihvp(lambda u: H @ u, v, iters=50, alpha=2.2 / 20.0)
+    # just below the threshold it converges (slowly at the top of the spectrum, but no error)
+    x = neumann_ihvp(lambda u: H @ u, v, iters=50, alpha=1.9 / 20.0)
+    assert torch.isfinite(x).all()
+
+
+def test_neumann_divergence_estimate_names_lambda_max():
+    H, v = spd(P, 10, cond=20.0), rhs(P, 10)
+    with pytest.raises(SolverDivergence) as info:
+        neumann_ihvp(lambda u: H @ u, v, iters=200, alpha=0.2)  # 2/lambda_max = 0.1
+    assert "0.1" in str(info.value)
