@@ -9,8 +9,25 @@ class UserError(Exception):
     """Bad input: the message names what is wrong and how to fix it."""
 
 
+_MARKER = f"{__name__}.UserError: "
+
+
 def find_user_error(exc: BaseException | None) -> "UserError | None":
-    """Return the UserError inside exc's cause/context chain (Ray wraps remote errors)."""
+    """Return the UserError inside exc's cause/context chain.
+
+    Ray wraps errors raised in tasks and actors; some wrappers (Ray Data's UDF errors) keep the
+    original only as traceback text, so that text is searched too.
+    """
+    found = _find_in_chain(exc)
+    if found is not None or exc is None:
+        return found
+    for line in reversed(str(exc).splitlines()):
+        if line.strip().startswith(_MARKER):
+            return UserError(line.strip()[len(_MARKER):])
+    return None
+
+
+def _find_in_chain(exc: BaseException | None) -> "UserError | None":
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
@@ -18,7 +35,7 @@ def find_user_error(exc: BaseException | None) -> "UserError | None":
             return exc
         cause = getattr(exc, "cause", None)  # ray.exceptions.RayTaskError keeps the original here
         if isinstance(cause, BaseException):
-            found = find_user_error(cause)
+            found = _find_in_chain(cause)
             if found is not None:
                 return found
         exc = exc.__cause__ or exc.__context__

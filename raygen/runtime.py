@@ -24,8 +24,10 @@ def init(address: str | None = None, *, verbose: bool = False, num_cpus: int | N
     if ray.is_initialized():
         return
     level = logging.INFO if verbose else logging.WARNING
-    for name in ("ray", "ray.data", "ray.train", "ray.tune"):
+    for name in ("ray", "ray.train", "ray.tune"):
         logging.getLogger(name).setLevel(level)
+    # Ray Data logs a failed task's traceback itself; raygen re-raises it as one clear line.
+    logging.getLogger("ray.data").setLevel(level if verbose else logging.CRITICAL)
     address = address or os.environ.get("RAY_ADDRESS") or None
     kwargs = dict(logging_level=level, log_to_driver=verbose, configure_logging=True)
     if address is None:
