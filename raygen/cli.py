@@ -8,6 +8,7 @@ import sys
 import click
 
 from raygen.errors import UserError, find_user_error
+from raygen.submit import jobs, submit
 
 ADDRESS_HELP = "Ray cluster to join (auto, host:port, ray://...). Default: $RAY_ADDRESS, else an embedded local Ray."
 
@@ -65,6 +66,8 @@ cli.add_command(job_command("train", "train", "jobs/train_sadm_digits.yaml",
                             "Train a diffusion model with SADM on Ray Train (default: jobs/train_sadm_digits.yaml)."))
 cli.add_command(job_command("tune", "tune", "jobs/tune_hypergrad.yaml",
                             "Tune hyperparameters with Nystrom hypergradients on Ray Tune (default: jobs/tune_hypergrad.yaml)."))
+cli.add_command(submit)
+cli.add_command(jobs)
 
 
 def main() -> None:
