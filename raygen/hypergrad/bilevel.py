@@ -28,6 +28,17 @@ def identity(raw: Tensors) -> Tensors:
 
 
 @dataclass
+class GlobalHparam:
+    """One scalar that sets all of a task's hyperparameters: what black-box search tunes instead."""
+
+    name: str
+    low: float
+    high: float
+    log: bool
+    to_raw: Callable[[float], Tensors]  # value -> raw hparams
+
+
+@dataclass
 class Task:
     """One bilevel problem: initial params/raw hparams, the two losses (in constrained phi), eval."""
 
@@ -38,7 +49,8 @@ class Task:
     outer_loss: Loss
     evaluate: Callable[[Tensors, Tensors], dict[str, float]]
     constrain: Constrain = identity
-    info: dict = field(default_factory=dict)
+    global_hparam: GlobalHparam | None = None
+    info: dict = field(default_factory=dict)  # facts about the instance for reports (sizes, counts)
 
 
 def optimizer(name: str, tensors: list[torch.Tensor], lr: float, momentum: float) -> torch.optim.Optimizer:
@@ -102,7 +114,7 @@ class BilevelOptimizer:
             loss = self.inner_loss(tuple(self.params), u)
             loss.backward()
             self.inner_opt.step()
-        return float(loss)
+        return float(loss.detach())
 
     def _outer_step(self) -> tuple[float, str | None]:
         kwargs = dict(self.solver_kwargs)

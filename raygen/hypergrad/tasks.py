@@ -1,0 +1,195 @@
+"""Bilevel HPO tasks, each built from a seed: the seed fixes data, split and initialisation.
+
+1. `weight_decay`: per-feature weight decay on synthetic logistic regression (n = 1000, d = 100,
+   the reference library's example), phi = exp(u) > 0.
+2. `reweight`: per-class (or per-example) loss weights on class-imbalanced digits against a
+   balanced validation set; weights = C·softmax(u) so they stay positive with mean 1 (a common
+   scale would only rescale the weight decay).
+3. `distill`: dataset distillation on digits: a few synthetic images per class are the
+   hyperparameters; a model trained on them alone is scored on the real training images.
+
+Digits come from scikit-learn (`load_digits`, shipped with the package: nothing is downloaded).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from raygen.errors import UserError
+from raygen.hypergrad.bilevel import GlobalHparam, Task
+from raygen.hypergrad.hypergradient import Tensors, functional_module
+
+
+def _classification_eval(
+    predict: Callable[[Tensors, torch.Tensor], torch.Tensor], splits: dict[str, tuple[torch.Tensor, torch.Tensor]]
+) -> Callable[[Tensors, Tensors], dict[str, float]]:
+    def evaluate(params: Tensors, hparams: Tensors) -> dict[str, float]:
+        out = {}
+        for split, (x, y) in splits.items():
+            logits = predict(params, x)
+            if logits.shape[-1] == 1:  # binary: one logit
+                out[f"{split}_loss"] = float(F.binary_cross_entropy_with_logits(logits[:, 0], y))
+                out[f"{split}_acc"] = float(((logits[:, 0] > 0).float() == y).float().mean())
+            else:
+                out[f"{split}_loss"] = float(F.cross_entropy(logits, y))
+                out[f"{split}_acc"] = float((logits.argmax(-1) == y).float().mean())
+        return out
+
+    return evaluate
+
+
+def weight_decay(seed: int, *, n: int = 1000, d: int = 100, init_decay: float = 1e-2) -> Task:
+    """Per-feature L2 penalty phi_i·w_i²/2 on logistic regression; 10 of d features matter."""
+    g = torch.Generator().manual_seed(seed)
+    w_true = torch.zeros(d)
+    w_true[torch.randperm(d, generator=g)[:10]] = 3 * torch.randn(10, generator=g)
+
+    def sample(m: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.randn(m, d, generator=g)
+        y = torch.bernoulli(torch.sigmoid(x @ w_true), generator=g)
+        return x, y
+
+    (x_tr, y_tr), (x_val, y_val), (x_te, y_te) = sample(n), sample(n), sample(n)
+    predict = lambda params, x: (x @ params[0] + params[1]).unsqueeze(-1)
+
+    def inner(params: Tensors, phi: Tensors) -> torch.Tensor:
+        fit = F.binary_cross_entropy_with_logits(predict(params, x_tr)[:, 0], y_tr)
+        return fit + 0.5 * (phi[0] * params[0] ** 2).sum()
+
+    def outer(params: Tensors, phi: Tensors) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(predict(params, x_val)[:, 0], y_val)
+
+    return Task(
+        name="weight_decay",
+        params=(torch.zeros(d), torch.zeros(1)),
+        hparams=(torch.full((d,), math.log(init_decay)),),
+        inner_loss=inner,
+        outer_loss=outer,
+        evaluate=_classification_eval(predict, {"val": (x_val, y_val), "test": (x_te, y_te)}),
+        constrain=lambda raw: (torch.exp(raw[0]),),
+        global_hparam=GlobalHparam(
+            "weight_decay", 1e-4, 1.0, log=True, to_raw=lambda v: (torch.full((d,), math.log(v)),)
+        ),
+        info={"n_train": n, "d": d},
+    )
+
+
+def _digits_splits(seed: int, val_per_class: int, test_per_class: int):
+    """Standardised digits split per class into (pool, val, test) with a seeded permutation."""
+    from sklearn.datasets import load_digits  # ships with scikit-learn
+
+    data = load_digits()
+    x = torch.tensor(data.data, dtype=torch.float32)
+    y = torch.tensor(data.target, dtype=torch.long)
+    g = torch.Generator().manual_seed(seed)
+    pool, val, test = [], [], []
+    for c in range(10):
+        idx = torch.nonzero(y == c)[:, 0]
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        val.append(idx[:val_per_class])
+        test.append(idx[val_per_class : val_per_class + test_per_class])
+        pool.append(idx[val_per_class + test_per_class :])
+    mean, std = x.mean(0), x.std(0) + 1.0  # +1: several pixels are (almost) constant
+    x = (x - mean) / std
+    return x, y, pool, torch.cat(val), torch.cat(test), g
+
+
+def _classifier(seed: int, hidden: int) -> tuple[Tensors, Callable[[Tensors, torch.Tensor], torch.Tensor]]:
+    """A linear softmax classifier on the 64 pixels (hidden = 0) or a one-hidden-layer tanh MLP."""
+    if hidden == 0:
+        return (torch.zeros(64, 10), torch.zeros(10)), lambda p, x: x @ p[0] + p[1]
+    torch_gen = torch.Generator().manual_seed(seed + 1)
+    model = torch.nn.Sequential(torch.nn.Linear(64, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, 10))
+    with torch.no_grad():
+        for p in model.parameters():  # seeded init, never the global RNG
+            p.copy_(torch.randn(p.shape, generator=torch_gen) / math.sqrt(p.shape[-1]))
+    return functional_module(model)
+
+
+def reweight(
+    seed: int,
+    *,
+    imbalance: float = 50.0,
+    per: str = "class",
+    hidden: int = 0,
+    weight_decay: float = 1e-3,
+    n_max: int = 100,
+    val_per_class: int = 20,
+    test_per_class: int = 50,
+) -> Task:
+    """Class c keeps round(n_max·imbalance^(−c/9)) training images (>= 1); val and test are balanced."""
+    if imbalance < 1:
+        raise UserError(f"imbalance must be >= 1 (ratio of largest to smallest class), got {imbalance}")
+    if per not in ("class", "example"):
+        raise UserError(f"reweight 'per' must be 'class' or 'example', got {per!r}")
+    x, y, pool, val, test, g = _digits_splits(seed, val_per_class, test_per_class)
+    counts = [max(1, round(n_max * imbalance ** (-c / 9))) for c in range(10)]
+    train = torch.cat([pool[c][: counts[c]] for c in range(10)])
+    x_tr, y_tr = x[train], y[train]
+    params, predict = _classifier(seed, hidden)
+    n_weights = 10 if per == "class" else len(train)
+    log_counts = torch.log(torch.tensor(counts, dtype=torch.float32))
+
+    def inner(params: Tensors, phi: Tensors) -> torch.Tensor:
+        losses = F.cross_entropy(predict(params, x_tr), y_tr, reduction="none")
+        weights = phi[0][y_tr] if per == "class" else phi[0]
+        return (weights * losses).mean() + 0.5 * weight_decay * sum((p**2).sum() for p in params)
+
+    def outer(params: Tensors, phi: Tensors) -> torch.Tensor:
+        return F.cross_entropy(predict(params, x[val]), y[val])
+
+    def class_power(beta: float) -> Tensors:
+        # weight_c ∝ count_c^(−beta): beta = 0 uniform, beta = 1 inverse class frequency
+        per_class = -beta * log_counts
+        return (per_class if per == "class" else per_class[y_tr],)
+
+    return Task(
+        name="reweight",
+        params=params,
+        hparams=(torch.zeros(n_weights),),
+        inner_loss=inner,
+        outer_loss=outer,
+        evaluate=_classification_eval(predict, {"val": (x[val], y[val]), "test": (x[test], y[test])}),
+        constrain=lambda raw: (n_weights * torch.softmax(raw[0], 0),),
+        global_hparam=GlobalHparam("class_weight_power", 0.0, 1.0, log=False, to_raw=class_power),
+        info={"class_counts": counts, "n_train": len(train), "imbalance": imbalance, "per": per},
+    )
+
+
+def distill(seed: int, *, images_per_class: int = 1, weight_decay: float = 1e-2, val_per_class: int = 20,
+            test_per_class: int = 50) -> Task:
+    """Learn images_per_class synthetic images per class; inner: fit them, outer: loss on real train set."""
+    x, y, pool, val, test, g = _digits_splits(seed, val_per_class, test_per_class)
+    train = torch.cat(pool)
+    init = torch.cat([pool[c][torch.randperm(len(pool[c]), generator=g)[:images_per_class]] for c in range(10)])
+    y_syn = torch.arange(10).repeat_interleave(images_per_class)
+    params, predict = _classifier(seed, 0)
+
+    def inner(params: Tensors, phi: Tensors) -> torch.Tensor:
+        return F.cross_entropy(predict(params, phi[0]), y_syn) + 0.5 * weight_decay * (params[0] ** 2).sum()
+
+    def outer(params: Tensors, phi: Tensors) -> torch.Tensor:
+        return F.cross_entropy(predict(params, x[train]), y[train])
+
+    return Task(
+        name="distill",
+        params=params,
+        hparams=(x[init].clone(),),
+        inner_loss=inner,
+        outer_loss=outer,
+        evaluate=_classification_eval(predict, {"val": (x[val], y[val]), "test": (x[test], y[test])}),
+        info={"images_per_class": images_per_class, "n_real": len(train)},
+    )
+
+
+TASKS: dict[str, Callable[..., Task]] = {"weight_decay": weight_decay, "reweight": reweight, "distill": distill}
+
+
+def make_task(name: str, seed: int, **kwargs) -> Task:
+    if name not in TASKS:
+        raise UserError(f"unknown hypergradient task {name!r}; valid tasks: {', '.join(TASKS)}")
+    return TASKS[name](seed, **kwargs)
