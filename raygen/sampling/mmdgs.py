@@ -134,7 +134,9 @@ def mmdgs(
                     info["hvp_evals"] += d
                     lam, V = torch.linalg.eigh(Sigma)
                     info["psd_repairs"] += int((lam < 0).any(-1).sum())
-                    x = mu + matvec(V, lam.clamp_min(0).sqrt() * randn())
+                    # the symmetric root V sqrt(lam) V^T is unique (V is not: signs, and rotations
+                    # for repeated eigenvalues), so the draw is continuous in Sigma across dtypes
+                    x = mu + matvec(V, lam.clamp_min(0).sqrt() * matvec(V.transpose(-1, -2), randn()))
                 else:
                     if covariance == "diag":
                         diag_H = diag_hessian_estimate(flat_model, x_tilde, sigma, probes, noise)

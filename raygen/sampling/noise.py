@@ -9,6 +9,7 @@ Draws are made in float64 and then cast, so a float32 run sees the float64 run's
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -42,25 +43,39 @@ def _generators(seeds: Sequence[int] | torch.Tensor, stream: int) -> list[np.ran
 
 
 class PerSampleNoise:
-    """One independent random stream per sample; each call draws the next values of every stream."""
+    """One independent random stream per sample; each call draws the next values of every stream.
+
+    Each stream is read in chunks of CHUNK normals into a [B, CHUNK] buffer, so a call costs
+    slicing, not B generator calls. Row i is a function of seeds[i] and of the sequence of calls
+    only, never of the batch. Rademacher signs are the signs of the next normals (fair, and
+    independent of everything else drawn).
+    """
+
+    CHUNK = 256
 
     def __init__(self, seeds: Sequence[int] | torch.Tensor, stream: int = SAMPLER_STREAM):
         self._gens = _generators(seeds, stream)
+        self._buffer = np.empty((len(self._gens), 0))
 
     def __len__(self) -> int:
         return len(self._gens)
 
-    def _stack(self, arrays: list[np.ndarray], dtype: torch.dtype, device) -> torch.Tensor:
-        return torch.from_numpy(np.stack(arrays)).to(dtype=dtype, device=device)
+    def _next(self, shape: tuple[int, ...]) -> np.ndarray:
+        n = math.prod(shape)
+        if self._buffer.shape[1] < n:
+            fresh = np.stack([g.standard_normal(max(self.CHUNK, n)) for g in self._gens])
+            self._buffer = np.concatenate([self._buffer, fresh.reshape(len(self._gens), -1)], 1)
+        out, self._buffer = self._buffer[:, :n], self._buffer[:, n:]
+        return out.reshape(len(self._gens), *shape)
 
     def randn(self, *shape: int, dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
         """Standard normals, [B, *shape]."""
-        return self._stack([g.standard_normal(shape) for g in self._gens], dtype, device)
+        return torch.from_numpy(self._next(shape)).to(dtype=dtype, device=device)
 
     def rademacher(self, *shape: int, dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
         """Independent +-1 signs with probability 1/2 each, [B, *shape]."""
-        signs = [2.0 * g.integers(0, 2, size=shape) - 1.0 for g in self._gens]
-        return self._stack(signs, dtype, device)
+        signs = np.where(self._next(shape) < 0, -1.0, 1.0)
+        return torch.from_numpy(signs).to(dtype=dtype, device=device)
 
 
 def initial_state(
