@@ -1,0 +1,133 @@
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from raygen.diffusion import (DenoisingLoss, EMA, StructureEncoder, adversarial_loss, affinity, discriminator_loss,
+                              lambda_at, structure_distance)
+from raygen.diffusion.train import _seeded, sadm_step
+from raygen.models import Denoiser
+
+
+def test_affinity_and_distance_closed_form():
+    z = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 3.0]], dtype=torch.float64)
+    r = 2**-0.5
+    A = torch.tensor([[1, 0, r], [0, 1, r], [r, r, 1]], dtype=torch.float64)
+    assert torch.allclose(affinity(z), A)
+    # flip the second vector: cosines with it change sign
+    w = z * torch.tensor([[1.0], [-1.0], [1.0]], dtype=torch.float64)
+    # off-diagonal differences: (0,2),(2,0) unchanged; (0,1),(1,0) 0; (1,2),(2,1) 2r each
+    assert torch.allclose(structure_distance(z, w), torch.tensor(2 * (2 * r) ** 2 / 6, dtype=torch.float64))
+    # invariant to per-row rescaling, zero for identical structure
+    assert structure_distance(z, 5 * z).item() < 1e-12
+
+
+def test_lambda_warmup():
+    assert lambda_at(0, 0.2, 100) == 0.0
+    assert lambda_at(50, 0.2, 100) == pytest.approx(0.1)
+    assert lambda_at(500, 0.2, 100) == 0.2
+    assert lambda_at(0, 0.2, 0) == 0.2
+
+
+def test_adversarial_loss_freezes_encoder():
+    enc = _seeded(0, lambda: StructureEncoder(1, embed_dim=8))
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(6, 1, 8, 8, generator=g)
+    x_hat = torch.rand(6, 1, 8, 8, generator=g).requires_grad_(True)
+    adversarial_loss(enc, x0, x_hat).backward()
+    assert x_hat.grad is not None and x_hat.grad.abs().sum() > 0
+    assert all(p.grad is None for p in enc.parameters())
+    assert all(p.requires_grad for p in enc.parameters())
+
+
+def _run(lam, steps, *, with_disc):
+    """Train a tiny denoiser on fixed data; plain loop (no discriminator at all) when with_disc is False."""
+    from accelerate import Accelerator
+
+    acc = Accelerator(cpu=True)
+    model = _seeded(0, lambda: Denoiser("tiny"))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    ema = EMA(model, 0.9)
+    loss_fn = DenoisingLoss()
+    gen = torch.Generator().manual_seed(123)
+    x0 = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(7))
+    if with_disc:
+        enc = _seeded(1, lambda: StructureEncoder(1, embed_dim=16))
+        opt_phi = torch.optim.Adam(enc.parameters(), lr=1e-3)
+    for _ in range(steps):
+        if with_disc:
+            sadm_step(acc, model, enc, opt, opt_phi, ema, loss_fn, x0, None, gen, lam, 1, 1.0)
+        else:
+            loss, _ = loss_fn(model, x0, gen)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            ema.update(model)
+    return torch.cat([p.detach().flatten() for p in model.parameters()]), gen.get_state()
+
+
+def test_lambda_zero_reproduces_plain_training_exactly():
+    w_plain, rng_plain = _run(0.0, 3, with_disc=False)
+    w_sadm0, rng_sadm0 = _run(0.0, 3, with_disc=True)
+    assert torch.equal(w_plain, w_sadm0)
+    assert torch.equal(rng_plain, rng_sadm0)  # the discriminator drew nothing from the denoiser's stream
+    w_sadm, _ = _run(0.5, 3, with_disc=True)
+    assert not torch.allclose(w_plain, w_sadm)
+
+
+# --- the structure spans the global batch under data parallelism --------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _batch():
+    # per-image offsets spread the embeddings, so the affinities differ visibly between sub-batches
+    g = torch.Generator().manual_seed(0)
+    offsets = torch.linspace(-3, 3, 8, dtype=torch.float64).view(8, 1, 1, 1)
+    x0 = 2 * torch.randn(8, 1, 8, 8, generator=g, dtype=torch.float64) + offsets
+    return x0, 2 * torch.randn(8, 1, 8, 8, generator=g, dtype=torch.float64) - offsets.flip(0)
+
+
+def _losses_and_grads(x0, x_noisy):
+    """Discriminator loss + encoder grads, adversarial loss + grad of a 'denoiser' parameter theta."""
+    enc = _seeded(0, lambda: StructureEncoder(1, width=8, embed_dim=8).double())
+    theta = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+    d_loss = discriminator_loss(enc, x0, theta.detach() * x_noisy)
+    d_loss.backward()
+    a_loss = adversarial_loss(enc, x0, theta * x_noisy)
+    a_loss.backward()
+    grads = torch.cat([p.grad.flatten() for p in enc.parameters()] + [theta.grad.reshape(1)])
+    return torch.stack([d_loss.detach(), a_loss.detach()]), grads
+
+
+def _worker(rank, world, port, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    x0, x_noisy = _batch()
+    part = slice(rank * 4, rank * 4 + 4)
+    losses, grads = _losses_and_grads(x0[part], x_noisy[part])
+    dist.all_reduce(grads)  # what DDP does: average parameter gradients over ranks
+    grads /= world
+    if rank == 0:
+        torch.save((losses, grads), out)
+    dist.destroy_process_group()
+
+
+def test_two_gloo_workers_match_one_process_on_concatenated_batch(tmp_path):
+    out = str(tmp_path / "rank0.pt")
+    mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    losses2, grads2 = torch.load(out)
+    losses1, grads1 = _losses_and_grads(*_batch())
+    assert torch.allclose(losses2, losses1, rtol=1e-12, atol=1e-14)
+    assert torch.allclose(grads2, grads1, rtol=1e-9, atol=1e-12)
+    # and a per-worker structure (no gather) would differ: the test can fail
+    half = _losses_and_grads(*(t[:4] for t in _batch()))[0]
+    assert not torch.allclose(half, losses1)
