@@ -1,0 +1,394 @@
+"""`raygen tune`: gradient-based bilevel HPO (Nyström / CG / Neumann hypergradients) inside Ray Tune.
+
+One Tune trial runs one whole bilevel optimisation (`raygen.hypergrad.BilevelOptimizer`) and
+reports every outer step with `ray.tune.report`, checkpointing so a trial can resume. Tune searches
+the solver (a grid: every listed solver gets `num_samples` trials) and, sampled per trial, rank k,
+rho, alpha, iterations, outer lr, unroll length and seed; ASHA stops poor trials early. The same
+command runs the black-box baselines on the same task: random search and Optuna over the task's
+single global hyperparameter (one weight decay; one class-weight exponent), training the inner
+model for the same number of steps with that hyperparameter fixed.
+
+A trial's result depends only on its sampled settings: the seed fixes the task's data and init and
+the Nyström column draws, and each trial runs single-threaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from raygen.config import Config, check
+
+SOLVER_NAMES = ("nystrom", "cg", "neumann", "exact")
+BASELINES = ("random", "optuna")
+EXPERIMENT = "hypergrad"
+
+
+@dataclasses.dataclass
+class TuneHypergradConfig(Config):
+    name: str = "tune_hypergrad"
+    task: Literal["weight_decay", "reweight", "distill"] = "reweight"
+    imbalance: float = 50.0  # reweight: largest / smallest class size
+    per: Literal["class", "example"] = "class"  # reweight: one weight per class or per example
+    images_per_class: int = 1  # distill
+    # search space (flat lists; each trial samples one value of each)
+    solvers: list[str] = dataclasses.field(default_factory=lambda: ["nystrom", "cg", "neumann"])
+    ranks: list[int] = dataclasses.field(default_factory=lambda: [5, 10])  # nystrom
+    rhos: list[float] = dataclasses.field(default_factory=lambda: [0.01, 0.1, 1.0])  # nystrom
+    iters: list[int] = dataclasses.field(default_factory=lambda: [5, 10])  # cg, neumann
+    alphas: list[float] = dataclasses.field(default_factory=lambda: [0.01, 0.1])  # neumann
+    outer_lrs: list[float] = dataclasses.field(default_factory=lambda: [0.3, 1.0])
+    unrolls: list[int] = dataclasses.field(default_factory=lambda: [50])
+    seeds: list[int] = dataclasses.field(default_factory=lambda: [0])
+    num_samples: int = 3  # trials per solver
+    max_outer_steps: int = 20
+    inner_lr: float = 0.1
+    outer_optimizer: Literal["sgd", "adam"] = "sgd"
+    outer_momentum: float = 0.9
+    scheduler: Literal["asha", "fifo"] = "asha"
+    grace_period: int = 5  # ASHA: outer steps before a trial can be stopped
+    reduction_factor: int = 2
+    # black-box baselines over the task's global hyperparameter (empty list: none)
+    baselines: list[str] = dataclasses.field(default_factory=lambda: ["random", "optuna"])
+    baseline_samples: int = 6
+    checkpoint_every: int = 5  # outer steps between trial checkpoints
+    cpus_per_trial: float = 1.0
+
+    def validate(self) -> None:
+        super().validate()
+        check(bool(self.solvers), "solvers", "list at least one solver")
+        for s in self.solvers:
+            check(s in SOLVER_NAMES, "solvers", f"unknown solver {s!r}; valid: {', '.join(SOLVER_NAMES)}")
+        for b in self.baselines:
+            check(b in BASELINES, "baselines", f"unknown baseline {b!r}; valid: {', '.join(BASELINES)}")
+        check(not (self.baselines and self.task == "distill"), "baselines",
+              "the distill task has no global hyperparameter for black-box search; set baselines: []")
+        for key in ("ranks", "rhos", "iters", "alphas", "outer_lrs", "unrolls", "seeds"):
+            check(bool(getattr(self, key)), key, "must list at least one value")
+        for key in ("ranks", "iters", "unrolls"):
+            check(min(getattr(self, key)) >= 1, key, "values must be >= 1")
+        for key in ("rhos", "alphas", "outer_lrs"):
+            check(min(getattr(self, key)) > 0, key, "values must be > 0")
+        for key in ("num_samples", "max_outer_steps", "grace_period", "checkpoint_every", "images_per_class"):
+            check(getattr(self, key) >= 1, key, "must be >= 1")
+        check(self.baseline_samples >= 1, "baseline_samples", "must be >= 1")
+        check(self.reduction_factor >= 2, "reduction_factor", "must be >= 2")
+        check(self.imbalance >= 1, "imbalance", "must be >= 1")
+        check(self.inner_lr > 0, "inner_lr", "must be > 0")
+        check(self.cpus_per_trial > 0, "cpus_per_trial", "must be > 0")
+
+    def task_kwargs(self) -> dict[str, Any]:
+        if self.task == "reweight":
+            return {"imbalance": self.imbalance, "per": self.per}
+        if self.task == "distill":
+            return {"images_per_class": self.images_per_class}
+        return {}
+
+
+CONFIG = TuneHypergradConfig
+
+
+def solver_kwargs(solver: str, trial: dict[str, Any]) -> dict[str, Any]:
+    """The sampled settings that this solver uses (the others in the trial config are ignored)."""
+    if solver == "nystrom":
+        return {"rank": trial["rank"], "rho": trial["rho"]}
+    if solver == "cg":
+        return {"iters": trial["iters"]}
+    if solver == "neumann":
+        return {"iters": trial["iters"], "alpha": trial["alpha"]}
+    return {}
+
+
+def setting(trial: dict[str, Any]) -> str:
+    """A short human-readable description of a trial's settings, for tables."""
+    solver = trial["solver"]
+    if solver == "none":
+        return f"{trial['global_name']}={trial['global']:.4g}"
+    parts = [f"{k}={v}" for k, v in solver_kwargs(solver, trial).items()]
+    return ", ".join(parts + [f"outer_lr={trial['outer_lr']}", f"unroll={trial['unroll']}", f"seed={trial['seed']}"])
+
+
+def run_trial(trial: dict[str, Any], job: dict[str, Any]) -> None:
+    """The Tune function trainable: one bilevel optimisation, one `tune.report` per outer step."""
+    import torch
+    from ray import tune
+
+    from raygen.hypergrad.bilevel import BilevelOptimizer
+    from raygen.hypergrad.tasks import make_task
+
+    torch.set_num_threads(1)  # one core per trial, and the same float summation order in every run
+    config = TuneHypergradConfig.from_dict(job)
+    task = make_task(config.task, trial["seed"], **config.task_kwargs())
+    solver = trial["solver"]
+    if solver == "none":  # black-box baseline: hyperparameters fixed at the sampled global value
+        task.hparams = task.global_hparam.to_raw(trial["global"])
+    opt = BilevelOptimizer(
+        task,
+        solver=solver,
+        solver_kwargs=solver_kwargs(solver, trial),
+        unroll=trial["unroll"],
+        inner_lr=config.inner_lr,
+        outer_lr=trial["outer_lr"],
+        outer_momentum=config.outer_momentum,
+        outer_optimizer=config.outer_optimizer,
+        generator=torch.Generator().manual_seed(trial["seed"]),
+    )
+    resumed = tune.get_checkpoint()
+    elapsed = 0.0
+    if resumed is not None:
+        with resumed.as_directory() as d:
+            state = torch.load(Path(d) / "state.pt", weights_only=False)
+        opt.load_state_dict(state["optimizer"])
+        elapsed = state["elapsed"]
+    while opt.outer_step < config.max_outer_steps:
+        start = time.perf_counter()
+        record = opt.step()
+        elapsed += time.perf_counter() - start
+        metrics = {
+            "val_loss": record["val_loss"],
+            "val_acc": record["val_acc"],
+            "test_loss": record["test_loss"],
+            "test_acc": record["test_acc"],
+            "inner_loss": record["inner_loss"],
+            "outer_step": record["outer_step"],
+            "hypergrad_seconds": record.get("hypergrad_seconds", 0.0),
+            "skipped_steps": record["skipped_steps"],
+            "skipped_reason": record.get("skipped_reason", ""),
+            "trial_seconds": elapsed,
+        }
+        if opt.outer_step % config.checkpoint_every == 0 or opt.outer_step == config.max_outer_steps:
+            with tempfile.TemporaryDirectory() as d:
+                torch.save({"optimizer": opt.state_dict(), "elapsed": elapsed}, Path(d) / "state.pt")
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+        else:
+            tune.report(metrics)
+
+
+def _space(config: TuneHypergradConfig) -> dict[str, Any]:
+    from ray import tune
+
+    return {
+        "solver": tune.grid_search(list(config.solvers)),
+        "rank": tune.choice(config.ranks),
+        "rho": tune.choice(config.rhos),
+        "iters": tune.choice(config.iters),
+        "alpha": tune.choice(config.alphas),
+        "outer_lr": tune.choice(config.outer_lrs),
+        "unroll": tune.choice(config.unrolls),
+        "seed": tune.choice(config.seeds),
+    }
+
+
+def _baseline_space(config: TuneHypergradConfig, g) -> dict[str, Any]:
+    from ray import tune
+
+    sample = tune.loguniform if g.log else tune.uniform
+    return {
+        "solver": "none",
+        "global": sample(g.low, g.high),
+        "global_name": g.name,
+        "outer_lr": config.outer_lrs[0],  # unused by "none"; kept so every trial has the same keys
+        "unroll": config.unrolls[0],
+        "seed": config.seeds[0],
+    }
+
+
+def _fit(config: TuneHypergradConfig, root: Path, name: str, space: dict, search_alg, scheduler, num_samples: int):
+    """Run (or resume, when `root/name` holds an unfinished experiment) one Tuner; return (results, seconds)."""
+    from ray import tune
+
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, job=config.to_dict()), {"cpu": config.cpus_per_trial}
+    )
+    start = time.perf_counter()
+    experiment = root / name
+    if tune.Tuner.can_restore(str(experiment)):
+        tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=space,
+            tune_config=tune.TuneConfig(
+                metric="val_loss", mode="min", search_alg=search_alg, scheduler=scheduler, num_samples=num_samples
+            ),
+            run_config=tune.RunConfig(storage_path=str(root), name=name, verbose=0),
+        )
+    return tuner.fit(), time.perf_counter() - start
+
+
+def _collect(results, method_of) -> list[dict[str, Any]]:
+    """One dict per trial: its config, per-step history and final metrics (errored trials flagged)."""
+    trials = []
+    for result in results:
+        history = result.metrics_dataframe
+        rows = [] if history is None else history.to_dict("records")
+        trials.append(
+            {
+                "method": method_of(result.config),
+                "config": {k: v for k, v in result.config.items()},
+                "setting": setting(result.config),
+                "history": [
+                    {k: r[k] for k in ("outer_step", "val_loss", "val_acc", "test_acc", "hypergrad_seconds", "skipped_steps")}
+                    for r in rows
+                ],
+                "error": None if result.error is None else str(result.error).strip().splitlines()[-1],
+                "path": result.path,
+            }
+        )
+    return trials
+
+
+def _summarise(trials: list[dict[str, Any]], seconds: dict[str, float], max_steps: int) -> dict[str, Any]:
+    methods = {}
+    for method in dict.fromkeys(t["method"] for t in trials):
+        mine = [t for t in trials if t["method"] == method]
+        done = [t for t in mine if t["history"]]
+        row: dict[str, Any] = {
+            "trials": len(mine),
+            "errored": sum(t["error"] is not None for t in mine),
+            "tuner_seconds": seconds[method if method in seconds else EXPERIMENT],
+        }
+        if done:
+            best = min(done, key=lambda t: t["history"][-1]["val_loss"])
+            last = best["history"][-1]
+            hg = [h["hypergrad_seconds"] for t in done for h in t["history"] if h["hypergrad_seconds"] > 0]
+            row.update(
+                best_setting=best["setting"],
+                final_val_loss=last["val_loss"],
+                final_val_acc=last["val_acc"],
+                final_test_acc=last["test_acc"],
+                outer_steps=last["outer_step"],
+                skipped_steps=last["skipped_steps"],
+                hypergrad_ms=1000 * sum(hg) / len(hg) if hg else None,
+                finished_trials=sum(t["history"][-1]["outer_step"] == max_steps for t in done),
+            )
+        methods[method] = row
+    return methods
+
+
+def _markdown(config: TuneHypergradConfig, methods: dict[str, Any], info: dict[str, Any], plot: str) -> str:
+    fmt = lambda v, spec: "–" if v is None else format(v, spec)
+    lines = [
+        f"# raygen tune: {config.task} ({config.name})",
+        "",
+        f"Task info: `{json.dumps(info)}`. Outer steps per trial: {config.max_outer_steps}; "
+        f"scheduler: {config.scheduler}; seeds: {config.seeds}.",
+        "",
+        "Best trial per method (by final validation loss; ASHA may have stopped other trials early). "
+        "Hypergradient time is the mean over all outer steps of all the method's trials; Tuner time is "
+        "the wall-clock time of the method's whole search (the gradient-based solvers share one Tuner).",
+        "",
+        "| method | trials (finished / errored) | best setting | val loss | val acc | test acc | skipped steps | hypergrad ms | Tuner s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for method, r in methods.items():
+        lines.append(
+            f"| {method} | {r['trials']} ({r.get('finished_trials', 0)} / {r['errored']}) | {r.get('best_setting', '–')} "
+            f"| {fmt(r.get('final_val_loss'), '.4f')} | {fmt(r.get('final_val_acc'), '.3f')} "
+            f"| {fmt(r.get('final_test_acc'), '.3f')} | {r.get('skipped_steps', '–')} "
+            f"| {fmt(r.get('hypergrad_ms'), '.1f')} | {r['tuner_seconds']:.1f} |"
+        )
+    lines += ["", f"![validation loss per outer step]({plot})", ""]
+    return "\n".join(lines)
+
+
+def _plot(trials: list[dict[str, Any]], methods: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, method in enumerate(methods):
+        color = colors[i % len(colors)]
+        mine = [t for t in trials if t["method"] == method and t["history"]]
+        for t in mine:
+            ax.plot([h["outer_step"] for h in t["history"]], [h["val_loss"] for h in t["history"]],
+                    color=color, alpha=0.25, lw=0.8)
+        if mine:
+            best = min(mine, key=lambda t: t["history"][-1]["val_loss"])
+            ax.plot([h["outer_step"] for h in best["history"]], [h["val_loss"] for h in best["history"]],
+                    color=color, lw=2, label=f"{method} (best)")
+    ax.set_xlabel("outer step")
+    ax.set_ylabel("validation loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(config: TuneHypergradConfig, *, verbose: bool = False) -> dict[str, Any]:
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import BasicVariantGenerator
+    from ray.tune.search.optuna import OptunaSearch
+
+    from raygen import runtime
+    from raygen.hypergrad.tasks import make_task
+    from raygen.rundir import RunDir
+
+    runtime.init(verbose=verbose)
+    run_dir = RunDir(config)
+    task = make_task(config.task, config.seeds[0], **config.task_kwargs())  # bad task settings fail here
+
+    def scheduler():
+        if config.scheduler == "fifo":
+            return FIFOScheduler()
+        return ASHAScheduler(time_attr="training_iteration", max_t=config.max_outer_steps,
+                             grace_period=min(config.grace_period, config.max_outer_steps),
+                             reduction_factor=config.reduction_factor)
+
+    results, seconds = {}, {}
+    results[EXPERIMENT], seconds[EXPERIMENT] = _fit(
+        config, run_dir.path, EXPERIMENT, _space(config), BasicVariantGenerator(random_state=config.seed),
+        scheduler(), config.num_samples,
+    )
+    for baseline in config.baselines:
+        space = _baseline_space(config, task.global_hparam)
+        search = (BasicVariantGenerator(random_state=config.seed) if baseline == "random"
+                  else OptunaSearch(metric="val_loss", mode="min", seed=config.seed))
+        results[baseline], seconds[baseline] = _fit(
+            config, run_dir.path, f"baseline_{baseline}", space, search, FIFOScheduler(), config.baseline_samples
+        )
+
+    trials = _collect(results[EXPERIMENT], lambda c: c["solver"])
+    for baseline in config.baselines:
+        trials += _collect(results[baseline], lambda c, b=baseline: b)
+    methods = _summarise(trials, seconds, config.max_outer_steps)
+    if not any("final_val_loss" in r for r in methods.values()):
+        errors = [t["error"] for t in trials if t["error"]]
+        from raygen.errors import UserError
+
+        raise UserError(f"every trial failed; first error: {errors[0] if errors else 'no results'}")
+
+    for method in methods:  # TensorBoard + metrics.jsonl: the best trial's curve per method
+        mine = [t for t in trials if t["method"] == method and t["history"]]
+        if mine:
+            best = min(mine, key=lambda t: t["history"][-1]["val_loss"])
+            for h in best["history"]:
+                run_dir.log(int(h["outer_step"]), **{f"val_loss/{method}": h["val_loss"], f"val_acc/{method}": h["val_acc"]})
+
+    plot = "val_loss.png"
+    _plot(trials, methods, run_dir.path / plot)
+    (run_dir.path / "trials.json").write_text(json.dumps(trials, indent=1, default=str))
+    summary = {
+        "task": config.task,
+        "task_info": task.info,
+        "methods": methods,
+        "trials": len(trials),
+        "plot": plot,
+        "experiments": [str(run_dir.path / name) for name in [EXPERIMENT] + [f"baseline_{b}" for b in config.baselines]],
+    }
+    run_dir.write_report(summary, _markdown(config, methods, task.info, plot))
+    run_dir.close()
+    if verbose:
+        print(_markdown(config, methods, task.info, plot))
+    else:
+        print(f"report: {run_dir.path / 'report.md'}")
+    return summary
