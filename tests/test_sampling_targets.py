@@ -90,7 +90,7 @@ def test_gaussian_posterior_covariance_closed_form():
 def test_mixture_posterior_moments_match_grid_integration():
     """E[x|x~], Cov[x|x~] by brute-force integration of p(x) N(x~; x, sigma^2 I) on a fine grid."""
     target, sigma = anisotropic_mixture(), 0.6
-    grid_1d = torch.linspace(-6, 6, 1201, dtype=F64)
+    grid_1d = torch.linspace(-6, 6, 601, dtype=F64)
     gx, gy = torch.meshgrid(grid_1d, grid_1d, indexing="ij")
     grid = torch.stack([gx.flatten(), gy.flatten()], 1)
     log_prior = noisy_distribution(target, 0.0).log_prob(grid)
@@ -148,17 +148,17 @@ def test_energy_distance_on_hand_computed_sets():
 def test_compare_to_truth_separates_good_and_collapsed_samples():
     target = TARGETS["mog4"]()
     exact = target.sample(4000, torch.Generator().manual_seed(5))
-    good = compare_to_truth(target, exact, seed=6)
+    good = compare_to_truth(target, exact, seed=6, max_points=1500)
     assert good["mode_weight_error"] < 0.03
     assert good["within_mode_var_error"] < 0.004
-    assert abs(good["energy_distance"]) < 0.01
+    assert abs(good["energy_distance"]) < 0.02
     assert good["mean_error"] < 0.15 and good["cov_error"] < 0.1  # ~4 standard errors at n = 4000
     # shrink every sample halfway towards its mode mean: variance / 4, weights unchanged
     means = target.truth()["means"]
     nearest = means[torch.cdist(exact, means).argmin(1)]
-    shrunk = compare_to_truth(target, nearest + 0.5 * (exact - nearest), seed=6)
+    shrunk = compare_to_truth(target, nearest + 0.5 * (exact - nearest), seed=6, max_points=10)
     assert shrunk["within_mode_var"] == pytest.approx(good["within_mode_var"] / 4, rel=1e-9)
     assert shrunk["mode_weights"] == good["mode_weights"]
-    collapsed = compare_to_truth(target, exact[torch.cdist(exact, means).argmin(1) == 3], seed=6)
+    collapsed = compare_to_truth(target, exact[torch.cdist(exact, means).argmin(1) == 3], seed=6, max_points=1500)
     assert collapsed["mode_weight_error"] == pytest.approx(0.6)
     assert collapsed["energy_distance"] > 0.5
