@@ -45,7 +45,7 @@ class TuneHypergradConfig(Config):
     outer_lrs: list[float] = dataclasses.field(default_factory=lambda: [0.3, 1.0])
     unrolls: list[int] = dataclasses.field(default_factory=lambda: [50])
     seeds: list[int] = dataclasses.field(default_factory=lambda: [0])
-    num_samples: int = 3  # trials per solver
+    num_samples: int = 2  # trials per solver
     max_outer_steps: int = 20
     inner_lr: float = 0.1
     outer_optimizer: Literal["sgd", "adam"] = "sgd"
@@ -55,7 +55,7 @@ class TuneHypergradConfig(Config):
     reduction_factor: int = 2
     # black-box baselines over the task's global hyperparameter (empty list: none)
     baselines: list[str] = dataclasses.field(default_factory=lambda: ["random", "optuna"])
-    baseline_samples: int = 6
+    baseline_samples: int = 4
     checkpoint_every: int = 5  # outer steps between trial checkpoints
     cpus_per_trial: float = 1.0
 
@@ -283,13 +283,13 @@ def _markdown(config: TuneHypergradConfig, methods: dict[str, Any], info: dict[s
         "Hypergradient time is the mean over all outer steps of all the method's trials; Tuner time is "
         "the wall-clock time of the method's whole search (the gradient-based solvers share one Tuner).",
         "",
-        "| method | trials (finished / errored) | best setting | val loss | val acc | test acc | skipped steps | hypergrad ms | Tuner s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| method | trials (finished / errored) | best setting | outer steps | val loss | val acc | test acc | skipped steps | hypergrad ms | Tuner s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for method, r in methods.items():
         lines.append(
             f"| {method} | {r['trials']} ({r.get('finished_trials', 0)} / {r['errored']}) | {r.get('best_setting', '–')} "
-            f"| {fmt(r.get('final_val_loss'), '.4f')} | {fmt(r.get('final_val_acc'), '.3f')} "
+            f"| {r.get('outer_steps', '–')} | {fmt(r.get('final_val_loss'), '.4f')} | {fmt(r.get('final_val_acc'), '.3f')} "
             f"| {fmt(r.get('final_test_acc'), '.3f')} | {r.get('skipped_steps', '–')} "
             f"| {fmt(r.get('hypergrad_ms'), '.1f')} | {r['tuner_seconds']:.1f} |"
         )
