@@ -20,20 +20,27 @@ os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
 def init(address: str | None = None, *, verbose: bool = False, num_cpus: int | None = None) -> None:
     """Start (no address, no RAY_ADDRESS) or join (`auto`, `host:port`, `ray://...`) Ray; idempotent."""
     import ray
+    import ray.data  # configures Ray Data's loggers on import; the levels below must come after
 
     if ray.is_initialized():
         return
     level = logging.INFO if verbose else logging.WARNING
     for name in ("ray", "ray.train", "ray.tune"):
         logging.getLogger(name).setLevel(level)
-    # Ray Data logs a failed task's traceback itself; raygen re-raises it as one clear line.
+    # Ray Data logs a failed task's traceback itself and logs progress in non-terminals; raygen
+    # re-raises failures as one clear line and prints its own progress.
     logging.getLogger("ray.data").setLevel(level if verbose else logging.CRITICAL)
+    # Token auth is on by default since Ray 2.60: say so only when asked.
+    logging.getLogger("ray._private.authentication").setLevel(level if verbose else logging.ERROR)
     address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is not None:
+        check_reachable(address)
     kwargs = dict(logging_level=level, log_to_driver=verbose, configure_logging=True)
     if address is None:
+        # "local" always starts a fresh embedded Ray; None would join any `ray start` cluster on this host.
         kwargs.update(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False)
     try:
-        ray.init(address=address, **kwargs)
+        ray.init(address=address or "local", **kwargs)
     except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
         if address is None:
             raise
@@ -42,10 +49,28 @@ def init(address: str | None = None, *, verbose: bool = False, num_cpus: int | N
             f"could not connect to Ray at {address!r} ({first_line}); check the address, or start a "
             "cluster with `cluster/local.sh up`, or drop --address to use a local Ray"
         ) from None
-    from ray.data import DataContext
-
-    ctx = DataContext.get_current()
+    ctx = ray.data.DataContext.get_current()
     ctx.print_on_execution_start = verbose
+    ctx.enable_progress_bars = verbose
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast with one line when host:port does not answer (ray.init would retry for minutes)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if address == "auto" or address.startswith("local"):
+        return
+    parts = urlsplit(address if "://" in address else f"ray://{address}")
+    if parts.hostname is None or parts.port is None:
+        raise UserError(f"Ray address {address!r} is not of the form host:port, ray://host:port or auto")
+    try:
+        socket.create_connection((parts.hostname, parts.port), timeout=timeout_s).close()
+    except OSError as exc:
+        raise UserError(
+            f"could not connect to Ray at {address!r} ({exc.strerror or exc}); check the address, or start a "
+            "cluster with `cluster/local.sh up`, or drop --address to use a local Ray"
+        ) from None
 
 
 def shutdown() -> None:
