@@ -1,0 +1,33 @@
+# raygen: `make demo` (set up + the main job), `make test` (set up + the whole suite), `make bench`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+# The CPU build of torch is installed first so that pip never pulls a multi-GB CUDA build to
+# satisfy the torch range in pyproject.toml. Override on a GPU machine: make TORCH_SPEC=torch test
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/raygen run jobs/sample_mog.yaml
+	@echo "open runs/sample_mog/report.md (statistics) and runs/sample_mog/preview.png (samples vs the exact target)"
+
+test: setup
+	$(BIN)/python -m pytest -q --durations=15
+
+bench: setup
+	$(BIN)/python benchmarks/sampler_quality.py --quick
+	$(BIN)/python benchmarks/sampler_throughput.py --quick
+
+clean:
+	rm -rf runs benchmarks/results .pytest_cache
