@@ -62,8 +62,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     imbalances = [50.0] if args.quick else [100.0, 50.0, 10.0]
-    seeds = [0] if args.quick else [0, 1, 2]
-    outer_steps, unroll = (10, 30) if args.quick else (30, 50)
+    seeds = [0] if args.quick else [0, 1]
+    outer_steps, unroll = (10, 30) if args.quick else (20, 50)
     outer_lr = 1.0 if args.outer_optimizer == "sgd" else 0.1  # sgd: the reference's lr 1, momentum 0.9
     jobs = [
         {"imbalance": imb, "solver": solver, "value": value, "seed": seed, "outer_steps": outer_steps,

@@ -13,6 +13,7 @@ Ray is imported inside the commands so that `raygen --help` stays fast.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
 import shlex
@@ -110,6 +111,8 @@ class JobAPI:
     def __init__(self, address: str | None):
         self.address = normalize_address(address)
         self.token: Token | None = find_token()
+        # The SDK logs every upload step at INFO; raygen prints what matters and reports failures itself.
+        logging.getLogger("ray").setLevel(logging.ERROR)
         with self.errors():
             from ray.job_submission import JobSubmissionClient
 
@@ -206,7 +209,8 @@ def _exit_with_status(api: JobAPI, job_id: str) -> None:
     if status == "SUCCEEDED":
         click.echo(f"job {job_id} SUCCEEDED")
         return
-    message = " ".join((info.message or "").split())
+    # Ray appends the tail of the logs, which were just followed: keep only its first clause.
+    message = " ".join((info.message or "").split()).split(", last available logs")[0]
     click.echo(f"job {job_id} {status}" + (f": {message}" if message else ""), err=True)
     sys.exit(1)
 

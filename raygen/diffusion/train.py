@@ -215,7 +215,9 @@ class _Log:
         self.samples.mkdir(exist_ok=True)
         path = self.samples / f"step_{step:06d}.png"
         array = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).save(path)
+        image = Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array)
+        # 8x8 digits are unreadable at 1:1; nearest-neighbour upscaling keeps the pixels exact
+        image.resize((image.width * 4, image.height * 4), Image.NEAREST).save(path)
         return path
 
 

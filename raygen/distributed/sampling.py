@@ -29,6 +29,7 @@ from raygen.config import Config, check
 from raygen.errors import UserError
 
 MANIFEST = "_manifest.json"
+DEFAULT_IMAGE_SIZE = {"tiny": 8, "small": 32}  # for checkpoints whose spec does not record image_size
 PREVIEW_POINTS = 4000
 
 
@@ -46,6 +47,7 @@ class SampleConfig(Config):
     step_size: float = 0.1  # langevin / annealed_langevin only
     init_scale: float = 0.0  # std of the initial state; 0 = sigma_max
     label: int = -1  # class label for class-conditional models; -1 = cycle through all classes
+    guidance: float = 0.0  # classifier-free guidance weight for class-conditional models
     n_samples: int = 20000
     chunk_size: int = 500  # ids per actor call and per Parquet file
     num_actors: int = 2
@@ -104,7 +106,8 @@ def resolve_model(model: str):
 
         denoiser = load_denoiser(path)
         spec = denoiser.spec
-        return denoiser, (spec["in_channels"], spec["image_size"], spec["image_size"]), None, spec["num_classes"]
+        size = spec.get("image_size") or DEFAULT_IMAGE_SIZE[spec["size"]]
+        return denoiser, (spec["in_channels"], size, size), None, spec["num_classes"]
     raise UserError(
         f"config key 'model': {model!r} is neither an analytic target ({', '.join(TARGETS)}) "
         "nor a checkpoint directory written by `raygen train`"
@@ -155,7 +158,7 @@ class SamplerActor:
             scale = self.config.init_scale or self.config.sigma_max
             x0 = self.initial_state(seeds.tolist(), self.shape, scale, dtype=self.dtype)
             labels = self._labels(ids)
-            model = self.model if labels is None else self.model.with_labels(labels)
+            model = self.model if labels is None else self.model.conditioned(labels, self.config.guidance)
             x, info = self.sampler(model, x0, self.config.sigmas(), seeds=seeds.tolist(),
                                    **self.config.sampler_kwargs())
             self._write(chunk, ids, seeds, x.detach().cpu().numpy(), labels)
@@ -201,7 +204,9 @@ def prepare_output(config: SampleConfig, out_dir: Path) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = out_dir / MANIFEST
     settings = {"n_samples": config.n_samples, "seed": config.seed, "chunk_size": config.chunk_size,
-                "model": config.model, "sampler": config.sampler, "sigmas": config.sigmas(), **config.sampler_kwargs()}
+                "model": config.model, "sampler": config.sampler, "sigmas": config.sigmas(), "label": config.label,
+                "guidance": config.guidance, "dtype": config.dtype, "init_scale": config.init_scale,
+                **config.sampler_kwargs()}
     if manifest_path.exists():
         previous = json.loads(manifest_path.read_text())
         changed = sorted(k for k in settings if k != "chunk_size" and previous.get(k) != settings[k])
@@ -270,7 +275,7 @@ def run(config: SampleConfig, *, verbose: bool = False) -> dict[str, Any]:
     start = time.perf_counter()
     progress = Progress(config.n_samples, "sampled", every_s=5.0)
     progress.update(config.n_samples - sum(len(chunk_ids(c, chunk_size, config.n_samples)) for c in pending))
-    psd_repairs, busy_seconds = 0, 0.0
+    psd_repairs, busy_seconds, first_result_at = 0, 0.0, None
     if pending:
         ds = ray.data.from_items([{"chunk": c} for c in pending], override_num_blocks=min(len(pending), 200))
         ds = ds.map_batches(
@@ -283,6 +288,7 @@ def run(config: SampleConfig, *, verbose: bool = False) -> dict[str, Any]:
             batch_format="numpy",
         )
         for row in ds.iter_rows():
+            first_result_at = first_result_at or time.perf_counter()
             progress.update(int(row["rows"]))
             psd_repairs += int(row["psd_repairs"])
             busy_seconds += float(row["seconds"])
@@ -295,6 +301,7 @@ def run(config: SampleConfig, *, verbose: bool = False) -> dict[str, Any]:
         "run_dir": str(run_dir.path), "samples_dir": str(out_dir), "n_samples": config.n_samples,
         "parts": n_chunks, "chunks_resumed": resumed, "seconds": elapsed,
         "samples_per_s": (config.n_samples - resumed * chunk_size) / elapsed if pending else None,
+        "seconds_to_first_part": (first_result_at - start) if first_result_at else None,
         "actor_busy_seconds": busy_seconds, "psd_repairs": psd_repairs,
         "settings": sampler_metadata(config, shape), "report": str(run_dir.path / "report.md"),
     }

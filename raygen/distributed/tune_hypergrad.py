@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
+import os
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Literal
 
 from raygen.config import Config, check
+from raygen.errors import UserError
 
 SOLVER_NAMES = ("nystrom", "cg", "neumann", "exact")
 BASELINES = ("random", "optuna")
@@ -333,6 +334,8 @@ def run(config: TuneHypergradConfig, *, verbose: bool = False) -> dict[str, Any]
     from raygen.hypergrad.tasks import make_task
     from raygen.rundir import RunDir
 
+    if not verbose:  # Tune's new console output ignores RunConfig(verbose=0); the classic one honours it
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     runtime.init(verbose=verbose)
     run_dir = RunDir(config)
     task = make_task(config.task, config.seeds[0], **config.task_kwargs())  # bad task settings fail here
@@ -363,8 +366,6 @@ def run(config: TuneHypergradConfig, *, verbose: bool = False) -> dict[str, Any]
     methods = _summarise(trials, seconds, config.max_outer_steps)
     if not any("final_val_loss" in r for r in methods.values()):
         errors = [t["error"] for t in trials if t["error"]]
-        from raygen.errors import UserError
-
         raise UserError(f"every trial failed; first error: {errors[0] if errors else 'no results'}")
 
     for method in methods:  # TensorBoard + metrics.jsonl: the best trial's curve per method

@@ -48,3 +48,11 @@ def sample_quality(model: ConvClassifier, real: torch.Tensor, fake: torch.Tensor
     precision, recall = precision_recall(f_real, f_fake, k=k)
     return {"fd": frechet_distance(f_real, f_fake), "kid": kid_mean, "kid_std": kid_std,
             "precision": precision, "recall": recall}
+
+
+def digits_reference(seed: int = 0, steps: int = 400) -> tuple[ConvClassifier, torch.Tensor]:
+    """The feature classifier fitted to all built-in digits, and those real images (the reference set)."""
+    from raygen.data import digits_arrays
+
+    images, labels = (torch.from_numpy(a) for a in digits_arrays())
+    return train_feature_classifier(images, labels, seed=seed, steps=steps), images
