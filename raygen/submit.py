@@ -111,10 +111,12 @@ class JobAPI:
     def __init__(self, address: str | None):
         self.address = normalize_address(address)
         self.token: Token | None = find_token()
-        # The SDK logs every upload step at INFO; raygen prints what matters and reports failures itself.
-        logging.getLogger("ray").setLevel(logging.ERROR)
         with self.errors():
             from ray.job_submission import JobSubmissionClient
+
+            # Importing ray configures its loggers; the SDK then logs every upload step. raygen prints
+            # what matters and reports failures itself.
+            logging.getLogger("ray").setLevel(logging.ERROR)
 
             headers = self.token.headers() if self.token else None
             self.client = JobSubmissionClient(self.address, headers=headers)

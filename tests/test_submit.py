@@ -1,0 +1,223 @@
+"""`raygen submit` / `raygen jobs` against a real Ray cluster started by cluster/local.sh.
+
+One module-scoped cluster (head + 1 worker, token auth on, 127.0.0.1, its own temp dir and
+token file) serves every test; `local.sh down` runs even when a test fails. The real
+~/.ray/auth_token is never read or written: every CLI call gets RAY_AUTH_TOKEN_PATH (or a fake
+HOME) pointing into tmp dirs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from raygen.auth import find_token
+from raygen.errors import UserError
+from raygen.submit import check_shared_storage, check_submit_storage
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+RAYGEN = str(BIN / "raygen")
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS", "RAY_API_SERVER_ADDRESS",
+                        "RAYGEN_SHARED_STORAGE", "RAY_AUTH_MODE")}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.update(extra)
+    return env
+
+
+# ---------------------------------------------------------------- no cluster needed
+
+
+def test_find_token_order_and_errors(tmp_path):
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("home-token\n")
+    token_file = tmp_path / "tok"
+    token_file.write_text("  file-token \n")
+    assert find_token({"HOME": str(tmp_path)}).value == "home-token"
+    assert find_token({"HOME": str(tmp_path), "RAY_AUTH_TOKEN_PATH": str(token_file)}).value == "file-token"
+    both = {"HOME": str(tmp_path), "RAY_AUTH_TOKEN_PATH": str(token_file), "RAY_AUTH_TOKEN": "env-token"}
+    assert find_token(both).value == "env-token"
+    assert find_token({"HOME": str(tmp_path / "nobody")}) is None
+    with pytest.raises(UserError, match="RAY_AUTH_TOKEN_PATH"):
+        find_token({"HOME": str(tmp_path), "RAY_AUTH_TOKEN_PATH": str(tmp_path / "missing")})
+
+
+def test_check_shared_storage(monkeypatch):
+    monkeypatch.delenv("RAYGEN_SHARED_STORAGE", raising=False)
+    check_shared_storage("runs", 1)  # one node: anything goes
+    check_shared_storage("s3://bucket/runs", 4)
+    check_shared_storage("gs://bucket/runs", 4)
+    for local in ("runs", "/data/runs", "file:///data/runs"):
+        with pytest.raises(UserError, match="node-local.*4 nodes"):
+            check_shared_storage(local, 4)
+    monkeypatch.setenv("RAYGEN_SHARED_STORAGE", f"/mnt/other{os.pathsep}/mnt/nfs")
+    check_shared_storage("/mnt/nfs/runs", 2)
+    check_shared_storage("/mnt/nfs", 2)
+    with pytest.raises(UserError):
+        check_shared_storage("/mnt/nfsx/runs", 2)  # a prefix match must end at a path separator
+    with pytest.raises(UserError):
+        check_shared_storage("runs", 2)  # relative: each node resolves it on its own disk
+
+
+def test_submit_refuses_relative_storage_path():
+    with pytest.raises(UserError, match="relative"):
+        check_submit_storage("runs")
+    check_submit_storage("/shared/runs")
+    check_submit_storage("s3://bucket/runs")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_address_is_one_line(tmp_path):
+    token = tmp_path / "tok"
+    token.write_text("x" * 32)
+    result = subprocess.run(
+        [RAYGEN, "jobs", "list", "--address", f"http://127.0.0.1:{_free_port()}"],
+        capture_output=True, text=True, env=_clean_env(RAY_AUTH_TOKEN_PATH=str(token)), timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: cannot reach the Ray job API"), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_job_file_fails_before_contacting_a_cluster(tmp_path):
+    job = ROOT / "jobs" / "sample_mog.yaml"
+    result = subprocess.run(
+        [RAYGEN, "submit", str(job), "--set", "no_such_key=1", "--address", "http://127.0.0.1:1"],
+        capture_output=True, text=True, env=_clean_env(), timeout=120, cwd=ROOT,
+    )
+    assert result.returncode == 2
+    assert "unknown config key 'no_such_key'" in result.stderr and "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------- a real cluster
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    # A short dir: Ray's unix socket paths live under it and have a length limit.
+    state = Path(tempfile.mkdtemp(prefix="rgc-"))
+    token = state / "token"
+    token.write_text("raygen-test-" + os.urandom(16).hex())
+    env = _clean_env(RAYGEN_LOCAL_CLUSTER_DIR=str(state / "c"), RAY_AUTH_TOKEN_PATH=str(token),
+                     RAY_BIN=str(BIN / "ray"))
+    try:
+        up = subprocess.run([str(ROOT / "cluster" / "local.sh"), "up", "--workers", "1", "--cpus", "2"],
+                            capture_output=True, text=True, env=env, timeout=240)
+        assert up.returncode == 0, up.stdout + up.stderr
+        exports = subprocess.run([str(ROOT / "cluster" / "local.sh"), "env"], capture_output=True, text=True,
+                                 env=env, check=True).stdout
+        address = next(line.split("=", 1)[1] for line in exports.splitlines() if "RAY_API_SERVER_ADDRESS" in line)
+        yield {"address": address, "env": env, "state": state, "token": token}
+    finally:
+        subprocess.run([str(ROOT / "cluster" / "local.sh"), "down"], env=env, timeout=120,
+                       capture_output=True)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def raygen(cluster, *args, env=None, timeout=240):
+    return subprocess.run([RAYGEN, *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout,
+                          env=env or {**cluster["env"], "RAY_API_SERVER_ADDRESS": cluster["address"]})
+
+
+def test_status_and_job_api_bound_to_loopback(cluster):
+    status = subprocess.run([str(ROOT / "cluster" / "local.sh"), "status"], capture_output=True, text=True,
+                            env=cluster["env"])
+    assert status.returncode == 0 and "up: 2 node(s)" in status.stdout, status.stdout
+    port = int(cluster["address"].rsplit(":", 1)[1])
+    non_loopback = [ip for ip in socket.gethostbyname_ex(socket.gethostname())[2] if not ip.startswith("127.")]
+    for ip in non_loopback:
+        with socket.socket() as s:
+            s.settimeout(2)
+            assert s.connect_ex((ip, port)) != 0, f"job API answers on {ip}"
+
+
+def test_request_without_token_gets_401_and_wrong_token_403(cluster):
+    url = f"{cluster['address']}/api/jobs/"
+    assert requests.get(url, timeout=30).status_code == 401
+    assert requests.get(url, headers={"Authorization": "Bearer wrong"}, timeout=30).status_code == 403
+    good = {"Authorization": f"Bearer {cluster['token'].read_text()}"}
+    assert requests.get(url, headers=good, timeout=30).status_code == 200
+
+
+def test_missing_and_wrong_token_fail_cleanly(cluster, tmp_path):
+    env = {**cluster["env"], "RAY_API_SERVER_ADDRESS": cluster["address"], "HOME": str(tmp_path)}
+    env.pop("RAY_AUTH_TOKEN_PATH")
+    missing = raygen(cluster, "jobs", "list", env=env)
+    assert missing.returncode == 2
+    assert "requires an auth token and none was found" in missing.stderr and "Traceback" not in missing.stderr
+    wrong = raygen(cluster, "submit", "jobs/sample_mog.yaml", "--set", f"storage_path={tmp_path}",
+                   env={**env, "RAY_AUTH_TOKEN": "not-the-token"})
+    assert wrong.returncode == 2
+    assert "rejected the auth token from RAY_AUTH_TOKEN" in wrong.stderr and "Traceback" not in wrong.stderr
+
+
+def test_multi_node_cluster_refuses_node_local_storage(cluster, tmp_path):
+    result = raygen(cluster, "submit", "jobs/sample_mog.yaml", "--set", f"storage_path={tmp_path}")
+    assert result.returncode == 2
+    assert "node-local but this cluster has 2 nodes" in result.stderr
+
+
+def test_submit_succeeds_and_writes_the_run_dir(cluster, tmp_path):
+    env = {**cluster["env"], "RAY_API_SERVER_ADDRESS": cluster["address"], "RAYGEN_SHARED_STORAGE": str(tmp_path)}
+    result = raygen(cluster, "submit", "jobs/sample_mog.yaml", "--set", "n_samples=200",
+                    "--set", f"storage_path={tmp_path}", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    job_id = result.stdout.split("job ", 1)[1].split()[0]
+    assert f"job {job_id} SUCCEEDED" in result.stdout
+    run_dir = tmp_path / "sample_mog"
+    assert (run_dir / "config.json").is_file() and (run_dir / "report.json").is_file()
+    assert list((run_dir / "samples").glob("*.parquet"))
+    logs = raygen(cluster, "jobs", "logs", job_id)
+    assert logs.returncode == 0 and "done: sample run 'sample_mog'" in logs.stdout
+    listed = raygen(cluster, "jobs", "list")
+    assert job_id in listed.stdout and "SUCCEEDED" in listed.stdout
+
+
+def test_failing_job_exits_nonzero_with_the_jobs_error(cluster, tmp_path):
+    # Valid here (any string may name a checkpoint dir), wrong on the cluster: no such target or dir.
+    env = {**cluster["env"], "RAY_API_SERVER_ADDRESS": cluster["address"], "RAYGEN_SHARED_STORAGE": str(tmp_path)}
+    result = raygen(cluster, "submit", "jobs/sample_mog.yaml", "--set", "model=/nonexistent/checkpoint",
+                    "--set", f"storage_path={tmp_path}", env=env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "error: config key 'model'" in result.stdout  # the job's own one-line error, from its logs
+    assert "FAILED" in result.stderr
+
+
+def test_stop_a_running_job(cluster, tmp_path):
+    env = {**cluster["env"], "RAY_API_SERVER_ADDRESS": cluster["address"], "RAYGEN_SHARED_STORAGE": str(tmp_path)}
+    submitted = raygen(cluster, "submit", "jobs/sample_mog.yaml", "--no-wait", "--set", "n_samples=2000000",
+                       "--set", f"storage_path={tmp_path}", env=env)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.split("job ", 1)[1].split()[0]
+    for _ in range(120):  # wait until the job is really running before stopping it
+        if "RUNNING" in raygen(cluster, "jobs", "status", job_id).stdout:
+            break
+        time.sleep(0.5)
+    stopped = raygen(cluster, "jobs", "stop", job_id)
+    assert stopped.returncode == 0 and f"job {job_id} STOPPED" in stopped.stdout, stopped.stdout + stopped.stderr
+    status = raygen(cluster, "jobs", "status", job_id)
+    assert status.returncode == 1 and "STOPPED" in status.stdout
+
+
+def test_unknown_job_id_is_one_line(cluster):
+    result = raygen(cluster, "jobs", "status", "raygen-no-such-job")
+    assert result.returncode == 2
+    assert "no job 'raygen-no-such-job'" in result.stderr and "Traceback" not in result.stderr
