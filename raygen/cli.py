@@ -8,7 +8,7 @@ import sys
 import click
 
 from raygen.errors import UserError, find_user_error
-from raygen.submit import jobs, submit
+from raygen.submit import check_shared_storage, jobs, submit
 
 ADDRESS_HELP = "Ray cluster to join (auto, host:port, ray://...). Default: $RAY_ADDRESS, else an embedded local Ray."
 
@@ -38,6 +38,7 @@ def run_job(job_file: str, address: str | None, overrides: tuple[str, ...], dry_
         click.echo(json.dumps({"workload": job.workload, **job.config.to_dict()}, indent=2))
         return
     runtime.init(address, verbose=verbose)
+    check_shared_storage(job.config.storage_path, runtime.num_nodes())
     summary = workload_module(job.workload).run(job.config, verbose=verbose)
     click.echo(f"done: {job.workload} run '{job.config.name}' -> {summary.get('run_dir', job.config.run_dir)}")
     if "report" in summary:

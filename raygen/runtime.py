@@ -19,6 +19,9 @@ os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
 
 def init(address: str | None = None, *, verbose: bool = False, num_cpus: int | None = None) -> None:
     """Start (no address, no RAY_ADDRESS) or join (`auto`, `host:port`, `ray://...`) Ray; idempotent."""
+    # torch first: loaded after ray.init inside a submitted job's working_dir, its oneMKL failed to
+    # load libtorch_cpu.so ("Intel oneMKL FATAL ERROR") in most runs; loaded before, it never did.
+    import torch  # noqa: F401
     import ray
     import ray.data  # configures Ray Data's loggers on import; the levels below must come after
 
