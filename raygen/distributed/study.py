@@ -1,0 +1,201 @@
+"""`workload: study` — a contamination study (Hataya, Bao & Arai, ICCV 2023) on Ray Data + Ray Tune.
+
+1. Plan (driver, ids and labels only): split the real data into train / held-back / test; for
+   every (ratio, arm, seed) pick exactly which training rows are replaced by which generated or
+   held-back real rows (`raygen.contamination.mixing`).
+2. Mix (Ray Data): one streaming pipeline tags, unions and permutes the rows of all mixes and
+   writes them to `<run_dir>/mixes/mix=<key>/` Parquet; images never pass through the driver.
+3. Train (Ray Tune): one trial per (ratio, arm, seed) reads its mix, trains a small CNN, reports
+   clean test accuracy per epoch and finally accuracy on each corrupted test set. Re-running the
+   same name resumes an unfinished Tuner.
+4. Report: table, accuracy-vs-ratio plot, precision/recall of generated vs real, sample grids.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from raygen.config import Config, check
+from raygen.errors import UserError
+
+EXPERIMENT = "trials"
+
+
+@dataclasses.dataclass
+class StudyConfig(Config):
+    name: str = "study_digits"
+    real: str = "digits"  # "digits" or an image folder <root>/<class>/<image>.png
+    generated: str = ""  # a `raygen sample` run dir (class-conditional model) or an image folder
+    ratios: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0.2, 0.4, 0.8, 1.0])
+    seeds: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2])
+    test_fraction: float = 0.2  # of each class; the rest is halved into train and held-back real
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 2e-3
+    noise_std: float = 0.2  # corruptions of the test set
+    blur_sigma: float = 1.0
+    rotate_degrees: float = 30.0
+    feature_steps: int = 400  # training steps of the feature classifier for precision/recall
+    pr_k: int = 3
+    cpus_per_trial: float = 1.0
+
+    def validate(self) -> None:
+        super().validate()
+        check(bool(self.generated), "generated", "set it to a `raygen sample` run directory or an image folder")
+        check(bool(self.ratios) and all(0 <= r <= 1 for r in self.ratios), "ratios", "list ratios in [0, 1]")
+        check(len(set(self.ratios)) == len(self.ratios), "ratios", "must not repeat")
+        check(bool(self.seeds) and len(set(self.seeds)) == len(self.seeds), "seeds", "list distinct seeds")
+        check(0 < self.test_fraction < 1, "test_fraction", "must be in (0, 1)")
+        for key in ("epochs", "batch_size", "feature_steps", "pr_k"):
+            check(getattr(self, key) >= 1, key, "must be >= 1")
+        for key in ("lr", "cpus_per_trial"):
+            check(getattr(self, key) > 0, key, "must be > 0")
+        for key in ("noise_std", "blur_sigma", "rotate_degrees"):
+            check(getattr(self, key) >= 0, key, "must be >= 0")
+
+
+CONFIG = StudyConfig
+
+
+def run_trial(trial: dict[str, Any], *, mixes_dir: str, test_sets: dict[str, tuple[np.ndarray, np.ndarray]],
+              num_classes: int, job: dict[str, Any]) -> None:
+    """Tune function trainable: train on one mix, `tune.report` per epoch, test-set accuracies last."""
+    import torch
+    from ray import tune
+
+    from raygen.contamination.downstream import accuracy, train_downstream
+    from raygen.contamination.mixing import mix_key, read_mix
+
+    torch.set_num_threads(1)  # one core per trial; also fixes the float summation order
+    config = StudyConfig.from_dict(job)
+    mix = read_mix(Path(mixes_dir), mix_key(trial["ratio"], trial["arm"], trial["seed"]))
+    tests = {name: (torch.from_numpy(x), torch.from_numpy(y)) for name, (x, y) in test_sets.items()}
+    generated_share = float(np.mean(mix["source"] != "real"))
+
+    def on_epoch(epoch: int, loss: float, model) -> None:
+        metrics = {"epoch": epoch, "train_loss": loss, "clean_acc": accuracy(model, *tests["clean"]),
+                   "replaced_share": generated_share}
+        if epoch == config.epochs:
+            for name, (x, y) in tests.items():
+                metrics[f"{name}_acc"] = accuracy(model, x, y)
+            metrics["ood_acc"] = float(np.mean([metrics[f"{n}_acc"] for n in tests if n != "clean"]))
+        tune.report(metrics)
+
+    train_downstream(mix["image"], mix["label"], num_classes=num_classes, seed=trial["seed"], epochs=config.epochs,
+                     batch_size=config.batch_size, lr=config.lr, on_epoch=on_epoch)
+
+
+def _tune(config: StudyConfig, root: Path, trainable) -> Any:
+    from ray import tune
+
+    experiment = root / EXPERIMENT
+    if tune.Tuner.can_restore(str(experiment)):
+        return tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True).fit()
+    space = {"ratio": tune.grid_search(list(config.ratios)), "arm": tune.grid_search(["generated", "control"]),
+             "seed": tune.grid_search(list(config.seeds))}
+    return tune.Tuner(trainable, param_space=space,
+                      run_config=tune.RunConfig(storage_path=str(root), name=EXPERIMENT, verbose=0)).fit()
+
+
+def _collect(results, corruptions: tuple[str, ...]) -> list[dict[str, Any]]:
+    trials, errors = [], []
+    for result in results:
+        if result.error is not None:
+            errors.append(str(result.error).strip().splitlines()[-1])
+            continue
+        m = result.metrics
+        trials.append({"ratio": result.config["ratio"], "arm": result.config["arm"], "seed": result.config["seed"],
+                       "clean_acc": m["clean_acc"], "ood_acc": m["ood_acc"], "replaced_share": m["replaced_share"],
+                       **{f"{c}_acc": m[f"{c}_acc"] for c in corruptions}, "path": result.path})
+    if errors:
+        raise UserError(f"{len(errors)} study trial(s) failed; first error: {errors[0]}")
+    return trials
+
+
+def run(config: StudyConfig, *, verbose: bool = False) -> dict[str, Any]:
+    import torch
+    from ray import tune
+
+    from raygen import runtime
+    from raygen.contamination.corruptions import CORRUPTIONS, corrupted_sets
+    from raygen.contamination.diversity import diversity
+    from raygen.contamination.mixing import plan_study, split_real, write_mixes
+    from raygen.contamination.report import markdown, plot_accuracy, plot_grids, shape_checks, summarise
+    from raygen.contamination.sources import open_source
+    from raygen.rundir import RunDir
+
+    if not verbose:  # Tune's new console output ignores RunConfig(verbose=0); the classic one honours it
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    runtime.init(verbose=verbose)
+    real = open_source(config.real, "real")
+    generated = open_source(config.generated, "generated")
+    missing = sorted(set(np.unique(real.labels).tolist()) - set(np.unique(generated.labels).tolist()))
+    if missing:
+        raise UserError(f"generated data {config.generated!r} has no images of classes {missing}; sample every class")
+    run_dir = RunDir(config)
+    start = time.perf_counter()
+
+    split = split_real(real.ids, real.labels, test_fraction=config.test_fraction, seed=config.seed)
+    plans = plan_study(split, real.labels_of, generated.ids, generated.labels, ratios=config.ratios,
+                       seeds=config.seeds)
+    real_train, train_labels = real.read(split.train)
+    n_gen = min(len(generated.ids), len(split.train))
+    gen_ids = np.sort(np.random.default_rng([config.seed, 9]).choice(generated.ids, n_gen, replace=False))
+    gen_images, gen_labels = generated.read(gen_ids)
+    if gen_images.shape[1:] != real_train.shape[1:]:
+        raise UserError(f"generated images have shape {list(gen_images.shape[1:])} but real ones "
+                        f"{list(real_train.shape[1:])}; sample at the real data's size")
+
+    mixes_dir = run_dir.path / "mixes"
+    print(f"mixing {len(plans)} training sets of {len(split.train)} images (Ray Data) ...")
+    write_mixes(real.dataset(), generated.dataset(), plans, mixes_dir, seed=config.seed)
+    mixed_at = time.perf_counter()
+
+    test_x, test_y = real.read(split.test)
+    corrupted = corrupted_sets(torch.from_numpy(test_x), noise_std=config.noise_std, blur_sigma=config.blur_sigma,
+                               rotate_degrees=config.rotate_degrees, seed=config.seed)
+    test_sets = {"clean": (test_x, test_y), **{k: (v.numpy(), test_y) for k, v in corrupted.items()}}
+    num_classes = int(real.labels.max()) + 1
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, mixes_dir=str(mixes_dir), test_sets=test_sets, num_classes=num_classes,
+                             job=config.to_dict()),
+        {"cpu": config.cpus_per_trial},
+    )
+    print(f"training {len(plans)} downstream classifiers (Ray Tune) ...")
+    trials = _collect(_tune(config, run_dir.path, trainable), CORRUPTIONS)
+    trained_at = time.perf_counter()
+
+    holdout_images, _ = real.read(split.holdout[:len(split.train)])
+    div = diversity(real_train, train_labels, {"generated": gen_images, "held-back real": holdout_images},
+                    seed=config.seed, steps=config.feature_steps, k=config.pr_k)
+    rows = summarise(trials, CORRUPTIONS)
+    for r in rows:  # TensorBoard / metrics.jsonl: accuracy against the replaced percentage
+        run_dir.log(int(round(100 * r["ratio"])), **{f"{m}/{r['arm']}": r[m] for m in ("clean_acc", "ood_acc")})
+    plot_accuracy(rows, run_dir.path / "accuracy_vs_ratio.png")
+    order = np.argsort(gen_labels, kind="stable")[:: max(1, n_gen // 40)]
+    real_order = np.argsort(train_labels, kind="stable")[:: max(1, len(train_labels) // 40)]
+    plot_grids([("real (training split)", real_train[real_order], train_labels[real_order]),
+                ("generated", gen_images[order], gen_labels[order])], run_dir.path / "samples.png")
+    (run_dir.path / "trials.json").write_text(json.dumps(trials, indent=1))
+
+    summary = {
+        "name": config.name, "run_dir": str(run_dir.path), "report": str(run_dir.path / "report.md"),
+        "data": {"real": config.real, "generated": config.generated, "train": len(split.train),
+                 "holdout": len(split.holdout), "test": len(split.test), "generated_rows": len(generated.ids)},
+        "trials": len(trials), "seeds": list(config.seeds), "epochs": config.epochs, "pr_k": config.pr_k,
+        "table": rows, "shape": shape_checks(rows), "shape_ood": shape_checks(rows, "ood_acc"), "diversity": div,
+        "seconds": {"mixing": mixed_at - start, "training": trained_at - mixed_at,
+                    "total": time.perf_counter() - start},
+        "plot": "accuracy_vs_ratio.png", "samples": "samples.png",
+    }
+    run_dir.write_report(summary, markdown(summary, CORRUPTIONS))
+    run_dir.close()
+    print(f"report: {run_dir.path / 'report.md'}")
+    return summary
