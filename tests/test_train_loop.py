@@ -50,3 +50,11 @@ def test_config_rejects_bad_values():
         TrainSADMConfig.from_dict({"sadm_lambda": -1})
     with pytest.raises(UserError, match="batch_size"):
         TrainSADMConfig.from_dict({"batch_size": 15, "num_workers": 2})
+
+
+def test_energy_conditional_model_trains_and_loads_as_energy_model(tmp_path):
+    out = train_func(dict(FAST, name="energy", storage_path=str(tmp_path), steps=2, energy=True, num_classes=10))
+    assert out["step"] == 2 and out["loss"] == out["loss"]  # finite, not NaN
+    model = load_denoiser(tmp_path / "energy/checkpoint_000002")
+    x = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert model.is_energy and model.energy(x, 0.3).shape == (2,)

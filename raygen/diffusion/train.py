@@ -39,7 +39,7 @@ from raygen.diffusion.losses import DenoisingLoss
 from raygen.diffusion.sadm import StructureEncoder, adversarial_loss, discriminator_loss, lambda_at
 from raygen.diffusion.sample import heun_sample
 from raygen.errors import UserError
-from raygen.models.denoiser import Denoiser, save_denoiser
+from raygen.models.denoiser import build_denoiser, save_denoiser
 from raygen.models.unet import SIZES
 
 
@@ -252,8 +252,8 @@ def train_func(config: dict) -> dict:
         raise UserError(f"batch_size {cfg.batch_size} is not divisible by the {world} workers")
     run_dir = Path(cfg.run_dir).expanduser().absolute()
 
-    denoiser = _seeded(cfg.seed, lambda: Denoiser(cfg.model_size, cfg.channels, cfg.num_classes, cfg.energy,
-                                                  cfg.sigma_data, cfg.data_mean))
+    denoiser = _seeded(cfg.seed, lambda: build_denoiser(cfg.model_size, cfg.channels, cfg.num_classes, cfg.energy,
+                                                        cfg.sigma_data, cfg.data_mean))
     encoder = _seeded(cfg.seed + 1, lambda: StructureEncoder(cfg.channels, embed_dim=cfg.embed_dim))
     ema = EMA(denoiser, cfg.ema_decay)
     opt = torch.optim.Adam(denoiser.parameters(), lr=cfg.lr)
@@ -316,6 +316,8 @@ def train_func(config: dict) -> dict:
             window_start, data_wait, window_images = time.perf_counter(), 0.0, 0
             if log is not None:
                 log.scalars(done, last)
+                print(f"step {done}/{cfg.steps}  loss {last['loss']:.4f}  denoise {last['loss_denoise']:.4f}  "
+                      f"structure {last['structure_distance']:.4f}  {last['images_per_s']:.0f} img/s", flush=True)
         if log is not None and cfg.sample_every and (done % cfg.sample_every == 0 or done == cfg.steps):
             shape = (cfg.num_samples, *x0.shape[1:])
             grid_labels = torch.arange(cfg.num_samples) % cfg.num_classes if cfg.num_classes else None

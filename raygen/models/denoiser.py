@@ -43,22 +43,26 @@ def _sigma_vector(sigma: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 class Denoiser(nn.Module):
+    """The plain VE denoiser; `build_denoiser(energy=True)` gives the `EnergyDenoiser` subclass.
+
+    Only energy models have an `energy` attribute: samplers test `hasattr(model, "energy")`."""
+
+    is_energy = False
+
     def __init__(
         self,
         size: str = "tiny",
         in_channels: int = 1,
         num_classes: int = 0,
-        energy: bool = False,
         sigma_data: float = 0.5,
         data_mean: float = 0.5,
     ):
         super().__init__()
         if size not in SIZES:
             raise ValueError(f"unknown model size {size!r}; known: {', '.join(SIZES)}")
-        self.spec = dict(size=size, in_channels=in_channels, num_classes=num_classes, energy=energy,
+        self.spec = dict(size=size, in_channels=in_channels, num_classes=num_classes, energy=self.is_energy,
                          sigma_data=sigma_data, data_mean=data_mean)
         self.net = SIZES[size](in_channels=in_channels, num_classes=num_classes)
-        self.is_energy = energy
         self.num_classes = num_classes
         self.sigma_data = sigma_data
         self.data_mean = data_mean
@@ -72,19 +76,32 @@ class Denoiser(nn.Module):
         xc = x - self.data_mean
         return self.data_mean + c_skip * xc + c_out * self.net(c_in * xc, sigma.log() / 4, labels)
 
+    def score(self, x: torch.Tensor, sigma: float | torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """grad_x log q_sigma(x) = (D - x) / sigma^2. Differentiable in x whenever grad mode is on."""
+        sigma = _sigma_vector(sigma, x)
+        return (self._preconditioned(x, sigma, labels) - x) / sigma[:, None, None, None] ** 2
+
+    def forward(self, x: torch.Tensor, sigma: float | torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """D(x_tilde, sigma): the denoised estimate E[x | x_tilde] = x_tilde + sigma^2 score."""
+        return self._preconditioned(x, _sigma_vector(sigma, x), labels)
+
+    def conditioned(self, labels: torch.Tensor, guidance: float = 0.0) -> "Conditioned":
+        """A score/energy model for fixed per-sample labels, with classifier-free guidance weight."""
+        return Conditioned(self, labels, guidance)
+
+
+class EnergyDenoiser(Denoiser):
+    """E(x, sigma) = ||x - D_raw(x, sigma)||^2 / (2 sigma^2); score = -grad_x E; D = x + sigma^2 score."""
+
+    is_energy = True
+
     def energy(self, x: torch.Tensor, sigma: float | torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Per-sample scalar energy E(x, sigma) with score = -grad_x E (energy variant only)."""
-        if not self.is_energy:
-            raise AttributeError("this denoiser was built with energy=False; build it with energy=True")
+        """Per-sample scalar energy with score = -grad_x E."""
         sigma = _sigma_vector(sigma, x)
         residual = x - self._preconditioned(x, sigma, labels)
         return residual.flatten(1).pow(2).sum(1) / (2 * sigma**2)
 
     def score(self, x: torch.Tensor, sigma: float | torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """grad_x log q_sigma(x). Differentiable in x whenever grad mode is on (for HVPs)."""
-        sigma = _sigma_vector(sigma, x)
-        if not self.is_energy:
-            return (self._preconditioned(x, sigma, labels) - x) / sigma[:, None, None, None] ** 2
         # keep the graph when the caller differentiates further (training, Hessian-vector products)
         create_graph = torch.is_grad_enabled()
         with torch.enable_grad():
@@ -93,15 +110,15 @@ class Denoiser(nn.Module):
         return -grad
 
     def forward(self, x: torch.Tensor, sigma: float | torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """D(x_tilde, sigma): the denoised estimate E[x | x_tilde] = x_tilde + sigma^2 score."""
         sigma_v = _sigma_vector(sigma, x)
-        if not self.is_energy:
-            return self._preconditioned(x, sigma_v, labels)
         return x + sigma_v[:, None, None, None] ** 2 * self.score(x, sigma_v, labels)
 
-    def conditioned(self, labels: torch.Tensor, guidance: float = 0.0) -> "Conditioned":
-        """A score/energy model for fixed per-sample labels, with classifier-free guidance weight."""
-        return Conditioned(self, labels, guidance)
+
+def build_denoiser(size: str = "tiny", in_channels: int = 1, num_classes: int = 0, energy: bool = False,
+                   sigma_data: float = 0.5, data_mean: float = 0.5) -> Denoiser:
+    """Construct from a spec (the keys of `Denoiser.spec`, as saved in checkpoints)."""
+    cls = EnergyDenoiser if energy else Denoiser
+    return cls(size, in_channels, num_classes, sigma_data, data_mean)
 
 
 class Conditioned:
@@ -151,6 +168,6 @@ def load_denoiser(checkpoint_dir: str | Path, map_location: str = "cpu") -> Deno
     if not spec_path.exists():
         raise UserError(f"{directory} is not a raygen denoiser checkpoint (no {SPEC_FILE}); "
                         "pass a checkpoint_* directory written by `raygen train`")
-    model = Denoiser(**json.loads(spec_path.read_text()))
+    model = build_denoiser(**json.loads(spec_path.read_text()))
     model.load_state_dict(torch.load(directory / WEIGHTS_FILE, map_location=map_location, weights_only=True))
     return model.eval()
