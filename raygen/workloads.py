@@ -14,6 +14,8 @@ WORKLOADS = {
     "sample": "raygen.distributed.sampling",
     "tune": "raygen.distributed.tune_hypergrad",
     "train": "raygen.distributed.train_sadm",
+    "study": "raygen.distributed.study",
+    "quickstart": "raygen.distributed.quickstart",
 }
 
 

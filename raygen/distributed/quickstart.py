@@ -1,0 +1,174 @@
+"""`workload: quickstart` — the main job: train -> sample -> contamination study -> report.
+
+Each stage is a sub-run of its own workload under the quickstart's run directory, with a config
+derived from the quickstart's flat keys:
+
+    <run_dir>/train/    class-conditional SADM denoiser on the built-in digits  (workload `train`)
+    <run_dir>/sample/   labelled digits drawn with MMDGS on Ray Data actors     (workload `sample`)
+    <run_dir>/study/    contamination study with Ray Data mixing + Ray Tune     (workload `study`)
+
+Re-running reuses what is done: a training whose report shows it reached `train_steps` is skipped
+(an unfinished one resumes from its last checkpoint), sampling skips parts already written, and
+the study resumes its Tuner.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from raygen.config import Config, check
+
+
+@dataclasses.dataclass
+class QuickstartConfig(Config):
+    name: str = "quickstart"
+    # stage 1: SADM training (raygen train)
+    train_steps: int = 800
+    train_batch_size: int = 64
+    sadm_lambda: float = 0.1
+    sadm_warmup: int = 200
+    label_dropout: float = 0.1
+    train_workers: int = 0  # 0: train in the driver process; >= 1: Ray Train workers
+    # stage 2: MMDGS sampling (raygen sample)
+    n_samples: int = 1000  # 100 per digit; the study needs >= ~72 per class at ratio 1.0
+    covariance: Literal["full", "diag", "iso", "none"] = "diag"
+    sigma_max: float = 1.0
+    sigma_min: float = 0.05
+    levels: int = 8
+    steps_per_level: int = 2
+    guidance: float = 0.0
+    num_actors: int = 2
+    chunk_size: int = 100
+    # stage 3: contamination study (raygen study)
+    ratios: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0.2, 0.4, 0.8, 1.0])
+    seeds: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2])
+    epochs: int = 20
+    feature_steps: int = 400
+
+    def validate(self) -> None:
+        super().validate()
+        for key in ("train_steps", "train_batch_size", "n_samples", "chunk_size", "num_actors", "levels",
+                    "steps_per_level", "epochs", "feature_steps"):
+            check(getattr(self, key) >= 1, key, "must be >= 1")
+        check(self.train_workers >= 0, "train_workers", "must be >= 0 (0 = train in this process)")
+        # the stage configs check the keys passed through unchanged; building them fails before any work
+        self.train_config("/tmp"), self.sample_config("/tmp", "/tmp"), self.study_config("/tmp", "/tmp")
+
+    def train_config(self, root: str):
+        from raygen.diffusion.train import TrainSADMConfig
+
+        return TrainSADMConfig(
+            name="train", storage_path=root, seed=self.seed, data="digits", channels=1, model_size="tiny",
+            num_classes=10, label_dropout=self.label_dropout, steps=self.train_steps,
+            batch_size=self.train_batch_size, sadm_lambda=self.sadm_lambda,
+            sadm_warmup=min(self.sadm_warmup, self.train_steps), checkpoint_every=max(1, self.train_steps // 4),
+            log_every=max(1, min(50, self.train_steps // 4)), sample_every=self.train_steps, num_samples=64,
+            num_workers=self.train_workers,
+        )
+
+    def sample_config(self, root: str, checkpoint: str):
+        from raygen.distributed.sampling import SampleConfig
+
+        return SampleConfig(
+            name="sample", storage_path=root, seed=self.seed, model=checkpoint, sampler="mmdgs",
+            covariance=self.covariance, sigma_max=self.sigma_max, sigma_min=self.sigma_min, levels=self.levels,
+            steps_per_level=self.steps_per_level, guidance=self.guidance, n_samples=self.n_samples,
+            chunk_size=self.chunk_size, num_actors=self.num_actors, dtype="float32",
+            stats_samples=min(self.n_samples, 2000),
+        )
+
+    def study_config(self, root: str, generated: str):
+        from raygen.distributed.study import StudyConfig
+
+        return StudyConfig(name="study", storage_path=root, seed=self.seed, real="digits", generated=generated,
+                           ratios=list(self.ratios), seeds=list(self.seeds), epochs=self.epochs,
+                           feature_steps=self.feature_steps)
+
+
+CONFIG = QuickstartConfig
+
+
+def _finished_training(train_dir: Path, steps: int) -> str | None:
+    """The final checkpoint of a training that already reached `steps`, else None."""
+    report = train_dir / "report.json"
+    if not report.exists():
+        return None
+    summary = json.loads(report.read_text())
+    checkpoint = summary.get("checkpoint")
+    if summary.get("steps") == steps and checkpoint and Path(checkpoint).is_dir():
+        return checkpoint
+    return None
+
+
+def run(config: QuickstartConfig, *, verbose: bool = False) -> dict[str, Any]:
+    from raygen import runtime
+    from raygen.distributed import sampling, study, train_sadm
+    from raygen.errors import UserError
+    from raygen.rundir import RunDir
+
+    runtime.init(verbose=verbose)
+    run_dir = RunDir(config)
+    root = str(run_dir.path)
+    stages: dict[str, dict[str, Any]] = {}
+
+    start = time.perf_counter()
+    checkpoint = _finished_training(run_dir.path / "train", config.train_steps)
+    if checkpoint is None:
+        print(f"[1/3] training a class-conditional SADM denoiser on digits ({config.train_steps} steps)")
+        trained = train_sadm.run(config.train_config(root), verbose=verbose)
+        checkpoint = trained["checkpoint"]
+        if checkpoint is None:
+            raise UserError(f"training under {root}/train wrote no checkpoint; see {root}/train/metrics.jsonl")
+        stages["train"] = {"reused": False, "seconds": time.perf_counter() - start,
+                           "resumed_from": trained["resumed_from"]}
+    else:
+        print(f"[1/3] training already finished: reusing {checkpoint}")
+        stages["train"] = {"reused": True, "seconds": 0.0}
+    stages["train"].update(checkpoint=checkpoint, report=f"{root}/train/report.md")
+
+    start = time.perf_counter()
+    print(f"[2/3] sampling {config.n_samples} labelled digits with MMDGS ({config.covariance}) "
+          f"on {config.num_actors} Ray Data actors")
+    sampled = sampling.run(config.sample_config(root, checkpoint), verbose=verbose)
+    stages["sample"] = {"seconds": time.perf_counter() - start, "parts": sampled["parts"],
+                        "parts_reused": sampled["chunks_resumed"], "samples_per_s": sampled["samples_per_s"],
+                        "report": sampled["report"], "preview": sampled["preview"]}
+
+    start = time.perf_counter()
+    print(f"[3/3] contamination study: ratios {config.ratios} x 2 arms x seeds {config.seeds}")
+    studied = study.run(config.study_config(root, sampled["run_dir"]), verbose=verbose)
+    stages["study"] = {"seconds": time.perf_counter() - start, "report": studied["report"]}
+
+    summary = {"run_dir": root, "report": f"{root}/report.md", "stages": stages, "table": studied["table"],
+               "shape": studied["shape"], "diversity": studied["diversity"]}
+    run_dir.write_report(summary, _markdown(config, stages, Path(studied["report"])))
+    run_dir.close()
+    print(f"report: {summary['report']}")
+    return summary
+
+
+def _markdown(config: QuickstartConfig, stages: dict[str, dict[str, Any]], study_report: Path) -> str:
+    train = stages["train"]
+    sample = stages["sample"]
+    lines = [
+        f"# raygen quickstart: {config.name}",
+        "",
+        "| stage | what | seconds | details |",
+        "|---|---|---|---|",
+        f"| 1 train | class-conditional SADM denoiser, {config.train_steps} steps on digits | {train['seconds']:.0f} | "
+        + ("reused a finished training" if train["reused"] else "trained now") + f", [report](train/report.md) |",
+        f"| 2 sample | {config.n_samples} labelled digits, MMDGS `{config.covariance}`, {config.num_actors} actors | "
+        f"{sample['seconds']:.0f} | {sample['parts_reused']}/{sample['parts']} parts reused, "
+        "[report](sample/report.md), [preview](sample/preview.png) |",
+        f"| 3 study | contamination study, {len(config.ratios)} ratios x 2 arms x {len(config.seeds)} seeds | "
+        f"{stages['study']['seconds']:.0f} | [report](study/report.md) |",
+        "",
+    ]
+    # The study's own report, with its links made relative to this directory, and its title demoted.
+    body = re.sub(r"\]\((?!https?:)([^)]+\.png)\)", r"](study/\1)", study_report.read_text())
+    return "\n".join(lines) + "\n" + body.replace("# Contamination study", "## Contamination study", 1)
