@@ -1,0 +1,137 @@
+"""Corruptions, the generated-data loader, report shape checks and study config errors."""
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from raygen.contamination.corruptions import corrupted_sets, gaussian_blur, rotate
+from raygen.contamination.report import shape_checks, summarise
+from raygen.data.generated import labelled_ids, load_labelled, read_labelled
+from raygen.errors import UserError
+
+
+def test_blur_keeps_constant_images_and_total_mass_inside():
+    x = torch.full((2, 1, 8, 8), 0.3, dtype=torch.float64)
+    torch.testing.assert_close(gaussian_blur(x, 1.0), x, rtol=0, atol=1e-15)
+    spike = torch.zeros(1, 1, 9, 9, dtype=torch.float64)
+    spike[0, 0, 4, 4] = 1.0
+    out = gaussian_blur(spike, 1.0)
+    assert abs(float(out.sum()) - 1.0) < 1e-12 and float(out[0, 0, 4, 4]) < 1.0
+    torch.testing.assert_close(out, out.flip(-1).transpose(-1, -2))  # isotropic kernel
+
+
+def test_rotation_by_zero_is_identity_and_by_90_is_rot90():
+    x = torch.rand(4, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    torch.testing.assert_close(rotate(x, 0.0, g), x, rtol=0, atol=1e-12)
+    out = rotate(x, 90.0, torch.Generator().manual_seed(1))
+    for i in range(len(x)):  # each image turned a quarter either way, exactly (pixel centres map to centres)
+        ok = [torch.allclose(out[i], torch.rot90(x[i], k, dims=(-2, -1)), atol=1e-6) for k in (1, -1)]
+        assert any(ok)
+
+
+def test_corrupted_sets_are_seeded_and_in_range():
+    x = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    a = corrupted_sets(x, noise_std=0.2, blur_sigma=1.0, rotate_degrees=30, seed=3)
+    b = corrupted_sets(x, noise_std=0.2, blur_sigma=1.0, rotate_degrees=30, seed=3)
+    c = corrupted_sets(x, noise_std=0.2, blur_sigma=1.0, rotate_degrees=30, seed=4)
+    for k in a:
+        assert torch.equal(a[k], b[k]) and a[k].min() >= 0 and a[k].max() <= 1
+    assert not torch.equal(a["noise"], c["noise"])
+
+
+def write_samples(directory, ids, labels, images, chunk=0):
+    """A part file in `raygen sample`'s format: flat samples, label, shape in the raygen metadata."""
+    directory.mkdir(parents=True, exist_ok=True)
+    flat = images.reshape(len(ids), -1)
+    table = pa.table({"sample_id": pa.array(ids), "seed": pa.array(ids),
+                      "sample": pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()), flat.shape[1]),
+                      "label": pa.array(labels)})
+    table = table.replace_schema_metadata({"raygen": json.dumps({"shape": list(images.shape[1:])}).encode()})
+    pq.write_table(table, directory / f"part-{chunk:07d}.parquet")
+
+
+def test_generated_samples_by_id(tmp_path, ray_local):
+    rng = np.random.default_rng(0)
+    images = rng.normal(0.5, 0.6, size=(30, 1, 4, 4))  # outside [0, 1] on purpose
+    ids, labels = np.arange(30), np.arange(30) % 3
+    write_samples(tmp_path / "run" / "samples", ids[15:], labels[15:], images[15:], chunk=1)
+    write_samples(tmp_path / "run" / "samples", ids[:15], labels[:15], images[:15], chunk=0)
+    got_ids, got_labels = labelled_ids(str(tmp_path / "run"))
+    np.testing.assert_array_equal(got_ids, ids)
+    np.testing.assert_array_equal(got_labels, labels)
+    x, y = read_labelled(str(tmp_path / "run"), np.array([17, 2, 29]))
+    np.testing.assert_allclose(x, np.clip(images[[17, 2, 29]], 0, 1).astype(np.float32))
+    np.testing.assert_array_equal(y, labels[[17, 2, 29]])
+    rows = load_labelled(str(tmp_path / "run" / "samples")).take_all()
+    assert sorted(r["id"] for r in rows) == ids.tolist()
+    for r in rows:
+        np.testing.assert_allclose(r["image"], np.clip(images[r["id"]], 0, 1).astype(np.float32))
+        assert r["label"] == labels[r["id"]]
+
+
+def test_unlabelled_samples_and_missing_path_are_user_errors(tmp_path):
+    d = tmp_path / "samples"
+    d.mkdir()
+    table = pa.table({"sample_id": pa.array([0]), "sample": pa.array([[0.0] * 4], pa.list_(pa.float64(), 4))})
+    pq.write_table(table, d / "part-0000000.parquet")
+    with pytest.raises(UserError, match="class-conditional"):
+        labelled_ids(str(d))
+    with pytest.raises(UserError, match="not found"):
+        labelled_ids(str(tmp_path / "nope"))
+
+
+def test_generated_image_folder(tmp_path, ray_local):
+    from PIL import Image
+
+    values = {}
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for j in range(3):
+            v = 40 * j + (100 if c == "b" else 0)
+            Image.fromarray(np.full((4, 4), v, np.uint8), mode="L").save(tmp_path / c / f"{j}.png")
+            values[(c, j)] = v / 255
+    ids, labels = labelled_ids(str(tmp_path))
+    np.testing.assert_array_equal(ids, np.arange(6))
+    np.testing.assert_array_equal(labels, [0, 0, 0, 1, 1, 1])
+    x, y = read_labelled(str(tmp_path), np.array([4]))
+    assert x.shape == (1, 1, 4, 4) and y.tolist() == [1]
+    np.testing.assert_allclose(x[0, 0, 0, 0], values[("b", 1)], atol=1e-6)
+    rows = {r["id"]: r for r in load_labelled(str(tmp_path)).take_all()}
+    assert sorted(rows) == list(range(6))
+    np.testing.assert_allclose(rows[4]["image"], x[0])
+
+
+def rows_from(means):
+    trials = []
+    for arm, accs in means.items():
+        for ratio, acc in accs.items():
+            for seed, jitter in enumerate((-0.01, 0.01)):
+                trials.append({"ratio": ratio, "arm": arm, "seed": seed, "clean_acc": acc + jitter, "ood_acc": acc / 2,
+                               "noise_acc": 0.0, "blur_acc": 0.0, "rotate_acc": 0.0})
+    return summarise(trials, ("noise", "blur", "rotate"))
+
+
+def test_summary_and_shape_checks():
+    paper_like = rows_from({"generated": {0: 0.9, 0.5: 0.8, 1: 0.3}, "control": {0: 0.9, 0.5: 0.88, 1: 0.85}})
+    r = next(r for r in paper_like if r["ratio"] == 0.5 and r["arm"] == "generated")
+    assert r["seeds"] == 2 and abs(r["clean_acc"] - 0.8) < 1e-12 and abs(r["clean_acc_std"] - 0.02 ** 0.5 * 0.1) < 1e-12
+    assert shape_checks(paper_like) == {"monotone_drop": True, "generated_below_control": True, "gap_widens": True}
+    other = rows_from({"generated": {0: 0.9, 0.5: 0.92, 1: 0.8}, "control": {0: 0.9, 0.5: 0.9, 1: 0.85}})
+    # gaps 0, -0.02, 0.05: generated beats control at 0.5, so the gap first shrinks
+    assert shape_checks(other) == {"monotone_drop": False, "generated_below_control": False, "gap_widens": False}
+
+
+def test_study_config_errors_name_the_key():
+    from raygen.distributed.study import StudyConfig
+
+    with pytest.raises(UserError, match="'generated'"):
+        StudyConfig.from_dict({})
+    with pytest.raises(UserError, match="'ratios'"):
+        StudyConfig.from_dict({"generated": "x", "ratios": [0, 1.5]})
+    with pytest.raises(UserError, match="'seeds'"):
+        StudyConfig.from_dict({"generated": "x", "seeds": [1, 1]})
