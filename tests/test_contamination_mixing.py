@@ -115,3 +115,29 @@ def test_pipeline_writes_exactly_the_planned_rows(tmp_path, ray_local):
     for p in again:
         assert _rows(read_mix(tmp_path / "b", p.key)) == _rows(mixes[p.key])
     assert _rows(mixes["r0.4000-generated-s0"]) != _rows(mixes["r0.4000-generated-s1"])
+
+
+def test_single_mix_stream_is_exact_and_interleaved(ray_local):
+    ray = ray_local
+    from raygen.contamination.mixing import mixed_dataset
+
+    n = 2000
+    ids = np.arange(n, dtype=np.int64)
+    labels = ids % 4
+    real_ds = ray.data.range(n, override_num_blocks=4).map_batches(
+        lambda b: {"id": b["id"], "image": np.zeros((len(b["id"]), 1, 2, 2), np.float32), "label": b["id"] % 4})
+    gen_ds = ray.data.range(n, override_num_blocks=4).map_batches(
+        lambda b: {"id": b["id"], "image": np.ones((len(b["id"]), 1, 2, 2), np.float32), "label": b["id"] % 4})
+    plan = plan_mix(ids, labels, ids, labels, ratio=0.4, arm="generated", seed=0)
+    rows = []
+    for batch in mixed_dataset(real_ds, gen_ds, [plan], seed=0).iter_batches(batch_size=200, batch_format="numpy"):
+        rows.append(batch)
+    source = np.concatenate([b["source"] for b in rows])
+    got = np.concatenate([b["id"] for b in rows])
+    assert sorted(got[source == "real"].tolist()) == plan.real_ids.tolist()
+    assert sorted(got[source == "generated"].tolist()) == plan.replacement_ids.tolist()
+    image = np.concatenate([b["image"] for b in rows])[:, 0, 0, 0]
+    np.testing.assert_array_equal(image, (source == "generated").astype(np.float32))
+    # interleaved: the generated share of each quarter of the stream is near 0.4, not 0 or 1
+    for quarter in np.array_split(source == "generated", 4):
+        assert 0.2 < quarter.mean() < 0.6

@@ -10,10 +10,11 @@
    the same for both arms (a paired comparison) and nested across ratios (the rows dropped at 0.2
    are among those dropped at 0.4); a different seed draws different rows.
 3. `mixed_dataset`: a streaming Ray Data pipeline. Each source's rows are tagged with every mix
-   they belong to (`map_batches`, vectorised `isin` per mix), the two sources are unioned and a
-   seeded permutation is applied inside each batch (a `map_batches` permutation keeps most of the
-   throughput; `random_shuffle` would be a full barrier). Ray's `Dataset.mix` mixes per block, not
-   per row, so it cannot give exact ratios. The mixed rows are written (`write_mixes`, one Parquet
+   they belong to (`map_batches`, vectorised `isin` per mix), the two sources are interleaved
+   (`Dataset.mix` for one mix, a union for many) and a seeded permutation is applied to windows
+   of rows (a `map_batches` permutation keeps most of the throughput; `random_shuffle` would be a
+   full barrier). `Dataset.mix` alone picks whole blocks by weight, so it cannot give exact
+   ratios: the exact row set comes from the tagging step. The mixed rows are written (`write_mixes`, one Parquet
    partition per mix) or iterated by a training loop; the driver never holds them.
 """
 
@@ -151,21 +152,34 @@ def _permuter(seed: int):
     return permute
 
 
-def mixed_dataset(real_ds, generated_ds, plans: list[MixPlan], *, seed: int, batch_size: int = 256):
+def mixed_dataset(real_ds, generated_ds, plans: list[MixPlan], *, seed: int, block_rows: int = 256,
+                  shuffle_rows: int = 1024):
     """One Ray Dataset of `mix, source, id, image, label` rows for all `plans` (streaming).
 
     `real_ds` and `generated_ds` are Ray Datasets with `id, image, label` (`generated_ds` may be
-    None when no plan is of the generated arm)."""
+    None when no plan is of the generated arm). For a single generated-arm plan (a stream feeding
+    one training run) the two sources are interleaved block by block at the plan's ratio with
+    `Dataset.mix` (exhaustive: every row comes out), and the permutation windows of `shuffle_rows`
+    rows span several blocks, so every stretch of the stream holds both sources in about the
+    plan's proportion. For many plans (`write_mixes`) the order is irrelevant and a union is used.
+    """
     real_members = [(p.key, "real", p.real_ids) for p in plans]
     real_members += [(p.key, "holdout", p.replacement_ids) for p in plans if p.arm == "control"]
     generated_members = [(p.key, "generated", p.replacement_ids) for p in plans if p.arm == "generated"]
-    ds = real_ds.map_batches(_tagger(real_members), batch_format="numpy", batch_size=batch_size)
+    ds = real_ds.map_batches(_tagger(real_members), batch_format="numpy", batch_size=block_rows)
     if generated_members:
         if generated_ds is None:
             raise ValueError("generated-arm plans need generated_ds")
-        ds = ds.union(generated_ds.map_batches(_tagger(generated_members), batch_format="numpy",
-                                               batch_size=batch_size))
-    return ds.map_batches(_permuter(seed), batch_format="numpy", batch_size=batch_size)
+        generated = generated_ds.map_batches(_tagger(generated_members), batch_format="numpy", batch_size=block_rows)
+        one = plans[0]
+        if len(plans) == 1 and len(one.real_ids) and len(one.replacement_ids):
+            from ray.data import MixStoppingCondition
+
+            ds = ds.mix(generated, weights=[len(one.real_ids), len(one.replacement_ids)],
+                        stopping_condition=MixStoppingCondition.STOP_ON_LONGEST_DROP)
+        else:
+            ds = ds.union(generated)
+    return ds.map_batches(_permuter(seed), batch_format="numpy", batch_size=shuffle_rows)
 
 
 def write_mixes(real_ds, generated_ds, plans: list[MixPlan], out_dir: Path, *, seed: int) -> None:

@@ -140,8 +140,8 @@ def markdown(summary: dict[str, Any], corruptions: tuple[str, ...]) -> str:
         "",
         "## Diversity: improved precision/recall against the real training set",
         "",
-        f"Features: a CNN trained on the real training split; k = {summary['pr_k']}. "
-        "The held-back real images are the yardstick.",
+        f"{summary['diversity_images']} images per set (a seeded subset); features: a CNN trained on those real "
+        f"training images; k = {summary['pr_k']}. The held-back real images are the yardstick.",
         "",
         "| images | precision | recall | Fréchet distance | KID |",
         "|---|---|---|---|---|",

@@ -43,6 +43,7 @@ class StudyConfig(Config):
     blur_sigma: float = 1.0
     rotate_degrees: float = 30.0
     feature_steps: int = 400  # training steps of the feature classifier for precision/recall
+    diversity_images: int = 2000  # images per set read into the driver for precision/recall and grids
     pr_k: int = 3
     cpus_per_trial: float = 1.0
 
@@ -53,7 +54,7 @@ class StudyConfig(Config):
         check(len(set(self.ratios)) == len(self.ratios), "ratios", "must not repeat")
         check(bool(self.seeds) and len(set(self.seeds)) == len(self.seeds), "seeds", "list distinct seeds")
         check(0 < self.test_fraction < 1, "test_fraction", "must be in (0, 1)")
-        for key in ("epochs", "batch_size", "feature_steps", "pr_k"):
+        for key in ("epochs", "batch_size", "feature_steps", "pr_k", "diversity_images"):
             check(getattr(self, key) >= 1, key, "must be >= 1")
         for key in ("lr", "cpus_per_trial"):
             check(getattr(self, key) > 0, key, "must be > 0")
@@ -145,9 +146,11 @@ def run(config: StudyConfig, *, verbose: bool = False) -> dict[str, Any]:
     split = split_real(real.ids, real.labels, test_fraction=config.test_fraction, seed=config.seed)
     plans = plan_study(split, real.labels_of, generated.ids, generated.labels, ratios=config.ratios,
                        seeds=config.seeds)
-    real_train, train_labels = real.read(split.train)
-    n_gen = min(len(generated.ids), len(split.train))
-    gen_ids = np.sort(np.random.default_rng([config.seed, 9]).choice(generated.ids, n_gen, replace=False))
+    # Metrics and grids use a seeded subset of equal size per set; the mixes themselves never come here.
+    pick = np.random.default_rng([config.seed, 9])
+    n_div = min(len(split.train), len(generated.ids), config.diversity_images)
+    real_train, train_labels = real.read(np.sort(pick.choice(split.train, n_div, replace=False)))
+    gen_ids = np.sort(pick.choice(generated.ids, n_div, replace=False))
     gen_images, gen_labels = generated.read(gen_ids)
     if gen_images.shape[1:] != real_train.shape[1:]:
         raise UserError(f"generated images have shape {list(gen_images.shape[1:])} but real ones "
@@ -172,14 +175,14 @@ def run(config: StudyConfig, *, verbose: bool = False) -> dict[str, Any]:
     trials = _collect(_tune(config, run_dir.path, trainable), CORRUPTIONS)
     trained_at = time.perf_counter()
 
-    holdout_images, _ = real.read(split.holdout[:len(split.train)])
+    holdout_images, _ = real.read(np.sort(pick.choice(split.holdout, n_div, replace=False)))
     div = diversity(real_train, train_labels, {"generated": gen_images, "held-back real": holdout_images},
                     seed=config.seed, steps=config.feature_steps, k=config.pr_k)
     rows = summarise(trials, CORRUPTIONS)
     for r in rows:  # TensorBoard / metrics.jsonl: accuracy against the replaced percentage
         run_dir.log(int(round(100 * r["ratio"])), **{f"{m}/{r['arm']}": r[m] for m in ("clean_acc", "ood_acc")})
     plot_accuracy(rows, run_dir.path / "accuracy_vs_ratio.png")
-    order = np.argsort(gen_labels, kind="stable")[:: max(1, n_gen // 40)]
+    order = np.argsort(gen_labels, kind="stable")[:: max(1, n_div // 40)]
     real_order = np.argsort(train_labels, kind="stable")[:: max(1, len(train_labels) // 40)]
     plot_grids([("real (training split)", real_train[real_order], train_labels[real_order]),
                 ("generated", gen_images[order], gen_labels[order])], run_dir.path / "samples.png")
@@ -190,6 +193,7 @@ def run(config: StudyConfig, *, verbose: bool = False) -> dict[str, Any]:
         "data": {"real": config.real, "generated": config.generated, "train": len(split.train),
                  "holdout": len(split.holdout), "test": len(split.test), "generated_rows": len(generated.ids)},
         "trials": len(trials), "seeds": list(config.seeds), "epochs": config.epochs, "pr_k": config.pr_k,
+        "diversity_images": n_div,
         "table": rows, "shape": shape_checks(rows), "shape_ood": shape_checks(rows, "ood_acc"), "diversity": div,
         "seconds": {"mixing": mixed_at - start, "training": trained_at - mixed_at,
                     "total": time.perf_counter() - start},
