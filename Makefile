@@ -19,15 +19,14 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/raygen run jobs/sample_mog.yaml
-	@echo "open runs/sample_mog/report.md (statistics) and runs/sample_mog/preview.png (samples vs the exact target)"
+	$(BIN)/raygen run jobs/quickstart.yaml
+	@echo "open runs/quickstart/report.md (the study's table and plots, with links to each stage's report)"
 
 test: setup
 	$(BIN)/python -m pytest -q --durations=15
 
 bench: setup
-	$(BIN)/python benchmarks/sampler_quality.py --quick
-	$(BIN)/python benchmarks/sampler_throughput.py --quick
+	for b in benchmarks/*.py; do $(BIN)/python $$b --quick || exit 1; done
 
 clean:
 	rm -rf runs benchmarks/results .pytest_cache

@@ -65,6 +65,8 @@ cli.add_command(job_command("sample", "sample", "jobs/sample_mog.yaml",
                             "Generate samples in parallel on Ray Data actors (default: jobs/sample_mog.yaml)."))
 cli.add_command(job_command("train", "train", "jobs/train_sadm_digits.yaml",
                             "Train a diffusion model with SADM on Ray Train (default: jobs/train_sadm_digits.yaml)."))
+cli.add_command(job_command("study", "study", "jobs/study_digits.yaml",
+                            "Run a contamination study on Ray Data + Ray Tune (default: jobs/study_digits.yaml)."))
 cli.add_command(job_command("tune", "tune", "jobs/tune_hypergrad.yaml",
                             "Tune hyperparameters with Nystrom hypergradients on Ray Tune (default: jobs/tune_hypergrad.yaml)."))
 cli.add_command(submit)
