@@ -156,7 +156,9 @@ def load_dataset(
     _check_channels(channels)
     if source == "digits":
         images, labels = digits_arrays()
-        return ray.data.from_items([{"image": im, "label": int(lb)} for im, lb in zip(images, labels)])
+        # a few large blocks: from_items' default of ~200 nine-row blocks iterates ~4x slower
+        return ray.data.from_items([{"image": im, "label": int(lb)} for im, lb in zip(images, labels)],
+                                   override_num_blocks=8)
     path = Path(os.path.expanduser(source))
     if not path.exists():
         raise UserError(f"data source {source!r} not found; use 'digits', an image folder or a Parquet path")
