@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -39,10 +40,11 @@ def run_job(job_file: str, address: str | None, overrides: tuple[str, ...], dry_
         return
     runtime.init(address, verbose=verbose)
     check_shared_storage(job.config.storage_path, runtime.num_nodes())
-    summary = workload_module(job.workload).run(job.config, verbose=verbose)
-    click.echo(f"done: {job.workload} run '{job.config.name}' -> {summary.get('run_dir', job.config.run_dir)}")
-    if "report" in summary:
-        click.echo(f"report: {summary['report']}")
+    workload_module(job.workload).run(job.config, verbose=verbose)
+    run_dir = Path(job.config.run_dir).expanduser().absolute()
+    click.echo(f"done: {job.workload} run '{job.config.name}' -> {run_dir}")
+    if (run_dir / "report.md").exists():
+        click.echo(f"report: {run_dir / 'report.md'}")
 
 
 def job_command(name: str, workload: str | None, default_job: str | None, help_text: str):

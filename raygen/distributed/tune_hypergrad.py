@@ -390,6 +390,4 @@ def run(config: TuneHypergradConfig, *, verbose: bool = False) -> dict[str, Any]
     run_dir.close()
     if verbose:
         print(_markdown(config, methods, task.info, plot))
-    else:
-        print(f"report: {run_dir.path / 'report.md'}")
     return summary
