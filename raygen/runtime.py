@@ -25,6 +25,8 @@ def init(address: str | None = None, *, verbose: bool = False, num_cpus: int | N
     import ray
     import ray.data  # configures Ray Data's loggers on import; the levels below must come after
 
+    if not verbose:  # Tune's new console output ignores RunConfig(verbose=0); the classic one honours it
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if ray.is_initialized():
         return
     level = logging.INFO if verbose else logging.WARNING

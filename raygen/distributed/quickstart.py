@@ -161,7 +161,7 @@ def _markdown(config: QuickstartConfig, stages: dict[str, dict[str, Any]], study
         "| stage | what | seconds | details |",
         "|---|---|---|---|",
         f"| 1 train | class-conditional SADM denoiser, {config.train_steps} steps on digits | {train['seconds']:.0f} | "
-        + ("reused a finished training" if train["reused"] else "trained now") + f", [report](train/report.md) |",
+        + ("reused a finished training" if train["reused"] else "trained now") + ", [report](train/report.md) |",
         f"| 2 sample | {config.n_samples} labelled digits, MMDGS `{config.covariance}`, {config.num_actors} actors | "
         f"{sample['seconds']:.0f} | {sample['parts_reused']}/{sample['parts']} parts reused, "
         "[report](sample/report.md), [preview](sample/preview.png) |",

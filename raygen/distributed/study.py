@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -132,8 +131,6 @@ def run(config: StudyConfig, *, verbose: bool = False) -> dict[str, Any]:
     from raygen.contamination.sources import open_source
     from raygen.rundir import RunDir
 
-    if not verbose:  # Tune's new console output ignores RunConfig(verbose=0); the classic one honours it
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     runtime.init(verbose=verbose)
     real = open_source(config.real, "real")
     generated = open_source(config.generated, "generated")

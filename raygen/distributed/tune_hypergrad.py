@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -325,7 +324,6 @@ def _plot(trials: list[dict[str, Any]], methods: dict[str, Any], path: Path) -> 
 
 
 def run(config: TuneHypergradConfig, *, verbose: bool = False) -> dict[str, Any]:
-    from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import BasicVariantGenerator
     from ray.tune.search.optuna import OptunaSearch
@@ -334,8 +332,6 @@ def run(config: TuneHypergradConfig, *, verbose: bool = False) -> dict[str, Any]
     from raygen.hypergrad.tasks import make_task
     from raygen.rundir import RunDir
 
-    if not verbose:  # Tune's new console output ignores RunConfig(verbose=0); the classic one honours it
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     runtime.init(verbose=verbose)
     run_dir = RunDir(config)
     task = make_task(config.task, config.seeds[0], **config.task_kwargs())  # bad task settings fail here
