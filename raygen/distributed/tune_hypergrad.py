@@ -324,9 +324,12 @@ def _plot(trials: list[dict[str, Any]], methods: dict[str, Any], path: Path) -> 
 
 
 def run(config: TuneHypergradConfig, *, verbose: bool = False) -> dict[str, Any]:
+    import optuna
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import BasicVariantGenerator
     from ray.tune.search.optuna import OptunaSearch
+
+    optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
 
     from raygen import runtime
     from raygen.hypergrad.tasks import make_task
