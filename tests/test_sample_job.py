@@ -144,3 +144,21 @@ def test_cli_dry_run_prints_resolved_config(tmp_path):
     proc = raygen("run", "jobs/sample_mog.yaml", "--dry-run", "--set", "n_samples=7", cwd=repo)
     assert proc.returncode == 0, proc.stderr
     assert '"n_samples": 7' in proc.stdout and '"workload": "sample"' in proc.stdout
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_samples_a_trained_checkpoint_class_conditionally(tmp_path, ray_local, dtype):
+    from raygen.models.denoiser import build_denoiser, save_denoiser
+
+    model = build_denoiser("tiny", in_channels=1, num_classes=3)
+    checkpoint = tmp_path / "checkpoint_000001"
+    checkpoint.mkdir()
+    save_denoiser(model, model.state_dict(), checkpoint)
+    summary = run(config(tmp_path, f"ckpt_{dtype}", model=str(checkpoint), covariance="diag", n_samples=6,
+                         chunk_size=4, dtype=dtype, sigma_max=1.0, sigma_min=0.1, levels=2, steps_per_level=1))
+    table = pq.read_table(Path(summary["run_dir"]) / "samples")
+    assert sorted(table["sample_id"].to_pylist()) == list(range(6))
+    # labels cycle through the classes by id, and every sample has the image's 1*8*8 values
+    assert dict(zip(table["sample_id"].to_pylist(), table["label"].to_pylist())) == {i: i % 3 for i in range(6)}
+    assert all(len(s) == 64 and np.isfinite(s).all() for s in table["sample"].to_pylist())
+    assert (Path(summary["run_dir"]) / "preview.png").exists()

@@ -138,6 +138,8 @@ class SamplerActor:
         self.sampler = SAMPLERS[self.config.sampler]
         self.initial_state = initial_state
         self.dtype = getattr(torch, self.config.dtype)
+        if isinstance(self.model, torch.nn.Module):  # a trained net: compute in the sampler's dtype
+            self.model = self.model.to(self.dtype)
         self.metadata = json.dumps(sampler_metadata(self.config, self.shape)).encode()
 
     def _labels(self, ids: np.ndarray):
