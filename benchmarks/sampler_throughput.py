@@ -29,7 +29,7 @@ import psutil
 import torch
 
 from raygen import runtime
-from raygen.distributed.sampling import SampleConfig, SamplerActor, prepare_output, run
+from raygen.workloads.sample import SampleConfig, SamplerActor, prepare_output, run
 
 RESULTS = Path(__file__).parent / "results"
 

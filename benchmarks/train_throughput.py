@@ -23,7 +23,7 @@ import torch
 
 from raygen import runtime
 from raygen.diffusion.train import train_func
-from raygen.distributed.train_sadm import CONFIG, run
+from raygen.workloads.train import CONFIG, run
 
 
 def windows(run_dir: Path) -> dict:

@@ -10,6 +10,7 @@ import click
 
 from raygen.errors import UserError, find_user_error
 from raygen.submit import check_shared_storage, jobs, submit
+from raygen.workloads import WORKLOADS
 
 ADDRESS_HELP = "Ray cluster to join (auto, host:port, ray://...). Default: $RAY_ADDRESS, else an embedded local Ray."
 
@@ -63,14 +64,10 @@ def job_command(name: str, workload: str | None, default_job: str | None, help_t
 
 
 cli.add_command(job_command("run", None, None, "Run a job file (jobs/*.yaml) on local Ray or a cluster."))
-cli.add_command(job_command("sample", "sample", "jobs/sample_mog.yaml",
-                            "Generate samples in parallel on Ray Data actors (default: jobs/sample_mog.yaml)."))
-cli.add_command(job_command("train", "train", "jobs/train_sadm_digits.yaml",
-                            "Train a diffusion model with SADM on Ray Train (default: jobs/train_sadm_digits.yaml)."))
-cli.add_command(job_command("study", "study", "jobs/study_digits.yaml",
-                            "Run a contamination study on Ray Data + Ray Tune (default: jobs/study_digits.yaml)."))
-cli.add_command(job_command("tune", "tune", "jobs/tune_hypergrad.yaml",
-                            "Tune hyperparameters with Nystrom hypergradients on Ray Tune (default: jobs/tune_hypergrad.yaml)."))
+for _verb, _workload in WORKLOADS.items():
+    if _verb != "quickstart":  # the main job runs with `raygen run jobs/quickstart.yaml` / `make demo`
+        cli.add_command(job_command(_verb, _verb, _workload.default_job,
+                                    f"{_workload.help} (default: {_workload.default_job})"))
 cli.add_command(submit)
 cli.add_command(jobs)
 

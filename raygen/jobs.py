@@ -1,6 +1,6 @@
 """Job files: YAML with `workload:`, an optional `cluster:` section and the workload's flat config.
 
-    workload: sample          # which workload (raygen/workloads.py)
+    workload: sample          # which workload (raygen/workloads/__init__.py)
     name: sample_mog          # every other top-level key is a field of the workload's Config
     n_samples: 20000
     cluster:                  # only read by `raygen submit` (runtime_env, entrypoint_num_cpus, ...)

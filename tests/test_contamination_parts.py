@@ -127,7 +127,7 @@ def test_summary_and_shape_checks():
 
 
 def test_study_config_errors_name_the_key():
-    from raygen.distributed.study import StudyConfig
+    from raygen.workloads.study import StudyConfig
 
     with pytest.raises(UserError, match="'generated'"):
         StudyConfig.from_dict({})

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from raygen.distributed.tune_hypergrad import TuneHypergradConfig, run
+from raygen.workloads.tune import TuneHypergradConfig, run
 from raygen.errors import UserError
 from raygen.jobs import load_job
 

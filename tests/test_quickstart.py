@@ -12,7 +12,7 @@ TINY = ["train_steps=20", "sadm_warmup=5", "n_samples=100", "levels=2", "steps_p
 
 
 def test_tiny_quickstart_runs_end_to_end_and_reuses_stages(tmp_path, ray_local):
-    from raygen.distributed import quickstart
+    from raygen.workloads import quickstart
 
     job = load_job("jobs/quickstart.yaml", TINY + [f"storage_path={tmp_path}", "name=qs"])
     first = quickstart.run(job.config)

@@ -11,7 +11,7 @@ def test_tiny_quickstart_on_two_nodes(tmp_path):
     from ray.cluster_utils import Cluster
 
     from raygen import runtime
-    from raygen.distributed import quickstart
+    from raygen.workloads import quickstart
 
     runtime.shutdown()  # a fresh cluster, not the shared local Ray of other tests
     # one CPU per node: the two sampling actors and the two concurrent study trials need both nodes

@@ -13,7 +13,7 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from raygen.distributed.sampling import SampleConfig, run, sample_seeds
+from raygen.workloads.sample import SampleConfig, run, sample_seeds
 from raygen.errors import UserError
 
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from raygen.distributed.train_sadm import CONFIG, run
+from raygen.workloads.train import CONFIG, run
 
 pytestmark = pytest.mark.slow
 

@@ -1,6 +1,6 @@
 """The downstream model of one (ratio, arm, seed): a small CNN trained on the mix, scored on test sets.
 
-Plain torch (no Ray): `raygen.distributed.study` runs one call per Tune trial. Training is
+Plain torch (no Ray): `raygen.workloads.study` runs one call per Tune trial. Training is
 epoch-based (every mixed row seen once per epoch, in a seeded order), so the fraction of generated
 rows the model sees is exactly the mix's ratio.
 """

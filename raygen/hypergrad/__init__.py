@@ -1,6 +1,6 @@
 """Hypergradients by implicit differentiation (Nyström, CG, Neumann, exact) and bilevel HPO.
 
-Pure torch: nothing here imports Ray (the Tune adapter is `raygen.distributed.tune_hypergrad`).
+Pure torch: nothing here imports Ray (the Tune adapter is `raygen.workloads.tune`).
 """
 
 from raygen.hypergrad.bilevel import BilevelOptimizer, Task

@@ -72,7 +72,7 @@ class QuickstartConfig(Config):
         )
 
     def sample_config(self, root: str, checkpoint: str):
-        from raygen.distributed.sampling import SampleConfig
+        from raygen.workloads.sample import SampleConfig
 
         return SampleConfig(
             name="sample", storage_path=root, seed=self.seed, model=checkpoint, sampler="mmdgs",
@@ -83,7 +83,7 @@ class QuickstartConfig(Config):
         )
 
     def study_config(self, root: str, generated: str):
-        from raygen.distributed.study import StudyConfig
+        from raygen.workloads.study import StudyConfig
 
         return StudyConfig(name="study", storage_path=root, seed=self.seed, real="digits", generated=generated,
                            ratios=list(self.ratios), seeds=list(self.seeds), epochs=self.epochs,
@@ -107,7 +107,7 @@ def _finished_training(train_dir: Path, steps: int) -> str | None:
 
 def run(config: QuickstartConfig, *, verbose: bool = False) -> dict[str, Any]:
     from raygen import runtime
-    from raygen.distributed import sampling, study, train_sadm
+    from raygen.workloads import sample, study, train
     from raygen.errors import UserError
     from raygen.rundir import RunDir
 
@@ -120,7 +120,7 @@ def run(config: QuickstartConfig, *, verbose: bool = False) -> dict[str, Any]:
     checkpoint = _finished_training(run_dir.path / "train", config.train_steps)
     if checkpoint is None:
         print(f"[1/3] training a class-conditional SADM denoiser on digits ({config.train_steps} steps)")
-        trained = train_sadm.run(config.train_config(root), verbose=verbose)
+        trained = train.run(config.train_config(root), verbose=verbose)
         checkpoint = trained["checkpoint"]
         if checkpoint is None:
             raise UserError(f"training under {root}/train wrote no checkpoint; see {root}/train/metrics.jsonl")
@@ -134,7 +134,7 @@ def run(config: QuickstartConfig, *, verbose: bool = False) -> dict[str, Any]:
     start = time.perf_counter()
     print(f"[2/3] sampling {config.n_samples} labelled digits with MMDGS ({config.covariance}) "
           f"on {config.num_actors} Ray Data actors")
-    sampled = sampling.run(config.sample_config(root, checkpoint), verbose=verbose)
+    sampled = sample.run(config.sample_config(root, checkpoint), verbose=verbose)
     stages["sample"] = {"seconds": time.perf_counter() - start, "parts": sampled["parts"],
                         "parts_reused": sampled["chunks_resumed"], "samples_per_s": sampled["samples_per_s"],
                         "report": sampled["report"], "preview": sampled["preview"]}

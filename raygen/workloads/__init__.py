@@ -1,0 +1,43 @@
+"""The workload layer: one module per CLI verb, each holding its config and its Ray wiring.
+
+The algorithm packages (`sampling`, `diffusion`, `hypergrad`, `contamination`, `metrics`, ...)
+never import Ray; Ray lives here, in `raygen.data` (Ray Data readers), `raygen.train_loop`
+(the Ray Train checkpoint store) and `raygen.runtime`.
+
+Each module defines `CONFIG` (its `raygen.config.Config` subclass) and
+`run(config, *, verbose=False) -> dict` (the run's summary). `WORKLOADS` maps a job file's
+`workload:` value to (module, default job file, one-line help); `raygen <verb>` is generated from
+it. Modules are imported only when used, so `raygen --help` stays fast.
+"""
+
+import importlib
+from types import ModuleType
+from typing import NamedTuple
+
+from raygen.errors import UserError
+
+
+class Workload(NamedTuple):
+    module: str
+    default_job: str | None
+    help: str
+
+
+WORKLOADS = {
+    "sample": Workload("raygen.workloads.sample", "jobs/sample_mog.yaml",
+                       "Generate samples in parallel on Ray Data actors."),
+    "train": Workload("raygen.workloads.train", "jobs/train_sadm_digits.yaml",
+                      "Train a diffusion model with SADM on Ray Train."),
+    "study": Workload("raygen.workloads.study", "jobs/study_digits.yaml",
+                      "Run a contamination study on Ray Data + Ray Tune."),
+    "tune": Workload("raygen.workloads.tune", "jobs/tune_hypergrad.yaml",
+                     "Tune hyperparameters with Nystrom hypergradients on Ray Tune."),
+    "quickstart": Workload("raygen.workloads.quickstart", "jobs/quickstart.yaml",
+                           "The main job: train -> sample -> contamination study."),
+}
+
+
+def workload_module(name: str) -> ModuleType:
+    if name not in WORKLOADS:
+        raise UserError(f"unknown workload {name!r}; valid workloads: {', '.join(sorted(WORKLOADS))}")
+    return importlib.import_module(WORKLOADS[name].module)
