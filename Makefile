@@ -1,4 +1,5 @@
-# raygen: `make demo` (set up + the main job), `make test` (set up + the whole suite), `make bench`.
+# raygen: `make demo` (set up + the main job), `make test` (set up + lint + the whole suite),
+# `make test-fast` (lint + the tests that do not start Ray), `make bench`.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -7,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 # satisfy the torch range in pyproject.toml. Override on a GPU machine: make TORCH_SPEC=torch test
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-fast lint bench clean
 
 setup: $(STAMP)
 
@@ -22,8 +23,15 @@ demo: setup
 	$(BIN)/raygen run jobs/quickstart.yaml
 	@echo "open runs/quickstart/report.md (the study's table and plots, with links to each stage's report)"
 
-test: setup
+lint: setup
+	$(BIN)/ruff check raygen tests benchmarks
+
+test: lint
 	$(BIN)/python -m pytest -q --durations=15
+
+# everything that does not start Ray (under a minute)
+test-fast: lint
+	$(BIN)/python -m pytest -q -m "not ray"
 
 bench: setup
 	for b in benchmarks/*.py; do $(BIN)/python $$b --quick || exit 1; done

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import click
 
@@ -26,9 +25,10 @@ def cli() -> None:
 
 
 def run_job(job_file: str, address: str | None, overrides: tuple[str, ...], dry_run: bool, verbose: bool,
-            expect_workload: str | None = None) -> None:
-    from raygen import runtime
+            expect_workload: str | None = None, fresh: bool = False) -> None:
+    from raygen import runtime, storage
     from raygen.jobs import load_job
+    from raygen.rundir import RunDir
     from raygen.workloads import workload_module
 
     job = load_job(job_file, overrides)
@@ -39,13 +39,17 @@ def run_job(job_file: str, address: str | None, overrides: tuple[str, ...], dry_
     if dry_run:
         click.echo(json.dumps({"workload": job.workload, **job.config.to_dict()}, indent=2))
         return
+    location = storage.resolve(job.config.run_dir)  # an unknown scheme fails here, before Ray starts
+    storage.check_reachable(location)
     runtime.init(address, verbose=verbose)
     check_shared_storage(job.config.storage_path, runtime.num_nodes())
+    if fresh:
+        RunDir.clear(job.config)
     workload_module(job.workload).run(job.config, verbose=verbose)
-    run_dir = Path(job.config.run_dir).expanduser().absolute()
-    click.echo(f"done: {job.workload} run '{job.config.name}' -> {run_dir}")
-    if (run_dir / "report.md").exists():
-        click.echo(f"report: {run_dir / 'report.md'}")
+    click.echo(f"done: {job.workload} run '{job.config.name}' -> {storage.display(job.config.run_dir)}")
+    report = location.child("report.md")
+    if storage.exists(report):
+        click.echo(f"report: {storage.display(report.uri)}")
 
 
 def job_command(name: str, workload: str | None, default_job: str | None, help_text: str):
@@ -56,9 +60,10 @@ def job_command(name: str, workload: str | None, default_job: str | None, help_t
     @click.option("--address", default=None, help=ADDRESS_HELP)
     @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key (repeatable).")
     @click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")
+    @click.option("--fresh", is_flag=True, help="Delete this run's directory first and start over.")
     @click.option("-v", "--verbose", is_flag=True, help="Show Ray's own logs.")
-    def command(job_file, address, overrides, dry_run, verbose):
-        run_job(job_file, address, overrides, dry_run, verbose, expect_workload=workload)
+    def command(job_file, address, overrides, dry_run, fresh, verbose):
+        run_job(job_file, address, overrides, dry_run, verbose, expect_workload=workload, fresh=fresh)
 
     return command
 

@@ -11,8 +11,7 @@ import dataclasses
 import json
 import types
 import typing
-from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, ClassVar, Literal, Union, get_args, get_origin
 
 import yaml
 
@@ -23,6 +22,28 @@ def check(condition: bool, key: str, message: str) -> None:
     """Raise a one-line UserError about config key `key` unless condition holds."""
     if not condition:
         raise UserError(f"config key '{key}': {message}")
+
+
+def bounded(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+            lt: float | None = None) -> Any:
+    """A dataclass field with numeric bounds, declared once and checked by `Config.validate` (None passes)."""
+    bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
+    return dataclasses.field(default=default, metadata={"bounds": bounds})
+
+
+_BOUND_TEXT = {"ge": (lambda v, b: v >= b, "must be >= {}"), "gt": (lambda v, b: v > b, "must be > {}"),
+               "le": (lambda v, b: v <= b, "must be <= {}"), "lt": (lambda v, b: v < b, "must be < {}")}
+
+
+def _check_bounds(config: Any) -> None:
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        for kind, bound in field.metadata.get("bounds", {}).items():
+            holds, text = _BOUND_TEXT[kind]
+            values = value if isinstance(value, (list, tuple)) else [value]
+            for v in values:
+                if v is not None:
+                    check(holds(v, bound), field.name, f"{text.format(bound)}, got {v!r}")
 
 
 def _describe(tp: Any) -> str:
@@ -94,17 +115,26 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 @dataclasses.dataclass
 class Config:
-    """Fields every run has. Subclasses add their own flat fields and extend `validate`."""
+    """Fields every run has. Subclasses add their own flat fields (numeric bounds with `bounded`)
+    and extend `validate` with cross-field rules only.
+
+    `RESUME_FREE` names the keys that may change when a run is resumed because they do not change
+    its results (parallelism, logging cadence); every other key is part of the run's provenance.
+    """
+
+    RESUME_FREE: ClassVar[frozenset[str]] = frozenset()
 
     name: str = "run"
     storage_path: str = "runs"
     seed: int = 0
 
     def __post_init__(self) -> None:
+        _check_bounds(self)
         self.validate()
 
     def validate(self) -> None:
-        check(bool(self.name) and "/" not in self.name, "name", "must be a non-empty name without '/'")
+        check(bool(self.name) and not self.name.startswith(".") and not any(c in self.name for c in "/\\"),
+              "name", f"must be a plain directory name (no '/', '\\', no leading '.'), got {self.name!r}")
         check(bool(self.storage_path), "storage_path", "must not be empty")
 
     @classmethod
@@ -129,11 +159,22 @@ class Config:
 
     @property
     def run_dir(self) -> str:
-        """Where this run writes: `<storage_path>/<name>` (a local path or a pyarrow URI)."""
-        return f"{self.storage_path.rstrip('/')}/{self.name}"
+        """Where this run writes: `<storage_path>/<name>` (a local path or a pyarrow URI, query kept last)."""
+        from raygen.storage import join
 
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps({"config_class": type(self).__name__, **self.to_dict()}, indent=2))
+        return join(self.storage_path, self.name)
+
+    def to_json(self) -> str:
+        return json.dumps({"config_class": type(self).__name__, **self.to_dict()}, indent=2)
+
+    def provenance(self) -> dict[str, Any]:
+        """The settings that determine this run's results (what a resume must match)."""
+        return type(self).provenance_of(self.to_dict())
+
+    @classmethod
+    def provenance_of(cls, values: dict[str, Any]) -> dict[str, Any]:
+        ignored = {"name", "storage_path", "config_class"} | cls.RESUME_FREE
+        return {k: v for k, v in values.items() if k not in ignored}
 
 
 def parse_overrides(pairs: typing.Iterable[str]) -> dict[str, Any]:

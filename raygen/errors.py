@@ -5,7 +5,7 @@ else is a bug in raygen and keeps its traceback.
 """
 
 
-class UserError(Exception):
+class UserError(ValueError):
     """Bad input: the message names what is wrong and how to fix it."""
 
 

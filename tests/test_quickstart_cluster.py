@@ -2,8 +2,12 @@
 
 import json
 
+import pytest
+
 from raygen.jobs import load_job
 from tests.test_quickstart import TINY
+
+pytestmark = pytest.mark.ray
 
 
 def test_tiny_quickstart_on_two_nodes(tmp_path):

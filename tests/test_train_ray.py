@@ -10,7 +10,7 @@ import pytest
 
 from raygen.workloads.train import CONFIG, run
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.ray
 
 
 @pytest.fixture(scope="module")
