@@ -29,15 +29,17 @@ import psutil
 import torch
 
 from raygen import runtime
+from raygen.parts import PartStore
 from raygen.workloads.sample import SampleConfig, SamplerActor, prepare_output, run
 
 RESULTS = Path(__file__).parent / "results"
 
 
-def plain_loop(config: SampleConfig, out_dir: Path) -> float:
+def plain_loop(config: SampleConfig, out_dir: str) -> float:
     torch.set_num_threads(1)
-    chunk_size = prepare_output(config, out_dir)
-    actor = SamplerActor(config.to_dict(), str(out_dir), chunk_size)
+    store = PartStore.at(out_dir)
+    chunk_size = prepare_output(config, store)
+    actor = SamplerActor(config.to_dict(), store.loc.uri, chunk_size)
     import numpy as np
 
     start = time.perf_counter()
@@ -85,7 +87,7 @@ def main() -> None:
                 n_samples=n, chunk_size=1000)
 
     run(SampleConfig.from_dict({**work, "name": "warmup", "n_samples": 500, "num_actors": 2}))
-    plain_s = plain_loop(SampleConfig.from_dict({**work, "name": "plain"}), tmp / "plain" / "samples")
+    plain_s = plain_loop(SampleConfig.from_dict({**work, "name": "plain"}), str(tmp / "plain" / "samples"))
     chunk_ms = 1000 * plain_s / math.ceil(n / work["chunk_size"])
     ray_s, steady = {}, {}
     for k in (1, 2):

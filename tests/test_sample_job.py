@@ -77,7 +77,7 @@ def test_rerun_completes_missing_parts_only(tmp_path, ray_local):
 
 def test_rerun_with_other_settings_into_same_output_is_refused(tmp_path, ray_local):
     run(config(tmp_path, "clash", n_samples=64))
-    with pytest.raises(UserError, match="different settings.*sigmas"):
+    with pytest.raises(UserError, match="other settings.*sigma_min"):
         run(config(tmp_path, "clash", n_samples=64, sigma_min=0.3))
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from raygen import plots
 from raygen.contamination.mixing import ARMS
 
 # ResNet-50 ImageNet top-1 read off Hataya et al.'s figure (ICCV 2023), for the report's comparison.
@@ -51,13 +51,9 @@ def shape_checks(rows: list[dict[str, Any]], metric: str = "clean_acc") -> dict[
     }
 
 
-def plot_accuracy(rows: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+def accuracy_figure(rows: list[dict[str, Any]]):
+    """Clean and OOD accuracy vs replaced fraction, one line per arm, error bars = std over seeds."""
+    fig, axes = plots.pyplot().subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, metric, title in zip(axes, ("clean_acc", "ood_acc"), ("clean real test set", "corrupted test sets (mean)")):
         for arm, style in zip(ARMS, ("o-", "s--")):
             mine = sorted((r for r in rows if r["arm"] == arm), key=lambda r: r["ratio"])
@@ -70,34 +66,22 @@ def plot_accuracy(rows: list[dict[str, Any]], path: Path) -> None:
     axes[0].set_ylabel("test accuracy (%), mean ± std over seeds")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
+
+
+# study.py writes through these until it saves via `run_dir.save_figure(rel, fig)` (bucket run dirs).
+def plot_accuracy(rows: list[dict[str, Any]], path: Path) -> None:
+    _save(accuracy_figure(rows), path, dpi=120)
 
 
 def plot_grids(panels: list[tuple[str, np.ndarray, np.ndarray]], path: Path, per_panel: int = 40) -> None:
     """Side-by-side image grids (e.g. real vs generated), each image titled with its label."""
-    import matplotlib
+    _save(plots.labelled_grids(panels, per_panel), path, dpi=110, bbox_inches="tight")
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    cols = 8
-    rows = math.ceil(per_panel / cols)
-    fig = plt.figure(figsize=(cols * len(panels) * 0.9 + 0.5 * (len(panels) - 1), rows * 0.95 + 0.4))
-    outer = fig.add_gridspec(1, len(panels), wspace=0.08)
-    for p, (title, images, labels) in enumerate(panels):
-        inner = outer[p].subgridspec(rows, cols, wspace=0.05, hspace=0.35)
-        for i in range(rows * cols):
-            ax = fig.add_subplot(inner[i // cols, i % cols])
-            ax.axis("off")
-            if i < min(per_panel, len(images)):
-                img = np.clip(images[i], 0, 1).transpose(1, 2, 0)
-                ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
-                ax.set_title(str(int(labels[i])), fontsize=6, pad=1)
-            if i == cols // 2 - 1:
-                ax.text(1.0, 1.9, title, transform=ax.transAxes, ha="center", fontsize=9)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+def _save(fig, path: Path, **kwargs) -> None:
+    fig.savefig(path, **kwargs)
+    plots.pyplot().close(fig)
 
 
 def _pm(row: dict[str, Any], metric: str) -> str:

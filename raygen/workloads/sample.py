@@ -3,9 +3,11 @@
 Pipeline: the N sample ids are cut into fixed chunks of `chunk_size` ids; a Ray Data dataset
 with one row per pending chunk feeds `map_batches(SamplerActor, compute=ActorPoolStrategy(...))`;
 each actor holds the model, draws its chunk with the chosen sampler and writes
-`samples/part-<chunk>.parquet` atomically (temp file + rename). A chunk's file name and content
-depend only on the chunk, so a chunk retried after an actor dies rewrites the same file, and a
-re-run skips chunks whose file exists: every id 0..N-1 ends up written exactly once. Sample i
+`samples/part-<chunk>.parquet` atomically through the part store (`raygen.parts`: temp file +
+rename locally, one PUT on a bucket). A chunk's file name and content depend only on the chunk,
+so a chunk retried after an actor dies rewrites the same file, and a re-run skips chunks whose
+part is sound (a damaged part is re-drawn, and said so): every id 0..N-1 ends up written exactly
+once, which the driver checks at the end from the parts' footers (O(parts), not O(N)). Sample i
 is drawn from its own seed `sample_seed(seed, i)`, so the output does not depend on the number
 of actors or on the chunk size. Samples stream to Parquet; the driver only sees chunk summaries.
 
@@ -16,19 +18,17 @@ boundaries are not stable across retries and file names must be.
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
+from raygen import parts
 from raygen.config import Config, check
 from raygen.errors import UserError
+from raygen.parts import Chunks, PartStore
 
-MANIFEST = "_manifest.json"
 DEFAULT_IMAGE_SIZE = {"tiny": 8, "small": 32}  # for checkpoints whose spec does not record image_size
 PREVIEW_POINTS = 4000
 
@@ -114,33 +114,25 @@ def resolve_model(model: str):
     )
 
 
-def chunk_ids(chunk: int, chunk_size: int, n_samples: int) -> np.ndarray:
-    return np.arange(chunk * chunk_size, min((chunk + 1) * chunk_size, n_samples), dtype=np.int64)
-
-
-def part_path(out_dir: Path, chunk: int) -> Path:
-    return out_dir / f"part-{chunk:07d}.parquet"
-
-
 class SamplerActor:
     """Holds the model; turns a batch of chunk indices into written Parquet parts."""
 
-    def __init__(self, config: dict, out_dir: str, chunk_size: int):
+    def __init__(self, config: dict, store_uri: str, chunk_size: int):
         import torch
 
         from raygen.sampling import SAMPLERS, initial_state
 
         torch.set_num_threads(max(1, int(config["cpus_per_actor"])))
         self.config = SampleConfig.from_dict(config)
-        self.out_dir = Path(out_dir)
-        self.chunk_size = chunk_size
+        self.store = PartStore.at(store_uri)
+        self.layout = Chunks(self.config.n_samples, chunk_size)
         self.model, self.shape, _, self.num_classes = resolve_model(self.config.model)
         self.sampler = SAMPLERS[self.config.sampler]
         self.initial_state = initial_state
         self.dtype = getattr(torch, self.config.dtype)
         if isinstance(self.model, torch.nn.Module):  # a trained net: compute in the sampler's dtype
             self.model = self.model.to(self.dtype)
-        self.metadata = json.dumps(sampler_metadata(self.config, self.shape)).encode()
+        self.metadata = sampler_metadata(self.config, self.shape)
 
     def _labels(self, ids: np.ndarray):
         import torch
@@ -155,7 +147,7 @@ class SamplerActor:
         rows = {"chunk": [], "rows": [], "seconds": [], "psd_repairs": []}
         for chunk in batch["chunk"].tolist():
             start = time.perf_counter()
-            ids = chunk_ids(chunk, self.chunk_size, self.config.n_samples)
+            ids = self.layout.ids(chunk)
             seeds = sample_seeds(self.config.seed, ids)
             scale = self.config.init_scale or self.config.sigma_max
             x0 = self.initial_state(seeds.tolist(), self.shape, scale, dtype=self.dtype)
@@ -172,7 +164,6 @@ class SamplerActor:
 
     def _write(self, chunk: int, ids, seeds, x: np.ndarray, labels) -> None:
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         if not np.isfinite(x).all():
             raise UserError(
@@ -181,17 +172,13 @@ class SamplerActor:
             )
         flat = x.reshape(len(ids), -1)
         columns = {
-            "sample_id": pa.array(ids),
-            "seed": pa.array(seeds),
-            "sample": pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()), flat.shape[1]),
+            parts.ID: pa.array(ids),
+            parts.SEED: pa.array(seeds),
+            parts.SAMPLE: pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()), flat.shape[1]),
         }
         if labels is not None:
-            columns["label"] = pa.array(labels.numpy().astype(np.int64))
-        table = pa.table(columns).replace_schema_metadata({"raygen": self.metadata})
-        final = part_path(self.out_dir, chunk)
-        tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-        pq.write_table(table, tmp)
-        os.replace(tmp, final)
+            columns[parts.LABEL] = pa.array(labels.numpy().astype(np.int64))
+        self.store.write(chunk, pa.table(columns), self.layout, self.metadata)
 
 
 def sampler_metadata(config: SampleConfig, shape: tuple[int, ...]) -> dict[str, Any]:
@@ -201,61 +188,33 @@ def sampler_metadata(config: SampleConfig, shape: tuple[int, ...]) -> dict[str, 
     }
 
 
-def prepare_output(config: SampleConfig, out_dir: Path) -> int:
-    """Create the output dir; return the chunk size its parts use (a re-run keeps the first run's)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    manifest_path = out_dir / MANIFEST
+def prepare_output(config: SampleConfig, store: PartStore) -> int:
+    """Record the settings in the store's manifest; return the chunk size its parts use (a re-run
+    keeps the first run's). A re-run with other sampling settings is refused."""
     settings = {"n_samples": config.n_samples, "seed": config.seed, "chunk_size": config.chunk_size,
                 "model": config.model, "sampler": config.sampler, "sigmas": config.sigmas(), "label": config.label,
                 "guidance": config.guidance, "dtype": config.dtype, "init_scale": config.init_scale,
                 **config.sampler_kwargs()}
-    if manifest_path.exists():
-        previous = json.loads(manifest_path.read_text())
+    previous = store.read_manifest()
+    if previous is not None:
         changed = sorted(k for k in settings if k != "chunk_size" and previous.get(k) != settings[k])
         if changed:
             raise UserError(
-                f"{out_dir} holds samples drawn with different settings ({', '.join(changed)}); "
+                f"{store.uri} holds samples drawn with different settings ({', '.join(changed)}); "
                 "use a new name or delete that directory"
             )
         return int(previous["chunk_size"])
-    manifest_path.write_text(json.dumps(settings, indent=2))
+    store.write_manifest(settings)
     return config.chunk_size
 
 
-def written_chunks(out_dir: Path) -> set[int]:
-    return {int(p.stem.split("-")[1]) for p in out_dir.glob("part-*.parquet")}
-
-
-def verify_exactly_once(out_dir: Path, n_samples: int) -> None:
-    """Every id 0..N-1 in exactly one row (reads only the sample_id column)."""
-    import pyarrow.dataset as pads
-
-    counts = np.zeros(n_samples, dtype=np.int64)
-    for batch in pads.dataset(str(out_dir), format="parquet").to_batches(columns=["sample_id"]):
-        counts += np.bincount(batch.column(0).to_numpy(), minlength=n_samples)[:n_samples]
-    missing, repeated = int((counts == 0).sum()), int((counts > 1).sum())
-    if missing or repeated:
-        raise RuntimeError(f"output {out_dir} is incomplete: {missing} ids missing, {repeated} ids written twice")
-
-
-def read_samples(out_dir: Path, limit: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def read_samples(store: PartStore, limit: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """The first `limit` samples by id: (ids, samples [n, *shape], labels or None)."""
-    import pyarrow.parquet as pq
-
-    ids, xs, labels = [], [], []
-    taken = 0
-    for part in sorted(out_dir.glob("part-*.parquet")):
-        table = pq.read_table(part)
-        shape = json.loads(table.schema.metadata[b"raygen"])["shape"]
-        n = min(len(table), limit - taken)
-        ids.append(table["sample_id"].to_numpy()[:n])
-        xs.append(np.stack(table["sample"].to_numpy(zero_copy_only=False)[:n]).reshape(n, *shape))
-        if "label" in table.column_names:
-            labels.append(table["label"].to_numpy()[:n])
-        taken += n
-        if taken >= limit:
-            break
-    return np.concatenate(ids), np.concatenate(xs), (np.concatenate(labels) if labels else None)
+    table = store.read_first(limit)
+    shape = store.metadata()["shape"]
+    x = np.stack(table[parts.SAMPLE].to_numpy(zero_copy_only=False)).reshape(len(table), *shape)
+    labels = table[parts.LABEL].to_numpy() if parts.LABEL in table.column_names else None
+    return table[parts.ID].to_numpy(), x, labels
 
 
 def run(config: SampleConfig, *, verbose: bool = False) -> dict[str, Any]:
@@ -265,24 +224,28 @@ def run(config: SampleConfig, *, verbose: bool = False) -> dict[str, Any]:
     from raygen.rundir import RunDir
 
     run_dir = RunDir(config)
-    out_dir = run_dir.path / "samples"
-    chunk_size = prepare_output(config, out_dir)
+    store = PartStore(run_dir.child("samples"))
+    chunk_size = prepare_output(config, store)
     _, shape, target, _ = resolve_model(config.model)  # fail here, in the driver, on a bad model
-    n_chunks = math.ceil(config.n_samples / chunk_size)
-    pending = sorted(set(range(n_chunks)) - written_chunks(out_dir))
-    resumed = n_chunks - len(pending)
+    layout = Chunks(config.n_samples, chunk_size)
+    scan = store.scan(layout)  # one listing + one footer read per part
+    pending = scan.pending
+    resumed = layout.count - len(pending)
+    if scan.damaged:
+        print(f"re-drawing {len(scan.damaged)} damaged part(s): "
+              + "; ".join(f"{parts.part_name(c)}: {why}" for c, why in sorted(scan.damaged.items())[:5]))
     if resumed:
-        print(f"resuming: {resumed}/{n_chunks} chunks already written, drawing {len(pending)} more")
+        print(f"resuming: {resumed}/{layout.count} chunks already written, drawing {len(pending)} more")
 
     start = time.perf_counter()
     progress = Progress(config.n_samples, "sampled", every_s=5.0)
-    progress.update(config.n_samples - sum(len(chunk_ids(c, chunk_size, config.n_samples)) for c in pending))
+    progress.update(config.n_samples - layout.rows_in(pending))
     psd_repairs, busy_seconds, first_result_at = 0, 0.0, None
     if pending:
         ds = ray.data.from_items([{"chunk": c} for c in pending], override_num_blocks=min(len(pending), 200))
         ds = ds.map_batches(
             SamplerActor,
-            fn_constructor_kwargs={"config": config.to_dict(), "out_dir": str(out_dir), "chunk_size": chunk_size},
+            fn_constructor_kwargs={"config": config.to_dict(), "store_uri": store.loc.uri, "chunk_size": chunk_size},
             batch_size=1,
             compute=ray.data.ActorPoolStrategy(size=config.num_actors),
             num_cpus=config.cpus_per_actor,
@@ -296,16 +259,16 @@ def run(config: SampleConfig, *, verbose: bool = False) -> dict[str, Any]:
             busy_seconds += float(row["seconds"])
             run_dir.log(progress.done, samples_per_s=progress.rate(), chunk_seconds=float(row["seconds"]))
     elapsed = time.perf_counter() - start
-    verify_exactly_once(out_dir, config.n_samples)
+    store.verify(layout)
 
-    ids, x, labels = read_samples(out_dir, config.stats_samples)
+    ids, x, labels = read_samples(store, config.stats_samples)
     summary: dict[str, Any] = {
-        "run_dir": str(run_dir.path), "samples_dir": str(out_dir), "n_samples": config.n_samples,
-        "parts": n_chunks, "chunks_resumed": resumed, "seconds": elapsed,
-        "samples_per_s": (config.n_samples - resumed * chunk_size) / elapsed if pending else None,
+        "run_dir": run_dir.loc.uri, "samples_dir": store.loc.uri, "n_samples": config.n_samples,
+        "parts": layout.count, "chunks_resumed": resumed, "seconds": elapsed,
+        "samples_per_s": layout.rows_in(pending) / elapsed if pending else None,
         "seconds_to_first_part": (first_result_at - start) if first_result_at else None,
         "actor_busy_seconds": busy_seconds, "psd_repairs": psd_repairs,
-        "settings": sampler_metadata(config, shape), "report": str(run_dir.path / "report.md"),
+        "settings": sampler_metadata(config, shape), "report": run_dir.child("report.md").uri,
     }
     if target is not None:
         from raygen.sampling import compare_to_truth
@@ -313,52 +276,26 @@ def run(config: SampleConfig, *, verbose: bool = False) -> dict[str, Any]:
 
         summary["stats"] = compare_to_truth(target, torch.as_tensor(x), seed=config.seed)
         summary["truth"] = {k: np.asarray(v).tolist() for k, v in target.truth().items()}
-    preview = run_dir.path / "preview.png"
-    write_preview(preview, x, labels, target, config)
-    summary["preview"] = str(preview)
+    run_dir.save_figure("preview.png", preview(x, labels, target, config))
+    summary["preview"] = run_dir.child("preview.png").uri
     run_dir.write_report(summary, report_markdown(summary, config))
     run_dir.close()
     return summary
 
 
-def write_preview(path: Path, x: np.ndarray, labels, target, config: SampleConfig) -> None:
-    import matplotlib
+def preview(x: np.ndarray, labels, target, config: SampleConfig):
+    """Points: a scatter next to exact samples from the target (if known); images: a labelled grid."""
+    from raygen import plots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if x.ndim == 2:  # points: scatter next to exact samples from the target
+    if x.ndim == 2:
         import torch
 
         n = min(len(x), PREVIEW_POINTS)
         panels = [("raygen " + config.sampler, x[:n])]
         if target is not None:
-            exact = target.sample(n, torch.Generator().manual_seed(config.seed)).numpy()
-            panels.insert(0, ("exact target", exact))
-        fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 5), squeeze=False)
-        for ax, (title, pts) in zip(axes[0], panels):
-            ax.scatter(pts[:, 0], pts[:, 1], s=2, alpha=0.5)
-            ax.set_title(f"{title} (n={len(pts)})")
-            ax.set_aspect("equal")
-        lims = np.percentile(np.concatenate([p for _, p in panels]), [0.5, 99.5], axis=0)
-        for ax in axes[0]:
-            ax.set_xlim(lims[0, 0] - 0.5, lims[1, 0] + 0.5)
-            ax.set_ylim(lims[0, 1] - 0.5, lims[1, 1] + 0.5)
-    else:  # images [n, C, H, W]: a grid
-        n = min(len(x), 64)
-        cols = 8
-        rows = math.ceil(n / cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(cols, rows), squeeze=False)
-        for i, ax in enumerate(axes.ravel()):
-            ax.axis("off")
-            if i < n:
-                img = np.clip(x[i], 0, 1).transpose(1, 2, 0)
-                ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
-                if labels is not None:
-                    ax.set_title(str(int(labels[i])), fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+            panels.insert(0, ("exact target", target.sample(n, torch.Generator().manual_seed(config.seed)).numpy()))
+        return plots.scatter(panels)
+    return plots.labelled_grids([(f"raygen {config.sampler}: {config.model}", x, labels)], per_panel=64)
 
 
 def report_markdown(summary: dict[str, Any], config: SampleConfig) -> str:
