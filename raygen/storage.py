@@ -39,7 +39,7 @@ def join(location: str, *parts: str) -> str:
     """`join("s3://b/runs?x=1", "name")` -> "s3://b/runs/name?x=1"; plain paths join as paths."""
     parts = tuple(p.strip("/") for p in parts if p)
     if not is_uri(location):
-        return "/".join([location.rstrip("/") or "/", *parts]) if parts else location
+        return "/".join([location.rstrip("/"), *parts]) if parts else location
     split = urlsplit(location)
     path = "/".join([split.path.rstrip("/"), *parts])
     return urlunsplit((split.scheme, split.netloc, path, split.query, ""))
@@ -96,7 +96,8 @@ def check_reachable(loc: Location, timeout_s: float = REACH_TIMEOUT_S) -> None:
 
     def probe() -> None:
         try:
-            loc.fs.get_file_info(loc.path)
+            bucket = loc.path.split("/", 1)[0]
+            outcome["bucket_found"] = loc.fs.get_file_info(bucket).type != pafs.FileType.NotFound
             outcome["error"] = None
         except BaseException as exc:  # noqa: BLE001 - reported below
             outcome["error"] = exc
@@ -112,6 +113,9 @@ def check_reachable(loc: Location, timeout_s: float = REACH_TIMEOUT_S) -> None:
         raise UserError(f"cannot reach storage {where!r}: {_first_line(outcome['error'])}; check the bucket "
                         "name, the endpoint and the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
                         "GOOGLE_APPLICATION_CREDENTIALS or the node's cloud identity)")
+    if not outcome["bucket_found"]:
+        raise UserError(f"bucket {loc.path.split('/', 1)[0]!r} of storage {where!r} does not exist (or these "
+                        "credentials cannot see it); create it first or fix the name")
 
 
 def _first_line(exc: BaseException) -> str:
