@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from raygen.hypergrad.bilevel import BilevelOptimizer, Task
+from raygen.hypergrad.hypergradient import SOLVERS, hypergradient
+from raygen.hypergrad.solvers import exact_ihvp
 from raygen.hypergrad.tasks import make_task
 
 f64 = dict(dtype=torch.float64)
@@ -128,3 +130,61 @@ def test_reweight_imbalance_and_disjoint_splits():
     (w,) = task.constrain(task.global_hparam.to_raw(1.0))
     inv = 1 / torch.tensor(counts, dtype=torch.float32)
     assert torch.allclose(w, 10 * inv / inv.sum(), rtol=1e-5)
+
+
+def _sketched_optimizer(solver, sketch_every=1, seed=0):
+    return BilevelOptimizer(
+        make_task("weight_decay", 3, n=200, d=20),
+        solver=solver,
+        solver_kwargs={"rank": 5, "rho": 0.1, **({"iters": 30, "tol": 1e-6} if solver == "nystrom_pcg" else {})},
+        unroll=10,
+        generator=torch.Generator().manual_seed(seed),
+        sketch_every=sketch_every,
+    )
+
+
+@pytest.mark.parametrize("name", ["randomized_nystrom", "nystrom_pcg"])
+def test_sketch_reuse_every_step_equals_no_reuse_bit_for_bit(name):
+    reused = _sketched_optimizer(name, sketch_every=1)
+    # no reuse: the plain solver draws its own sketch from an identically seeded generator on every call
+    g = torch.Generator().manual_seed(0)
+    plain = BilevelOptimizer(
+        make_task("weight_decay", 3, n=200, d=20),
+        solver=lambda hvp, v: SOLVERS[name](hvp, v, generator=g, **reused.solver_kwargs),
+        unroll=10,
+    )
+    for _ in range(4):
+        a, b = reused.step(), plain.step()
+        assert a["val_loss"] == b["val_loss"] and a["inner_loss"] == b["inner_loss"]
+        assert all(torch.equal(x, y) for x, y in zip(reused.raw, plain.raw))
+    assert a["sketch_hvps"] == 4 * 5 and a["sketch_hvps_saved"] == 0
+
+
+def test_sketch_reuse_counts_saved_products_and_pcg_stays_exact():
+    opt = _sketched_optimizer("nystrom_pcg", sketch_every=3)
+    records = [opt.step() for _ in range(5)]
+    # fresh sketches on outer steps 1 and 4, kept on 2, 3 and 5
+    assert [r["sketch_hvps"] for r in records] == [5, 5, 5, 10, 10]
+    assert [r["sketch_hvps_saved"] for r in records] == [0, 5, 10, 10, 15]
+    # a stale sketch only preconditions: PCG still solves the current damped system
+    kept = opt.sketch
+    assert kept is not None
+    stale = hypergradient(opt.inner_loss, opt.outer_loss, opt.params, opt.raw, solver="nystrom_pcg",
+                          rank=5, rho=0.1, iters=200, tol=1e-7, sketch=kept)
+    exact = hypergradient(opt.inner_loss, opt.outer_loss, opt.params, opt.raw,
+                          solver=lambda hvp, v: exact_ihvp(lambda u: hvp(u) + 0.1 * u, v))
+    assert torch.linalg.vector_norm(stale[0] - exact[0]) / torch.linalg.vector_norm(exact[0]) < 1e-5
+
+
+def test_resume_keeps_the_sketch_and_its_counters():
+    straight = _sketched_optimizer("nystrom_pcg", sketch_every=2)
+    records = [straight.step() for _ in range(4)]
+    first = _sketched_optimizer("nystrom_pcg", sketch_every=2)
+    for _ in range(3):
+        first.step()
+    resumed = _sketched_optimizer("nystrom_pcg", sketch_every=2)
+    resumed.load_state_dict(first.state_dict())
+    last = resumed.step()
+    drop_time = lambda r: {k: v for k, v in r.items() if k != "hypergrad_seconds"}
+    assert drop_time(last) == drop_time(records[-1])
+    assert all(torch.equal(a, b) for a, b in zip(resumed.raw, straight.raw))

@@ -56,7 +56,8 @@ def test_ridge_closed_form_and_finite_differences():
 
 @pytest.mark.parametrize(
     "solver,kwargs",
-    [("cg", {"iters": 50, "tol": 1e-14}), ("neumann", {"iters": 400, "alpha": 0.3}), ("nystrom", {"rank": 6, "rho": 1e-7})],
+    [("cg", {"iters": 50, "tol": 1e-14}), ("neumann", {"iters": 400, "alpha": 0.3}), ("nystrom", {"rank": 6, "rho": 1e-7}),
+     ("randomized_nystrom", {"rank": 6, "rho": 1e-7}), ("nystrom_pcg", {"rank": 2, "rho": 1e-7, "iters": 50, "tol": 1e-14})],
 )
 def test_ridge_hypergradient_every_solver(solver, kwargs):
     X, y, Xv, yv, lam = ridge_problem(seed=1)
@@ -64,7 +65,7 @@ def test_ridge_hypergradient_every_solver(solver, kwargs):
     w_star, _ = ridge_solution(X, y, lam)
     (exact,) = hypergradient(inner, outer, (w_star,), (lam,), solver="exact")
     (approx,) = hypergradient(inner, outer, (w_star,), (lam,), solver=solver, **kwargs)
-    # Nyström at rank = p solves (H + rho I): rho = 1e-7 biases it by ~rho/lambda_min = 1e-6 relative
+    # Nyström at rank = p and Nyström-PCG solve (H + rho I): rho = 1e-7 biases it by ~rho/lambda_min = 1e-6 relative
     assert torch.allclose(approx, exact, rtol=1e-5, atol=1e-9)
 
 

@@ -1,20 +1,23 @@
 """`raygen tune` on a real local Ray: report, per-trial results, same seed -> same result."""
 
+import inspect
 import json
 
 import pytest
 
-from raygen.workloads.tune import TuneHypergradConfig, run
+from raygen.hypergrad.hypergradient import SKETCHED, SOLVERS
+from raygen.workloads.tune import SOLVER_KNOBS, TuneHypergradConfig, run, solver_kwargs
 from raygen.errors import UserError
 from raygen.jobs import load_job
 
 
-@pytest.mark.slow
+@pytest.mark.ray
 def test_tune_job_writes_report_and_same_seed_trials_agree(tmp_path, ray_local):
     config = TuneHypergradConfig.from_dict(
         dict(
             name="tiny", storage_path=str(tmp_path), task="weight_decay",
-            solvers=["nystrom", "cg"], ranks=[5], rhos=[0.1], iters=[5], alphas=[0.1], outer_lrs=[1.0], unrolls=[10], seeds=[0],
+            solvers=["nystrom", "nystrom_pcg", "cg"], ranks=[5], rhos=[0.1], iters=[5], alphas=[0.1], tols=[1e-4],
+            sketch_every=[2], outer_lrs=[1.0], unrolls=[10], seeds=[0],
             num_samples=2, max_outer_steps=3, scheduler="fifo", checkpoint_every=2,
             baselines=["optuna"], baseline_samples=1,
         )
@@ -24,18 +27,18 @@ def test_tune_job_writes_report_and_same_seed_trials_agree(tmp_path, ray_local):
     for name in ("report.md", "report.json", "config.json", "val_loss.png", "metrics.jsonl", "trials.json"):
         assert (run_dir / name).is_file(), name
     assert list((run_dir / "tb").iterdir())
-    assert set(summary["methods"]) == {"nystrom", "cg", "optuna"}
+    assert set(summary["methods"]) == {"nystrom", "nystrom_pcg", "cg", "optuna"}
     report = (run_dir / "report.md").read_text()
-    for method in ("nystrom", "cg", "optuna"):
+    for method in ("nystrom", "nystrom_pcg", "cg", "optuna"):
         assert f"| {method} |" in report
 
     trials = json.loads((run_dir / "trials.json").read_text())
-    assert len(trials) == 2 * 2 + 1
+    assert len(trials) == 3 * 2 + 1
     for trial in trials:
         assert trial["error"] is None
         assert [h["outer_step"] for h in trial["history"]] == [1, 2, 3]
         assert (tmp_path / trial["path"]).joinpath("result.json").is_file()  # Tune's per-trial results
-    for solver in ("nystrom", "cg"):
+    for solver in ("nystrom", "nystrom_pcg", "cg"):
         a, b = [t for t in trials if t["method"] == solver]
         assert a["config"] == b["config"]  # one sampled setting, run twice
         strip = lambda t: [{k: v for k, v in h.items() if k != "hypergrad_seconds"} for h in t["history"]]
@@ -43,6 +46,22 @@ def test_tune_job_writes_report_and_same_seed_trials_agree(tmp_path, ray_local):
     nystrom = [t for t in trials if t["method"] == "nystrom"][0]["history"]
     cg = [t for t in trials if t["method"] == "cg"][0]["history"]
     assert nystrom[-1]["val_loss"] != cg[-1]["val_loss"]  # the solvers really differ
+    # sketch_every = 2: fresh rank-5 sketches on outer steps 1 and 3, reused on step 2
+    pcg = [t for t in trials if t["method"] == "nystrom_pcg"][0]
+    assert [h["sketch_hvps_saved"] for h in pcg["history"]] == [0, 5, 5]
+    assert "tol=0.0001" in pcg["setting"] and "sketch_every=2" in pcg["setting"]
+
+
+def test_solver_choices_are_the_registry_and_knobs_are_solver_keywords():
+    assert set(SOLVER_KNOBS) == set(SOLVERS)
+    assert SKETCHED == {s for s, knobs in SOLVER_KNOBS.items() if "sketch_every" in knobs}
+    trial = {"rank": 5, "rho": 0.1, "iters": 7, "alpha": 0.01, "tol": 1e-3, "sketch_every": 2}
+    for name, solver in SOLVERS.items():
+        keywords = set(solver_kwargs(name, trial))
+        params = inspect.signature(solver).parameters
+        assert keywords <= set(params), (name, keywords)
+        # every required keyword of the solver is tuned
+        assert {k for k, p in params.items() if p.kind is p.KEYWORD_ONLY and p.default is p.empty} <= keywords
 
 
 def test_job_file_parses_and_bad_values_are_one_line_errors():
@@ -52,6 +71,10 @@ def test_job_file_parses_and_bad_values_are_one_line_errors():
         load_job("jobs/tune_hypergrad.yaml", ["solvers=[nystrom, lbfgs]"])
     with pytest.raises(UserError, match="rhos"):
         load_job("jobs/tune_hypergrad.yaml", ["rhos=[0.1, -1]"])
+    with pytest.raises(UserError, match="sketch_every"):
+        load_job("jobs/tune_hypergrad.yaml", ["sketch_every=[0]"])
+    with pytest.raises(UserError, match="tols"):
+        load_job("jobs/tune_hypergrad.yaml", ["tols=[]"])
     with pytest.raises(UserError, match="baselines"):
         load_job("jobs/tune_hypergrad.yaml", ["task=distill"])
     assert load_job("jobs/tune_hypergrad.yaml", ["task=distill", "baselines=[]"]).config.task == "distill"

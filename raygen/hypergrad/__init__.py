@@ -1,11 +1,12 @@
-"""Hypergradients by implicit differentiation (Nyström, CG, Neumann, exact) and bilevel HPO.
+"""Hypergradients by implicit differentiation (column and randomized Nyström, Nyström-PCG, CG, Neumann, exact) and bilevel HPO.
 
 Pure torch: nothing here imports Ray (the Tune adapter is `raygen.workloads.tune`).
 """
 
 from raygen.hypergrad.bilevel import BilevelOptimizer, Task
-from raygen.hypergrad.hypergradient import functional_module, hypergradient
-from raygen.hypergrad.solvers import SOLVERS, SolverDivergence, cg_ihvp, exact_ihvp, neumann_ihvp, nystrom_ihvp
+from raygen.hypergrad.hypergradient import SOLVERS, functional_module, hypergradient
+from raygen.hypergrad.sketch import NystromSketch, nystrom_pcg_ihvp, nystrom_sketch, randomized_nystrom_ihvp
+from raygen.hypergrad.solvers import SolverDivergence, cg_ihvp, exact_ihvp, neumann_ihvp, nystrom_ihvp
 
 __all__ = [
     "BilevelOptimizer",
@@ -18,4 +19,8 @@ __all__ = [
     "exact_ihvp",
     "neumann_ihvp",
     "nystrom_ihvp",
+    "NystromSketch",
+    "nystrom_sketch",
+    "randomized_nystrom_ihvp",
+    "nystrom_pcg_ihvp",
 ]

@@ -5,6 +5,12 @@ softplus or exp keeps a weight decay positive); the hypergradient with respect t
 the chain rule because the losses are evaluated at constrain(u). A hypergradient that is NaN/inf,
 or a solver that reports divergence, is recorded in the step's record and the outer step is
 skipped, never applied.
+
+Sketch reuse: the sketched solvers (randomized Nyström, Nyström-PCG) keep their Nyström sketch
+of the inner Hessian and refresh it every `sketch_every` outer steps (1: a fresh sketch every
+step, exactly as without reuse). The inner Hessian moves slowly between outer steps; a stale
+sketch biases randomized Nyström's answer but only slows Nyström-PCG, which always solves the
+current system. Records count the HVPs spent on sketches and the HVPs that reuse saved.
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ from typing import Callable
 import torch
 
 from raygen.errors import UserError
-from raygen.hypergrad.hypergradient import Loss, Tensors, hypergradient
+from raygen.hypergrad.hypergradient import RANDOMIZED, SKETCHED, Loss, Tensors, hypergradient, resolve_solver
+from raygen.hypergrad.sketch import NystromSketch, nystrom_sketch
 from raygen.hypergrad.solvers import SolverDivergence
 
 Constrain = Callable[[Tensors], Tensors]
@@ -66,7 +73,9 @@ class BilevelOptimizer:
 
     solver: an IHVP solver name (see SOLVERS) or "none" (hyperparameters stay fixed: the baseline
     that only trains the inner model). `generator` drives the solver's randomness (Nyström's
-    column choice) and is part of `state_dict`, so a resumed run repeats the uninterrupted one.
+    column choice, the sketches' test matrices) and is part of `state_dict` with the kept sketch, so
+    a resumed run repeats the uninterrupted one. `sketch_every` = m: sketched solvers refresh their
+    sketch on outer steps 1, 1 + m, 1 + 2m, ... and reuse it in between.
     """
 
     def __init__(
@@ -83,9 +92,12 @@ class BilevelOptimizer:
         outer_momentum: float = 0.9,
         outer_optimizer: str = "sgd",
         generator: torch.Generator | None = None,
+        sketch_every: int = 1,
     ):
         if unroll < 1:
             raise UserError(f"unroll must be >= 1, got {unroll}")
+        if sketch_every < 1:
+            raise UserError(f"sketch_every must be >= 1 (1: a fresh sketch every outer step), got {sketch_every}")
         self.task = task
         self.solver = solver
         self.solver_kwargs = dict(solver_kwargs or {})
@@ -97,6 +109,10 @@ class BilevelOptimizer:
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
         self.outer_step = 0
         self.skipped = 0
+        self.sketch_every = sketch_every
+        self.sketch: NystromSketch | None = None
+        self.sketch_hvps = 0  # HVPs spent on sketches so far
+        self.sketch_hvps_saved = 0  # HVPs that reusing a kept sketch saved so far
 
         c = task.constrain
         self.inner_loss: Loss = lambda theta, u: task.inner_loss(theta, c(tuple(u)))
@@ -116,14 +132,30 @@ class BilevelOptimizer:
             self.inner_opt.step()
         return float(loss.detach())
 
+    def _solver(self):
+        """The solver to call this outer step: sketched solvers get the kept (or a refreshed) sketch."""
+        solve = resolve_solver(self.solver)
+        if self.solver not in SKETCHED:
+            return solve
+
+        def with_kept_sketch(hvp, v, *, rank: int, generator: torch.Generator, **kwargs):
+            if self.sketch is None or self.outer_step % self.sketch_every == 0:
+                self.sketch = nystrom_sketch(hvp, v, rank=rank, generator=generator)
+                self.sketch_hvps += rank
+            else:
+                self.sketch_hvps_saved += rank
+            return solve(hvp, v, rank=rank, generator=generator, sketch=self.sketch, **kwargs)
+
+        return with_kept_sketch
+
     def _outer_step(self) -> tuple[float, str | None]:
         kwargs = dict(self.solver_kwargs)
-        if self.solver == "nystrom":
+        if self.solver in RANDOMIZED:
             kwargs["generator"] = self.generator
         start = time.perf_counter()
         try:
             grads = hypergradient(
-                self.inner_loss, self.outer_loss, self.params, self.raw, solver=self.solver, **kwargs
+                self.inner_loss, self.outer_loss, self.params, self.raw, solver=self._solver(), **kwargs
             )
         except SolverDivergence as exc:
             return time.perf_counter() - start, str(exc)
@@ -151,6 +183,9 @@ class BilevelOptimizer:
                 record["skipped_reason"] = skipped
         self.outer_step += 1
         record["skipped_steps"] = self.skipped
+        if self.solver in SKETCHED:
+            record["sketch_hvps"] = self.sketch_hvps
+            record["sketch_hvps_saved"] = self.sketch_hvps_saved
         with torch.no_grad():
             record.update(self.task.evaluate(tuple(self.params), self.hparams()))
         return record
@@ -164,6 +199,9 @@ class BilevelOptimizer:
             "generator": self.generator.get_state(),
             "outer_step": self.outer_step,
             "skipped": self.skipped,
+            "sketch": self.sketch,
+            "sketch_hvps": self.sketch_hvps,
+            "sketch_hvps_saved": self.sketch_hvps_saved,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -177,3 +215,6 @@ class BilevelOptimizer:
         self.generator.set_state(state["generator"])
         self.outer_step = state["outer_step"]
         self.skipped = state["skipped"]
+        self.sketch = state["sketch"]
+        self.sketch_hvps = state["sketch_hvps"]
+        self.sketch_hvps_saved = state["sketch_hvps_saved"]

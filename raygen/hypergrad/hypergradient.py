@@ -5,7 +5,7 @@ At an inner optimum the implicit function theorem gives
 
     ∇_phi g = ∂g/∂phi − (∂²f/∂phi∂theta) · H⁻¹ · ∂g/∂theta,   H = ∂²f/∂theta²,
 
-with H⁻¹·∂g/∂theta from one of the IHVP solvers in `raygen.hypergrad.solvers`.
+with H⁻¹·∂g/∂theta from one of the IHVP solvers in SOLVERS (`raygen.hypergrad.solvers`, `.sketch`).
 """
 
 from __future__ import annotations
@@ -16,10 +16,23 @@ import torch
 from torch.func import functional_call, grad, jvp
 
 from raygen.errors import UserError
-from raygen.hypergrad.solvers import SOLVERS
+from raygen.hypergrad.sketch import nystrom_pcg_ihvp, randomized_nystrom_ihvp
+from raygen.hypergrad.solvers import cg_ihvp, exact_ihvp, neumann_ihvp, nystrom_ihvp
 
 Tensors = tuple[torch.Tensor, ...]
 Loss = Callable[[Tensors, Tensors], torch.Tensor]
+
+
+SOLVERS: dict[str, Callable[..., torch.Tensor]] = {
+    "nystrom": nystrom_ihvp,
+    "randomized_nystrom": randomized_nystrom_ihvp,
+    "nystrom_pcg": nystrom_pcg_ihvp,
+    "cg": cg_ihvp,
+    "neumann": neumann_ihvp,
+    "exact": exact_ihvp,
+}
+RANDOMIZED = {"nystrom", "randomized_nystrom", "nystrom_pcg"}  # take a `generator` keyword
+SKETCHED = {"randomized_nystrom", "nystrom_pcg"}  # take a reusable `sketch` keyword
 
 
 def flatten(tensors: Sequence[torch.Tensor]) -> torch.Tensor:

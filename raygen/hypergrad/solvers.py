@@ -30,6 +30,13 @@ def hessian_columns(hvp: HVP, coords: torch.Tensor, p: int, like: torch.Tensor) 
     return torch.func.vmap(hvp)(basis).T
 
 
+def check_rank_rho(solver: str, rank: int, rho: float, p: int) -> None:
+    if not 1 <= rank <= p:
+        raise UserError(f"{solver} rank must be between 1 and the number of parameters ({p}), got {rank}")
+    if not rho > 0:
+        raise UserError(f"{solver} rho must be > 0, got {rho}")
+
+
 def nystrom_ihvp(
     hvp: HVP, v: torch.Tensor, *, rank: int, rho: float, generator: torch.Generator | None = None
 ) -> torch.Tensor:
@@ -41,10 +48,7 @@ def nystrom_ihvp(
     rho, and it is singular when the chosen columns are linearly dependent (rank(H) < k).
     """
     p = v.numel()
-    if not 1 <= rank <= p:
-        raise UserError(f"nystrom rank must be between 1 and the number of parameters ({p}), got {rank}")
-    if not rho > 0:
-        raise UserError(f"nystrom rho must be > 0, got {rho}")
+    check_rank_rho("nystrom", rank, rho, p)
     coords = torch.randperm(p, generator=generator)[:rank].to(v.device)
     C = hessian_columns(hvp, coords, p, v).to(torch.float64)
     W = C[coords]
@@ -58,33 +62,54 @@ def nystrom_ihvp(
     return (v64 / rho - (C @ z) / rho**2).to(v.dtype)
 
 
-def cg_ihvp(hvp: HVP, v: torch.Tensor, *, iters: int, tol: float = 1e-10) -> torch.Tensor:
-    """Textbook conjugate gradient for H x = v, starting from x = 0.
+def preconditioned_cg(
+    matvec: HVP,
+    v: torch.Tensor,
+    *,
+    iters: int,
+    tol: float,
+    precondition: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, int]:
+    """Textbook (preconditioned) conjugate gradient for A x = v from x = 0; returns (x, products used).
 
-    Stops after `iters` products, when ‖r‖ ≤ tol·‖v‖, or on non-positive curvature pᵀHp ≤ 0 (H not
-    positive definite along p: CG's step is undefined there, so the current iterate is returned).
+    With z = M⁻¹r (z = r without a preconditioner): step = rᵀz / pᵀAp, x += step·p, r −= step·Ap,
+    p = z_new + (r_newᵀz_new / rᵀz)·p (Saad, Iterative Methods, Alg. 9.1). It stops after `iters`
+    products, when ‖r‖ ≤ tol·‖v‖ (the unpreconditioned residual, so CG and PCG stop on the same
+    test), or on non-positive curvature pᵀAp ≤ 0: A is not positive definite along p, CG's step is
+    undefined there, and the current iterate is returned (truncated CG, as in Newton-CG).
     """
     if iters < 1:
         raise UserError(f"cg iters must be >= 1, got {iters}")
     x = torch.zeros_like(v)
     r = v.clone()
-    p = r.clone()
-    rs = r @ r
+    z = r if precondition is None else precondition(r)
+    p = z.clone()
+    rz = r @ z
+    rr = r @ r
     stop = (tol * torch.linalg.vector_norm(v)) ** 2
+    used = 0
     for _ in range(iters):
-        if rs <= stop:
+        if rr <= stop:
             break
-        Hp = hvp(p)
-        curvature = p @ Hp
+        Ap = matvec(p)
+        used += 1
+        curvature = p @ Ap
         if curvature <= 0:
             break
-        step = rs / curvature
+        step = rz / curvature
         x = x + step * p
-        r = r - step * Hp
-        rs_new = r @ r
-        p = r + (rs_new / rs) * p  # the NEW residual defines the next search direction
-        rs = rs_new
-    return x
+        r = r - step * Ap
+        z = r if precondition is None else precondition(r)
+        rz_new = r @ z
+        p = z + (rz_new / rz) * p  # the NEW residual defines the next search direction
+        rz = rz_new
+        rr = r @ r
+    return x, used
+
+
+def cg_ihvp(hvp: HVP, v: torch.Tensor, *, iters: int, tol: float = 1e-10) -> torch.Tensor:
+    """Textbook conjugate gradient for H x = v, starting from x = 0 (see `preconditioned_cg`)."""
+    return preconditioned_cg(hvp, v, iters=iters, tol=tol)[0]
 
 
 def neumann_ihvp(hvp: HVP, v: torch.Tensor, *, iters: int, alpha: float) -> torch.Tensor:
@@ -126,10 +151,3 @@ def exact_ihvp(hvp: HVP, v: torch.Tensor, *, max_params: int = 5000) -> torch.Te
     H = hessian_columns(hvp, torch.arange(p, device=v.device), p, v)
     return torch.linalg.solve(0.5 * (H + H.T), v)
 
-
-SOLVERS: dict[str, Callable[..., torch.Tensor]] = {
-    "nystrom": nystrom_ihvp,
-    "cg": cg_ihvp,
-    "neumann": neumann_ihvp,
-    "exact": exact_ihvp,
-}
