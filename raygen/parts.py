@@ -231,8 +231,8 @@ class PartStore:
         missing = len(np.setdiff1d(expected, ids))
         repeated = len(ids) - len(np.unique(ids))
         foreign = int(((ids < start) | (ids >= stop)).sum())
-        return (f"{len(ids)} rows, expected ids {start}..{stop - 1}: {missing} missing, {repeated} repeated, "
-                f"{foreign} outside the chunk")
+        return (f"{len(ids)} rows, expected {stop - start} (ids {start}..{stop - 1}): {missing} missing, "
+                f"{repeated} repeated, {foreign} outside the chunk")
 
     def scan(self, layout: Chunks, *, check: Literal["footer", "ids"] = "footer") -> Scan:
         """One listing, then `check_part` on every part (in threads); memory O(parts), not O(N)."""

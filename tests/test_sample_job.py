@@ -60,17 +60,20 @@ def test_output_is_identical_for_actor_counts_and_chunk_sizes(tmp_path, ray_loca
     assert 0.0 < summary["stats"]["within_mode_var"] < 0.1
 
 
-def test_rerun_completes_missing_parts_only(tmp_path, ray_local):
+def test_rerun_completes_missing_and_damaged_parts_only(tmp_path, ray_local, capsys):
     cfg = config(tmp_path, "resume")
     run_dir = Path(run(cfg)["run_dir"])
     reference = read_all(run_dir)
     parts = sorted((run_dir / "samples").glob("part-*.parquet"))
-    removed = parts[1:3]
-    kept_mtimes = {p: p.stat().st_mtime_ns for p in parts if p not in removed}
+    removed, truncated = parts[1:3], parts[4]
+    kept_mtimes = {p: p.stat().st_mtime_ns for p in parts if p not in removed and p != truncated}
     for p in removed:
         p.unlink()
+    truncated.write_bytes(truncated.read_bytes()[:100])  # an interrupted copy: unreadable footer
+    capsys.readouterr()
     summary = run(cfg)
-    assert summary["chunks_resumed"] == len(parts) - len(removed)
+    assert summary["chunks_resumed"] == len(parts) - len(removed) - 1
+    assert f"re-drawing 1 damaged part(s): {truncated.name}: unreadable" in capsys.readouterr().out
     assert all(p.stat().st_mtime_ns == t for p, t in kept_mtimes.items()), "a finished part was rewritten"
     assert_same_samples(read_all(run_dir), reference)
 
