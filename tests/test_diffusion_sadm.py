@@ -6,10 +6,20 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from raygen.diffusion import (DenoisingLoss, EMA, StructureEncoder, adversarial_loss, affinity, discriminator_loss,
-                              lambda_at, structure_distance)
-from raygen.diffusion.train import _seeded, sadm_step
+from raygen.diffusion import (
+    EMA,
+    DenoisingLoss,
+    StructureEncoder,
+    adversarial_loss,
+    affinity,
+    discriminator_loss,
+    lambda_at,
+    structure_distance,
+)
+from raygen.diffusion.train import SADMStep, sadm_step
 from raygen.models import Denoiser
+from raygen.train_loop import TrainState
+from raygen.train_loop import seeded as _seeded
 
 
 def test_affinity_and_distance_closed_form():
@@ -57,9 +67,12 @@ def _run(lam, steps, *, with_disc):
     if with_disc:
         enc = _seeded(1, lambda: StructureEncoder(1, embed_dim=16))
         opt_phi = torch.optim.Adam(enc.parameters(), lr=1e-3)
+        state = TrainState(modules={"denoiser": model, "encoder": enc}, optimizers={"opt": opt, "opt_phi": opt_phi},
+                           emas={"denoiser": ema}, generator=gen)
+        ctx = SADMStep(acc, loss_fn, disc_steps=1, grad_clip=1.0)
     for _ in range(steps):
         if with_disc:
-            sadm_step(acc, model, enc, opt, opt_phi, ema, loss_fn, x0, None, gen, lam, 1, 1.0)
+            sadm_step(ctx, state, x0, None, lam)
         else:
             loss, _ = loss_fn(model, x0, gen)
             opt.zero_grad()

@@ -11,7 +11,7 @@ FAST = dict(batch_size=16, log_every=1, sample_every=0, sadm_warmup=0, sadm_lamb
 
 
 def _weights(ckpt):
-    return torch.load(ckpt / "state.pt", weights_only=False)
+    return torch.load(ckpt / "state.pt", weights_only=True)
 
 
 def test_resume_continues_exactly(tmp_path):
@@ -21,8 +21,8 @@ def test_resume_continues_exactly(tmp_path):
     assert out["resumed_from"] == 2 and out["step"] == 4
     full, split = _weights(tmp_path / "full/checkpoint_000004"), _weights(tmp_path / "split/checkpoint_000004")
     for key in ("denoiser", "encoder"):
-        for name, t in full[key].items():
-            assert torch.equal(t, split[key][name]), name
+        for name, t in full["modules"][key].items():
+            assert torch.equal(t, split["modules"][key][name]), name
     # the resumed loss curve continues the original, step by step
     curves = [[json.loads(l) for l in (tmp_path / n / "metrics.jsonl").read_text().splitlines()] for n in ("full", "split")]
     assert [r["step"] for r in curves[1]] == [1, 2, 3, 4]

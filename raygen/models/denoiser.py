@@ -20,21 +20,32 @@ covariance needs. When D_raw's Jacobian is small this score is close to (D_raw -
 plain parameterisation, which is why it trains like one. Training backpropagates through grad_x E
 (double backward), roughly 2-3x the cost of the plain model.
 
-Both variants satisfy the sampler protocol of `raygen.sampling`: `score(x, sigma)` (and
-`energy(x, sigma)` for the energy variant); sigma may be a float or a per-sample tensor.
+Both variants satisfy the sampler protocol of `raygen.sampling`: `score(x, sigma)`, and the energy
+variant is also `raygen.sampling.energy.HasEnergy`; sigma may be a float or a per-sample tensor.
+Class-conditional models are `Conditionable`: `conditioned(labels, guidance)` gives the sampler a
+score (and, for energy models, energy) for fixed labels.
+
+A model knows the data it is for: `sample_shape` (C, H, W) and `data_range` (lo, hi) are part of
+its spec, so a checkpoint (`save_denoiser` -> denoiser.json + ema.pt) records them and
+`load_denoiser(...).sample_shape` is the shape to sample at. `sample_shape` is None only for a
+net built without data (tests) or loaded from a checkpoint written before it was recorded.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from raygen.errors import UserError
 from raygen.models.unet import SIZES
+from raygen.sampling.energy import energy_score
+
+PIXEL_RANGE = (0.0, 1.0)  # what raygen's image sources yield
 
 
 def _sigma_vector(sigma: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -42,10 +53,18 @@ def _sigma_vector(sigma: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return sigma.expand(x.shape[0]) if sigma.dim() == 0 else sigma.reshape(x.shape[0])
 
 
-class Denoiser(nn.Module):
-    """The plain VE denoiser; `build_denoiser(energy=True)` gives the `EnergyDenoiser` subclass.
+@runtime_checkable
+class Conditionable(Protocol):
+    """A class-conditional model: labels 0..num_classes-1 (num_classes = 0: unconditional)."""
 
-    Only energy models have an `energy` attribute: samplers test `hasattr(model, "energy")`."""
+    num_classes: int
+
+    def conditioned(self, labels: torch.Tensor, guidance: float = 0.0) -> Any: ...
+
+
+class Denoiser(nn.Module):
+    """The plain VE denoiser; `build_denoiser(energy=True)` gives the `EnergyDenoiser` subclass
+    (only it has `energy`, so only it is `HasEnergy` for the samplers)."""
 
     is_energy = False
 
@@ -56,12 +75,20 @@ class Denoiser(nn.Module):
         num_classes: int = 0,
         sigma_data: float = 0.5,
         data_mean: float = 0.5,
+        sample_shape: Sequence[int] | None = None,
+        data_range: Sequence[float] = PIXEL_RANGE,
     ):
         super().__init__()
         if size not in SIZES:
             raise ValueError(f"unknown model size {size!r}; known: {', '.join(SIZES)}")
+        if sample_shape is not None and (len(sample_shape) != 3 or sample_shape[0] != in_channels):
+            raise ValueError(f"sample_shape must be (C={in_channels}, H, W), got {tuple(sample_shape)}")
+        self.sample_shape = tuple(sample_shape) if sample_shape is not None else None
+        self.data_range = tuple(data_range)
         self.spec = dict(size=size, in_channels=in_channels, num_classes=num_classes, energy=self.is_energy,
-                         sigma_data=sigma_data, data_mean=data_mean)
+                         sigma_data=sigma_data, data_mean=data_mean,
+                         sample_shape=list(self.sample_shape) if self.sample_shape else None,
+                         data_range=list(self.data_range))
         self.net = SIZES[size](in_channels=in_channels, num_classes=num_classes)
         self.num_classes = num_classes
         self.sigma_data = sigma_data
@@ -86,8 +113,9 @@ class Denoiser(nn.Module):
         return self._preconditioned(x, _sigma_vector(sigma, x), labels)
 
     def conditioned(self, labels: torch.Tensor, guidance: float = 0.0) -> "Conditioned":
-        """A score/energy model for fixed per-sample labels, with classifier-free guidance weight."""
-        return Conditioned(self, labels, guidance)
+        """A score (and, for energy models, energy) model for fixed per-sample labels, with
+        classifier-free guidance weight `guidance`."""
+        return (EnergyConditioned if self.is_energy else Conditioned)(self, labels, guidance)
 
 
 class EnergyDenoiser(Denoiser):
@@ -103,11 +131,7 @@ class EnergyDenoiser(Denoiser):
 
     def score(self, x: torch.Tensor, sigma: float | torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         # keep the graph when the caller differentiates further (training, Hessian-vector products)
-        create_graph = torch.is_grad_enabled()
-        with torch.enable_grad():
-            x_in = x if x.requires_grad else x.detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(self.energy(x_in, sigma, labels).sum(), x_in, create_graph=create_graph)
-        return -grad
+        return energy_score(lambda y, s: self.energy(y, s, labels), x, sigma, create_graph=torch.is_grad_enabled())
 
     def forward(self, x: torch.Tensor, sigma: float | torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         sigma_v = _sigma_vector(sigma, x)
@@ -115,10 +139,11 @@ class EnergyDenoiser(Denoiser):
 
 
 def build_denoiser(size: str = "tiny", in_channels: int = 1, num_classes: int = 0, energy: bool = False,
-                   sigma_data: float = 0.5, data_mean: float = 0.5) -> Denoiser:
+                   sigma_data: float = 0.5, data_mean: float = 0.5, sample_shape: Sequence[int] | None = None,
+                   data_range: Sequence[float] = PIXEL_RANGE) -> Denoiser:
     """Construct from a spec (the keys of `Denoiser.spec`, as saved in checkpoints)."""
     cls = EnergyDenoiser if energy else Denoiser
-    return cls(size, in_channels, num_classes, sigma_data, data_mean)
+    return cls(size, in_channels, num_classes, sigma_data, data_mean, sample_shape, data_range)
 
 
 class Conditioned:
@@ -132,8 +157,6 @@ class Conditioned:
         if model.num_classes == 0:
             raise ValueError("the model is unconditional (num_classes=0); it cannot be conditioned on labels")
         self.model, self.labels, self.guidance = model, labels, guidance
-        if model.is_energy:
-            self.energy = self._energy  # only energy models expose energy(): the sampler checks hasattr
 
     def _mix(self, fn, x, sigma):
         labels = self.labels.to(x.device)
@@ -146,7 +169,11 @@ class Conditioned:
     def score(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
         return self._mix(self.model.score, x, sigma)
 
-    def _energy(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
+
+class EnergyConditioned(Conditioned):
+    """`Conditioned` for an energy model: also `HasEnergy`, with the guided energy."""
+
+    def energy(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
         return self._mix(self.model.energy, x, sigma)
 
 

@@ -3,7 +3,11 @@
 energy E(x, sigma) plays -log q~ (up to a constant), so score = -grad E and the Hessian of log q~
 is -grad^2 E: symmetric by construction, which is what the full-covariance MMDGS needs.
 The module-level functions work for any callable energy(x, sigma) -> [B], so samplers can use
-them on models that have an `energy` method but are not EnergyModels.
+them on models that have an `energy` method but are not EnergyModels; `energy_score` is also the
+score of raygen's trained energy denoisers (`raygen.models.EnergyDenoiser`).
+
+Model capabilities beyond score(x, sigma) are the Protocols `HasEnergy`, `HasHessian` and `HasHVP`;
+`curvature(model)` is the one place that dispatches on them.
 
 Batch invariance of a network (sample i independent of the batch) depends on its layers: BLAS
 matmuls may round differently for different batch sizes. The analytic targets are invariant.
@@ -12,24 +16,52 @@ matmuls may round differently for different batch sizes. The analytic targets ar
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
+from raygen.sampling._util import matvec
+
 EnergyFn = Callable[[torch.Tensor, float], torch.Tensor]
 
 
+@runtime_checkable
+class HasEnergy(Protocol):
+    """E(x, sigma) -> [B], -log q~ up to a constant: score = -grad E, a symmetric Hessian by autograd."""
+
+    def energy(self, x: torch.Tensor, sigma: float) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class HasHessian(Protocol):
+    """The Hessian of log q~ over the flattened sample: [B, d, d]."""
+
+    def hessian(self, x: torch.Tensor, sigma: float) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class HasHVP(Protocol):
+    """(Hessian of log q~) v, v of x's shape."""
+
+    def hvp(self, x: torch.Tensor, sigma: float, v: torch.Tensor) -> torch.Tensor: ...
+
+
 def _grad_energy(energy: EnergyFn, x: torch.Tensor, sigma: float, create_graph: bool):
-    x = x.detach().requires_grad_(True)
+    # an x that already requires grad is kept when the graph is kept, so callers can differentiate through it
+    x = x if create_graph and x.requires_grad else x.detach().requires_grad_(True)
     (g,) = torch.autograd.grad(energy(x, sigma).sum(), x, create_graph=create_graph)
     return x, g
 
 
-def energy_score(energy: EnergyFn, x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """grad log q~ = -grad E (rows are independent, so the gradient of the batch sum is per row)."""
+def energy_score(energy: EnergyFn, x: torch.Tensor, sigma: float, *, create_graph: bool = False) -> torch.Tensor:
+    """grad log q~ = -grad E (rows are independent, so the gradient of the batch sum is per row).
+
+    create_graph=True keeps the graph, for training through the score or differentiating it again."""
     with torch.enable_grad():
-        _, g = _grad_energy(energy, x, sigma, create_graph=False)
-    return -g.detach()
+        _, g = _grad_energy(energy, x, sigma, create_graph=create_graph)
+    return -g if create_graph else -g.detach()
 
 
 def energy_hvp(energy: EnergyFn, x: torch.Tensor, sigma: float, v: torch.Tensor) -> torch.Tensor:
@@ -78,3 +110,41 @@ class EnergyModel(nn.Module):
 
     def hessian(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         return energy_hessian(self.energy, x, sigma)
+
+
+class Curvature(NamedTuple):
+    """A model's second-order oracles. hvp: (Hessian of log q~) v, or J^T v of the score for score-only
+    models (not symmetric, but with the same diagonal). hessian: symmetric [B, d, d], None if none."""
+
+    hvp: Callable[[torch.Tensor, float, torch.Tensor], torch.Tensor]
+    hessian: Callable[[torch.Tensor, float], torch.Tensor] | None
+
+
+def _hessian_vp(hessian, x: torch.Tensor, sigma: float, v: torch.Tensor) -> torch.Tensor:
+    return matvec(hessian(x, sigma), v.reshape(v.shape[0], -1)).reshape(v.shape)
+
+
+def _score_vjp(score, x: torch.Tensor, sigma: float, v: torch.Tensor) -> torch.Tensor:
+    with torch.enable_grad():
+        xg = x.detach().requires_grad_(True)
+        (Jtv,) = torch.autograd.grad((score(xg, sigma) * v).sum(), xg)
+    return Jtv.detach()
+
+
+def curvature(model) -> Curvature:
+    """The model's curvature by capability, most direct first: hvp, hessian, energy (autograd), score."""
+    if isinstance(model, HasHessian):
+        hessian = model.hessian
+    elif isinstance(model, HasEnergy):
+        hessian = partial(energy_hessian, model.energy)
+    else:
+        hessian = None
+    if isinstance(model, HasHVP):
+        hvp = model.hvp
+    elif isinstance(model, HasHessian):
+        hvp = partial(_hessian_vp, model.hessian)
+    elif isinstance(model, HasEnergy):
+        hvp = partial(energy_hvp, model.energy)
+    else:
+        hvp = partial(_score_vjp, model.score)
+    return Curvature(hvp, hessian)

@@ -8,7 +8,8 @@ reference code's energy branch uses x~ before drawing it; this is the correct or
 
 Covariance variants:
 - "full": Sigma from the symmetric Hessian: model.hessian if present, else autograd of
-  model.energy (score-only models have no symmetric Hessian and are refused). Non-PSD Sigma is
+  model.energy (score-only models have no symmetric Hessian and are refused; capabilities are
+  the Protocols of `raygen.sampling.energy`, dispatched by its `curvature`). Non-PSD Sigma is
   repaired by clipping negative eigenvalues to 0 (counted in info["psd_repairs"]).
 - "diag": diag(H) ~ mean_s v_s * (H v_s) with `probes` Rademacher v_s (Hutchinson/Bekas; for a
   score-only model H v is replaced by J^T v, which has the same diagonal). Negative variances are
@@ -39,7 +40,7 @@ import torch
 
 from raygen.errors import UserError
 from raygen.sampling._util import check_batch, check_positive_int, check_sigmas, matvec, rowsum
-from raygen.sampling.energy import energy_hessian, energy_hvp
+from raygen.sampling.energy import curvature
 from raygen.sampling.noise import PerSampleNoise
 
 COVARIANCES = ("full", "diag", "iso", "none")
@@ -50,38 +51,22 @@ _FULL_NEEDS_ENERGY = (
 )
 
 
-def _hvp(model, x: torch.Tensor, sigma: float, v: torch.Tensor) -> torch.Tensor:
-    """(Hessian of log q~) v for flat x, v [B, d] (J^T v for score-only models: same diagonal)."""
-    shape = x.shape
-    if hasattr(model, "hvp"):
-        return model.hvp(x, sigma, v)
-    if hasattr(model, "hessian"):
-        return matvec(model.hessian(x, sigma), v)
-    if hasattr(model, "energy"):
-        return energy_hvp(model.energy, x, sigma, v)
-    with torch.enable_grad():
-        xg = x.detach().requires_grad_(True)
-        (Jtv,) = torch.autograd.grad((model.score(xg, sigma) * v).sum(), xg)
-    return Jtv.reshape(shape).detach()
-
-
 def hessian(model, x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Symmetric Hessian of log q~ at x [B, d]: [B, d, d]."""
-    if hasattr(model, "hessian"):
-        H = model.hessian(x, sigma)
-    elif hasattr(model, "energy"):
-        H = energy_hessian(model.energy, x, sigma)
-    else:
+    H = curvature(model).hessian
+    if H is None:
         raise UserError(_FULL_NEEDS_ENERGY)
+    H = H(x, sigma)
     return 0.5 * (H + H.transpose(-1, -2))
 
 
 def diag_hessian_estimate(model, x: torch.Tensor, sigma: float, probes: int, noise: PerSampleNoise):
     """Hutchinson/Bekas estimate of diag(Hessian of log q~) at flat x [B, d], unbiased."""
+    hvp = curvature(model).hvp
     total = torch.zeros_like(x)
     for _ in range(probes):
         v = noise.rademacher(x.shape[1], dtype=x.dtype, device=x.device)
-        total = total + v * _hvp(model, x, sigma, v)
+        total = total + v * hvp(x, sigma, v)
     return total / probes
 
 
@@ -108,7 +93,7 @@ def mmdgs(
         raise UserError(f"covariance must be one of {', '.join(COVARIANCES)}, got {covariance!r}")
     if covariance == "diag":
         check_positive_int(probes, "probes")
-    if covariance == "full" and not (hasattr(model, "hessian") or hasattr(model, "energy")):
+    if covariance == "full" and curvature(model).hessian is None:
         raise UserError(_FULL_NEEDS_ENERGY)
 
     B, shape = x_init.shape[0], tuple(x_init.shape[1:])
@@ -118,6 +103,7 @@ def mmdgs(
     x = x_init.detach().reshape(B, d)
     randn = lambda: noise.randn(d, dtype=x.dtype, device=x.device)  # noqa: E731
     info = {"score_evals": 0, "hvp_evals": 0, "psd_repairs": 0, "clipped_variances": 0}
+    mean_sq_score = None  # "iso": restarted at k = 0 of every sigma
     with torch.no_grad():
         for sigma in sigmas:
             for k in range(steps_per_level):
@@ -152,13 +138,12 @@ def mmdgs(
 
 
 class _Flat:
-    """Presents a model over x [B, *shape] as one over flat x [B, d] (the sampler's algebra is flat)."""
+    """Presents a model over x [B, *shape] as one over flat x [B, d] (the sampler's algebra is flat),
+    with the model's own curvature. `hessian` is only called once "full" has checked there is one."""
 
     def __init__(self, model, shape: tuple[int, ...]):
         self.model, self.shape = model, shape
-        for name in ("energy", "hessian", "hvp"):
-            if hasattr(model, name):
-                setattr(self, name, getattr(self, "_" + name))
+        self._curvature = curvature(model)
 
     def _unflat(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(x.shape[0], *self.shape)
@@ -166,11 +151,8 @@ class _Flat:
     def score(self, x, sigma):
         return self.model.score(self._unflat(x), sigma).reshape(x.shape)
 
-    def _energy(self, x, sigma):
-        return self.model.energy(self._unflat(x), sigma)
+    def hessian(self, x, sigma):
+        return self._curvature.hessian(self._unflat(x), sigma)
 
-    def _hessian(self, x, sigma):
-        return self.model.hessian(self._unflat(x), sigma)
-
-    def _hvp(self, x, sigma, v):
-        return self.model.hvp(self._unflat(x), sigma, self._unflat(v)).reshape(x.shape)
+    def hvp(self, x, sigma, v):
+        return self._curvature.hvp(self._unflat(x), sigma, self._unflat(v)).reshape(x.shape)

@@ -1,0 +1,377 @@
+"""The shared training scaffold: every raygen trainer is a plain `train_func(config)` built from it.
+
+A trainer (SADM diffusion in `raygen.diffusion.train` is the worked example; the weight-diffusion
+trainers build on the same pieces) supplies only what is its own: its modules and optimisers, its
+batches, one micro-step, and what a checkpoint exports for its users. Everything else lives here
+once, and behaves the same in a plain process and inside Ray Train's `TorchTrainer`:
+
+    TrainState     modules, optimisers, EMAs, the torch generator and the step, with
+                   `state_dict` / `load_state_dict` (exactly what a checkpoint restores).
+    TrainRun       one process's view of a run: Accelerate (devices, DDP, mixed precision,
+                   gradient accumulation), rank / world size, the checkpoint store and, on rank 0,
+                   the `RunDir` (metrics, TensorBoard, images) -- all chosen once, at start.
+    CheckpointStore  where checkpoints live; `TrainRun` picks one implementation at start:
+                   - `RunDirStore` (plain process): `<run dir>/checkpoint_<step>/` written through
+                     the RunDir API (`upload_dir` puts the `.complete` marker last), so a bucket
+                     works and a half-written checkpoint is never resumed; the newest `keep` stay.
+                   - `RayTrainStore` (inside TorchTrainer): every rank hands its files to
+                     `ray.train.report`, which merges and persists them under Ray's storage;
+                     resume reads `ray.train.get_checkpoint()`. Its `shard(name)` is the worker's
+                     Ray Data shard (`TorchTrainer(datasets={name: ...})`); the local store has none.
+    fit            the loop: gradient accumulation, NaN stop (all ranks together), throughput and
+                   logging windows, image grids, checkpoints; returns the last logged metrics.
+
+Checkpoint directory `checkpoint_<step:06d>/`:
+
+    state.pt           TrainState.state_dict() without the generator (written by rank 0)
+    rng_rank<r>.pt     rank r's generator state (every rank; a resume with more workers gives the
+                       new ranks their fresh streams, a resume with fewer drops the extra ones)
+    ...                what the trainer's `export(state, directory)` writes on rank 0 so that the
+                       checkpoint is usable on its own, e.g. denoiser.json + ema.pt
+
+Writing a trainer (a sketch; see `raygen.diffusion.train.train_func` for the real one):
+
+    def train_func(config: dict) -> dict:
+        cfg = MyConfig.from_dict(config)
+        run = TrainRun(cfg, keep_checkpoints=cfg.keep_checkpoints, use_gpu=cfg.use_gpu,
+                       mixed_precision=cfg.mixed_precision, grad_accum=cfg.grad_accum)
+        restored = run.store.load(run.rank)           # a state dict, or None on a fresh start
+        start = restored["step"] if restored else 0
+        batches = my_batches(run.store.shard("train"), start)   # endless iterator of tensor tuples
+        state = TrainState(modules={"net": seeded(cfg.seed, build_net)},
+                           optimizers={"opt": ...}, emas={"net": EMA(...)},
+                           generator=torch.Generator().manual_seed(stream_seed(cfg.seed, 0, run.rank)))
+        if restored is not None:
+            state.load_state_dict(restored)           # before prepare: plain modules load their dicts
+        run.prepare(state)
+        schedule = Schedule(steps=cfg.steps, log_every=..., checkpoint_every=..., grad_accum=...)
+        return fit(run, state, batches, my_step, schedule, export=..., images=...)
+
+`my_step(state, batch, step) -> dict` does one micro-step (forward, backward through
+`run.accelerator`, optimiser steps) on `batch` (already on the device) and returns scalars: tensors
+are averaged over ranks when logged, floats are logged as they are, and "loss" is checked for
+NaN/inf after every micro-step. Randomness comes from `state.generator` only, so a resume is
+bit-exact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from raygen.config import Config
+from raygen.errors import UserError
+
+CHECKPOINT_PREFIX = "checkpoint_"
+STATE_FILE = "state.pt"
+
+
+def checkpoint_name(step: int) -> str:
+    return f"{CHECKPOINT_PREFIX}{step:06d}"
+
+
+def _rng_file(rank: int) -> str:
+    return f"rng_rank{rank}.pt"
+
+
+def stream_seed(*key: int) -> int:
+    """A 63-bit seed for an independent stream keyed by integers (seed, stream id, rank, epoch...)."""
+    return int(np.random.SeedSequence(list(key)).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def seeded(seed: int, build: Callable[[], Any]) -> Any:
+    """Build modules with a fixed seed without touching the caller's global RNG state."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return build()
+
+
+def ray_train_active() -> bool:
+    """True inside a Ray Train worker (a TorchTrainer's train function)."""
+    try:
+        import ray.train
+
+        ray.train.get_context()
+        return True
+    except (ImportError, RuntimeError):
+        return False
+
+
+# ------------------------------------------------------------------ state
+
+
+@dataclasses.dataclass
+class TrainState:
+    """Everything a resume restores. `modules` and `optimizers` are what the step uses (wrapped by
+    Accelerate after `TrainRun.prepare`); `module(name)` is the plain module (EMA, checkpoints)."""
+
+    modules: dict[str, nn.Module]
+    optimizers: dict[str, torch.optim.Optimizer]
+    generator: torch.Generator
+    emas: dict[str, Any] = dataclasses.field(default_factory=dict)  # name -> raygen.diffusion.EMA
+    step: int = 0
+
+    def __post_init__(self) -> None:
+        self._plain = dict(self.modules)
+
+    def module(self, name: str) -> nn.Module:
+        """The unwrapped module `name` (DDP and mixed-precision wrappers share its parameters)."""
+        return self._plain[name]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "modules": {k: m.state_dict() for k, m in self._plain.items()},
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "emas": {k: e.state_dict() for k, e in self.emas.items()},
+            "generator": self.generator.get_state(),
+            "step": self.step,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore; a state without "generator" (a rank the checkpoint did not have) keeps its stream."""
+        for key, group in (("modules", self._plain), ("optimizers", self.optimizers), ("emas", self.emas)):
+            missing = set(group) ^ set(state[key])
+            if missing:
+                raise UserError(f"checkpoint does not match this trainer: {key} differ in {sorted(missing)}; "
+                                "resume with the settings the checkpoint was made with, or use another name")
+            for name, obj in group.items():
+                obj.load_state_dict(state[key][name])
+        if "generator" in state:
+            self.generator.set_state(state["generator"])
+        self.step = state["step"]
+
+
+# ------------------------------------------------------------------ checkpoint stores
+
+
+def _read_checkpoint(directory: Path, rank: int) -> dict[str, Any]:
+    try:
+        state = torch.load(directory / STATE_FILE, weights_only=True)
+        rng = directory / _rng_file(rank)
+        if rng.exists():
+            state["generator"] = torch.load(rng, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a damaged file is the user's to delete, not a traceback
+        raise UserError(f"checkpoint {directory.name} cannot be read ({type(exc).__name__}: {exc}); "
+                        "delete it to resume from the one before") from None
+    return state
+
+
+class CheckpointStore(Protocol):
+    def load(self, rank: int) -> dict[str, Any] | None:
+        """The latest checkpoint's state dict for this rank (generator included if it has one), or None."""
+
+    def save(self, step: int, directory: Path, metrics: dict[str, Any]) -> None:
+        """Persist this rank's checkpoint files in `directory` as checkpoint `step` (all ranks call it)."""
+
+    def shard(self, name: str) -> Any | None:
+        """This worker's Ray Data shard of dataset `name`, or None when data are loaded in-process."""
+
+
+class RunDirStore:
+    """Checkpoints as `<run dir>/checkpoint_<step>/` through the RunDir API (local disk or a bucket)."""
+
+    def __init__(self, run_dir, keep: int):
+        self.run_dir, self.keep = run_dir, keep
+
+    def _names(self) -> list[str]:
+        return [n for n in self.run_dir.listdir() if n.startswith(CHECKPOINT_PREFIX)]
+
+    def _complete(self) -> list[str]:
+        return [n for n in self._names() if self.run_dir.is_complete(n)]
+
+    def latest(self) -> str | None:
+        """The name of the newest complete checkpoint."""
+        complete = self._complete()
+        return complete[-1] if complete else None
+
+    def load(self, rank: int) -> dict[str, Any] | None:
+        latest = self.latest()
+        if latest is None:
+            return None
+        with tempfile.TemporaryDirectory(prefix=f"raygen-{latest}-") as tmp:
+            return _read_checkpoint(self.run_dir.download_dir(latest, Path(tmp) / latest), rank)
+
+    def save(self, step: int, directory: Path, metrics: dict[str, Any]) -> None:
+        name = checkpoint_name(step)
+        self.run_dir.upload_dir(directory, name)
+        keep = set(self._complete()[-self.keep:])
+        for old in self._names():  # older ones and the remains of interrupted saves
+            if old not in keep:
+                self.run_dir.delete(old)
+
+    def shard(self, name: str) -> None:
+        return None
+
+
+class RayTrainStore:
+    """Checkpoints handed to Ray Train (`ray.train.report`), which keeps `CheckpointConfig(num_to_keep)`."""
+
+    def load(self, rank: int) -> dict[str, Any] | None:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return None
+        with checkpoint.as_directory() as directory:
+            return _read_checkpoint(Path(directory), rank)
+
+    def save(self, step: int, directory: Path, metrics: dict[str, Any]) -> None:
+        import ray.train
+
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(directory)),
+                         checkpoint_dir_name=checkpoint_name(step))
+
+    def shard(self, name: str) -> Any:
+        import ray.train
+
+        return ray.train.get_dataset_shard(name)
+
+
+# ------------------------------------------------------------------ the run
+
+
+class TrainRun:
+    """Accelerate, rank/world, the checkpoint store (chosen here, once) and rank 0's RunDir."""
+
+    def __init__(self, config: Config, *, keep_checkpoints: int, use_gpu: bool = False,
+                 mixed_precision: str = "auto", grad_accum: int = 1):
+        from accelerate import Accelerator
+
+        from raygen.rundir import RunDir
+
+        gpu = use_gpu and torch.cuda.is_available()
+        precision = ("bf16" if gpu else "no") if mixed_precision == "auto" else mixed_precision
+        self.accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=grad_accum, cpu=not gpu)
+        self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
+        self.device = self.accelerator.device
+        self.run_dir = RunDir(config) if self.rank == 0 else None
+        self.where = self.run_dir.uri if self.run_dir is not None else config.run_dir
+        self.store: CheckpointStore = RayTrainStore() if ray_train_active() else RunDirStore(self.run_dir, keep_checkpoints)
+
+    def prepare(self, state: TrainState) -> None:
+        """Wrap the state's modules and optimisers for the devices / DDP (after restoring it)."""
+        names_m, names_o = list(state.modules), list(state.optimizers)
+        prepared = self.accelerator.prepare(*state.modules.values(), *state.optimizers.values())
+        if len(names_m) + len(names_o) == 1:
+            prepared = (prepared,)
+        state.modules = dict(zip(names_m, prepared[:len(names_m)]))
+        state.optimizers = dict(zip(names_o, prepared[len(names_m):]))
+
+    def reduce(self, value: torch.Tensor) -> float:
+        """The mean over ranks: every rank gets the same number."""
+        return self.accelerator.reduce(value.detach().to(self.device), "mean").item()
+
+    def save(self, state: TrainState, metrics: dict[str, Any],
+             export: Callable[[TrainState, Path], None] | None = None) -> None:
+        """Write checkpoint `state.step`: every rank its generator, rank 0 the state and the export."""
+        name = checkpoint_name(state.step)
+        with tempfile.TemporaryDirectory(prefix=f"raygen-{name}-") as tmp:
+            directory = Path(tmp) / name
+            directory.mkdir()
+            full = state.state_dict()
+            torch.save(full.pop("generator"), directory / _rng_file(self.rank))
+            if self.rank == 0:
+                torch.save(full, directory / STATE_FILE)
+                if export is not None:
+                    export(state, directory)
+            self.store.save(state.step, directory, metrics)
+
+    def close(self) -> None:
+        if self.run_dir is not None:
+            self.run_dir.close()
+
+
+# ------------------------------------------------------------------ the loop
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """Loop cadences, in optimiser updates (one update = `grad_accum` micro-steps)."""
+
+    steps: int
+    log_every: int
+    checkpoint_every: int
+    images_every: int = 0  # 0: no image grids
+    grad_accum: int = 1
+
+
+StepFn = Callable[[TrainState, tuple, int], dict[str, Any]]
+
+
+class _Window:
+    """Throughput over one logging window: images/s and the share of time spent waiting for data."""
+
+    def __init__(self):
+        self.start, self.data_wait, self.images = time.perf_counter(), 0.0, 0
+
+    def close(self) -> dict[str, float]:
+        elapsed = time.perf_counter() - self.start
+        out = {"images_per_s": self.images / elapsed, "data_wait_frac": self.data_wait / elapsed}
+        self.__init__()
+        return out
+
+
+def fit(
+    run: TrainRun,
+    state: TrainState,
+    batches: Iterator[tuple],
+    step_fn: StepFn,
+    schedule: Schedule,
+    *,
+    export: Callable[[TrainState, Path], None] | None = None,
+    images: Callable[[TrainState, tuple], torch.Tensor] | None = None,
+    progress: dict[str, str] | None = None,
+    diverged_hint: str = "lower the learning rate",
+) -> dict[str, Any]:
+    """Train from `state.step` to `schedule.steps`; returns the last logged metrics + step, resumed_from.
+
+    images(state, batch): a [N, C, H, W] batch in the data range, logged as a grid (rank 0).
+    progress: printed line's label -> metric key, e.g. {"loss": "loss"}; images/s is always shown.
+    diverged_hint: what to change, in the one-line error raised when the loss becomes NaN/inf.
+    """
+    start = state.step
+    resumed_from = start or None
+    last_saved = resumed_from
+    log = run.run_dir
+    if log is not None:
+        log.truncate_log(start)
+    modules = list(state.modules.values())
+    first_opt = next(iter(state.optimizers.values()))
+    window, last = _Window(), {}
+    for step in range(start, schedule.steps):
+        for _ in range(schedule.grad_accum):
+            t0 = time.perf_counter()
+            batch = tuple(t.to(run.device) for t in next(batches))
+            window.data_wait += time.perf_counter() - t0
+            window.images += batch[0].shape[0] * run.world
+            with run.accelerator.accumulate(*modules):
+                stats = step_fn(state, batch, step)
+            loss = run.reduce(stats["loss"])  # every rank sees the same value, so all stop together
+            if not math.isfinite(loss):
+                kept = (f"The last good checkpoint (step {last_saved}) is kept in {run.where}" if last_saved
+                        else "No checkpoint was written yet")
+                raise UserError(f"training diverged: loss is {loss} at step {step + 1}; {diverged_hint}. {kept}")
+        state.step = done = step + 1
+        if done % schedule.log_every == 0 or done == schedule.steps:
+            last = {k: run.reduce(v) if torch.is_tensor(v) else v for k, v in stats.items()}
+            last.update(lr=first_opt.param_groups[0]["lr"], **window.close())
+            if log is not None:
+                log.log(done, **last)
+                shown = "  ".join(f"{label} {last[key]:.4f}" for label, key in (progress or {"loss": "loss"}).items())
+                print(f"step {done}/{schedule.steps}  {shown}  {last['images_per_s']:.0f} img/s", flush=True)
+        if (log is not None and images is not None and schedule.images_every
+                and (done % schedule.images_every == 0 or done == schedule.steps)):
+            log.log_images(done, "samples", images(state, batch))
+        if done % schedule.checkpoint_every == 0 or done == schedule.steps:
+            run.save(state, {**last, "step": done, "resumed_from": resumed_from}, export)
+            last_saved = done
+    return {**last, "step": schedule.steps, "resumed_from": resumed_from}
