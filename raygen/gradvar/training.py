@@ -1,0 +1,144 @@
+"""Variational training of an SBN with one gradient estimator, measuring its variance as it trains.
+
+Setting of Tokui & Sato (ICML 2017, §6): RMSprop on both networks (θ with ∇_θ log p(x, z), φ with
+the chosen estimator), weight decay, mini-batches of binarised digits drawn afresh each step. Every
+`eval_every` iterations, at the current parameters: the per-element variance of the inference
+gradient over `variance_batches` fresh mini-batches (mean over elements), and the validation ELBO.
+At the end: validation ELBO and the importance-weighted test bound with K samples.
+
+Every batch is drawn from (seed, stream, iteration) and every example from its own seed, so a run
+depends only on its spec.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from raygen.errors import UserError
+from raygen.gradvar.estimators import (Baselines, baseline_loss, check_estimator, estimate, inference_gradient,
+                                       make_baselines, update_baselines)
+from raygen.gradvar.sbn import SBN, draw_batch, example_seeds, iw_bound, model_sizes
+from raygen.gradvar.variance import welford
+
+TRAIN, VARIANCE, EVAL = 0, 1, 2  # seed streams
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    model: str = "linear"
+    units: int = 16
+    estimator: str = "lr"
+    lr: float = 1e-3
+    seed: int = 0  # initialisation and every training / variance batch
+    eval_seed: int = 0  # binarisation and latent noise of validation and test (shared by all runs)
+    batch_size: int = 100
+    iterations: int = 1000
+    eval_every: int = 100
+    variance_batches: int = 100
+    weight_decay: float = 1e-3
+    alpha: float = 0.8
+    baseline_hidden: int = 100
+    iw_samples: int = 50
+
+    def check(self) -> None:
+        model_sizes(self.model, self.units, 1)
+        check_estimator(self.estimator)
+        for key in ("batch_size", "iterations", "eval_every"):
+            if getattr(self, key) < 1:
+                raise UserError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.variance_batches < 2:
+            raise UserError(f"variance_batches must be >= 2 (a variance needs two samples), got {self.variance_batches}")
+        if self.iw_samples < 1:
+            raise UserError(f"iw_samples (K of the importance-weighted bound) must be >= 1, got {self.iw_samples}")
+        if not self.lr > 0:
+            raise UserError(f"lr must be > 0, got {self.lr}")
+
+
+def build(spec: TrainSpec, train_pixels: Tensor) -> tuple[SBN, Baselines]:
+    sizes = model_sizes(spec.model, spec.units, train_pixels.shape[1])
+    model = SBN(sizes, nonlinear=spec.model == "nonlinear", x_mean=train_pixels.mean(0), dtype=train_pixels.dtype,
+                seed=spec.seed)
+    return model, make_baselines(model, spec.estimator, hidden=spec.baseline_hidden, alpha=spec.alpha)
+
+
+def gradient_variance(model: SBN, pixels: Tensor, spec: TrainSpec, baselines: Baselines, iteration: int) -> float:
+    """Mean over inference parameters of the per-element variance of the estimator's mini-batch gradient."""
+    def grads():
+        for m in range(spec.variance_batches):
+            idx, seeds = example_seeds(spec.seed, VARIANCE, iteration * spec.variance_batches + m, spec.batch_size,
+                                       len(pixels))
+            x, u = draw_batch(pixels[idx], model, seeds)
+            yield inference_gradient(model, x, u, spec.estimator, baselines)
+
+    return float(welford(grads())[2].mean())
+
+
+def evaluate(model: SBN, pixels: Tensor, *, eval_seed: int, samples: int) -> float:
+    """Mean bound over the whole set with fixed per-example noise: ELBO for samples = 1, else the IW bound."""
+    _, seeds = example_seeds(eval_seed, EVAL, samples, len(pixels), 1)
+    x, u = draw_batch(pixels, model, seeds, draws=samples)
+    return float(iw_bound(model, x, u.reshape(len(pixels), samples, -1)).mean())
+
+
+def train(spec: TrainSpec, train_pixels: Tensor, val_pixels: Tensor, test_pixels: Tensor,
+          report: Callable[[dict[str, Any]], None] = lambda metrics: None) -> dict[str, Any]:
+    """Train; call `report` after every evaluation (the last one holds the test bound); return the last metrics."""
+    spec.check()
+    model, baselines = build(spec, train_pixels)
+    params = list(model.parameters()) + ([] if baselines.nets is None else list(baselines.nets.parameters()))
+    optimizer = torch.optim.RMSprop(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    train_seconds, metrics = 0.0, {}
+    for it in range(1, spec.iterations + 1):
+        start = time.perf_counter()
+        idx, seeds = example_seeds(spec.seed, TRAIN, it, spec.batch_size, len(train_pixels))
+        x, u = draw_batch(train_pixels[idx], model, seeds)
+        est = estimate(model, x, u, spec.estimator, baselines)
+        loss = -est.objective
+        fit = baseline_loss(est, baselines)
+        if fit is not None:
+            loss = loss + fit
+        if not math.isfinite(float(loss.detach())):
+            raise UserError(f"training {spec.model}/{spec.estimator} at lr={spec.lr} diverged (non-finite loss) "
+                            f"at iteration {it}; lower the learning rate")
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if spec.estimator in ("lr_baseline", "nvil"):
+            update_baselines(est, baselines)
+        train_seconds += time.perf_counter() - start
+        if it % spec.eval_every == 0 or it == spec.iterations:
+            metrics = {
+                "iteration": it,
+                "train_elbo": float(est.elbo.mean()),
+                "grad_var": gradient_variance(model, train_pixels, spec, baselines, it),
+                "val_elbo": evaluate(model, val_pixels, eval_seed=spec.eval_seed, samples=1),
+                "seconds_per_iteration": train_seconds / it,
+            }
+            if it == spec.iterations:
+                metrics["test_iw_bound"] = evaluate(model, test_pixels, eval_seed=spec.eval_seed,
+                                                    samples=spec.iw_samples)
+            report(metrics)
+    return metrics
+
+
+def split_digits(seed: int, *, validation: int, test: int, dtype: torch.dtype = torch.float32
+                 ) -> tuple[Tensor, Tensor, Tensor]:
+    """Digits pixels (intensity / 16 as Bernoulli means, [N, 64]) split into train / validation / test by seed."""
+    from raygen.data.real import digits_arrays
+
+    images, _ = digits_arrays()
+    pixels = torch.from_numpy(images.reshape(len(images), -1)).to(dtype)
+    if validation < 1 or test < 1 or validation + test >= len(pixels):
+        raise UserError(f"validation ({validation}) and test ({test}) examples must be >= 1 and leave training "
+                        f"examples out of {len(pixels)}; lower them")
+    order = torch.from_numpy(np.random.default_rng([seed, 3]).permutation(len(pixels)))
+    val, test_idx, train_idx = order[:validation], order[validation:validation + test], order[validation + test:]
+    return pixels[train_idx], pixels[val], pixels[test_idx]
