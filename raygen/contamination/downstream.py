@@ -11,36 +11,17 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from raygen.models.classifier import ConvClassifier
+from raygen.models.classifier import ConvClassifier, fit_classifier
 
 
 def train_downstream(images: np.ndarray, labels: np.ndarray, *, num_classes: int, seed: int, epochs: int,
                      batch_size: int, lr: float, on_epoch: Callable[[int, float, ConvClassifier], None] | None = None
                      ) -> ConvClassifier:
-    """Adam on cross-entropy; `on_epoch(epoch, mean_loss, model)` after each epoch (model in eval mode)."""
+    """Epoch-based training on the mix (see `fit_classifier`); `on_epoch` after each epoch."""
     x, y = torch.from_numpy(np.asarray(images, np.float32)), torch.from_numpy(np.asarray(labels, np.int64))
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = ConvClassifier(x.shape[1], num_classes)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    g = torch.Generator().manual_seed(seed)
-    for epoch in range(1, epochs + 1):
-        model.train()
-        order = torch.randperm(len(x), generator=g)
-        total = 0.0
-        for start in range(0, len(x), batch_size):
-            idx = order[start:start + batch_size]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += float(loss) * len(idx)
-        model.eval()
-        if on_epoch is not None:
-            on_epoch(epoch, total / len(x), model)
-    return model
+    return fit_classifier(x, y, num_classes=num_classes, seed=seed, lr=lr, batch_size=batch_size, epochs=epochs,
+                          on_epoch=on_epoch)
 
 
 @torch.no_grad()

@@ -6,7 +6,8 @@
 - KID (Binkowski et al. 2018): unbiased MMD^2 with the cubic polynomial kernel (x.y/d + 1)^3,
   averaged over random subsets.
 - MMD^2 (unbiased) with a Gaussian kernel of bandwidth `bandwidth`.
-- Energy distance (V-statistic): 2 E|X - Y| - E|X - X'| - E|Y - Y'|.
+- Energy distance 2 E|X - Y| - E|X - X'| - E|Y - Y'|: `energy_distance` (V-statistic, >= 0) and
+  `energy_distance_unbiased` (U-statistic), two estimators under two names.
 """
 
 from __future__ import annotations
@@ -62,5 +63,17 @@ def mmd2_gaussian(x, y, bandwidth: float) -> float:
 
 
 def energy_distance(x, y) -> float:
+    """Energy distance 2 E|X-Y| - E|X-X'| - E|Y-Y'|, V-statistic (all pairs incl. i = j): >= 0, biased."""
     x, y = _f64(x), _f64(y)
     return float(2 * torch.cdist(x, y).mean() - torch.cdist(x, x).mean() - torch.cdist(y, y).mean())
+
+
+def energy_distance_unbiased(x, y) -> float:
+    """The same distance as a U-statistic (within-set pairs i != j): unbiased, can be slightly < 0."""
+    x, y = _f64(x), _f64(y)
+
+    def within(a: torch.Tensor) -> torch.Tensor:
+        n = len(a)
+        return torch.cdist(a, a).sum() / (n * (n - 1))
+
+    return float(2 * torch.cdist(x, y).mean() - within(x) - within(y))

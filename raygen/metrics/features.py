@@ -9,30 +9,19 @@ same classifier (same data, seed and steps), never with published FIDs.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from raygen.metrics.distances import frechet_distance, kid
 from raygen.metrics.precision_recall import precision_recall
-from raygen.models.classifier import ConvClassifier
+from raygen.models.classifier import ConvClassifier, fit_classifier
 
 
 def train_feature_classifier(
     images: torch.Tensor, labels: torch.Tensor, *, seed: int = 0, steps: int = 400, batch_size: int = 128,
     lr: float = 2e-3,
 ) -> ConvClassifier:
-    """Fit a ConvClassifier with Adam on (images [N, C, H, W], labels [N]); returns it in eval mode."""
-    with torch.random.fork_rng():  # seeded init without disturbing the caller's global RNG
-        torch.manual_seed(seed)
-        model = ConvClassifier(images.shape[1], int(labels.max()) + 1)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        idx = torch.randint(len(images), (batch_size,), generator=g)
-        loss = F.cross_entropy(model(images[idx]), labels[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval()
+    """Fit a ConvClassifier to (images [N, C, H, W], labels [N]) for `steps` random batches."""
+    return fit_classifier(images, labels, num_classes=int(labels.max()) + 1, seed=seed, lr=lr,
+                          batch_size=batch_size, steps=steps)
 
 
 @torch.no_grad()

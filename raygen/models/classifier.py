@@ -7,7 +7,10 @@ work for any image size (8x8 digits, 32x32 folders).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -29,3 +32,41 @@ class ConvClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+
+def fit_classifier(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int, seed: int, lr: float,
+                   batch_size: int, epochs: int | None = None, steps: int | None = None,
+                   on_epoch: Callable[[int, float, ConvClassifier], None] | None = None) -> ConvClassifier:
+    """Adam on cross-entropy for a ConvClassifier seeded by `seed`; returns it in eval mode.
+
+    Batches either by `epochs` (every row once per epoch in a seeded order: the contamination
+    study needs the model to see each mix's exact ratio) or by `steps` (one pass of `steps`
+    batches drawn with replacement: the metrics' feature classifier). `on_epoch(epoch,
+    mean_loss, model)` runs after each epoch with the model in eval mode.
+    """
+    if (epochs is None) == (steps is None):
+        raise ValueError("pass exactly one of epochs and steps")
+    with torch.random.fork_rng():  # seeded init without disturbing the caller's global RNG
+        torch.manual_seed(seed)
+        model = ConvClassifier(images.shape[1], num_classes)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    n = len(images)
+    for epoch in range(1, (epochs or 1) + 1):
+        if steps is None:
+            order = torch.randperm(n, generator=g)
+            batches = [order[start:start + batch_size] for start in range(0, n, batch_size)]
+        else:
+            batches = (torch.randint(n, (batch_size,), generator=g) for _ in range(steps))
+        model.train()
+        total, seen = 0.0, 0
+        for idx in batches:
+            loss = F.cross_entropy(model(images[idx]), labels[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total, seen = total + float(loss) * len(idx), seen + len(idx)
+        model.eval()
+        if on_epoch is not None:
+            on_epoch(epoch, total / max(seen, 1), model)
+    return model

@@ -17,7 +17,7 @@ from raygen.sampling.energy import EnergyModel
 from raygen.sampling.langevin import langevin
 from raygen.sampling.mmdgs import mmdgs
 from raygen.sampling.noise import PerSampleNoise, initial_state
-from raygen.sampling.targets import TARGETS, Gaussian, GaussianMixture, compare_to_truth, energy_distance
+from raygen.sampling.targets import TARGETS, Gaussian, GaussianMixture, compare_to_truth
 from raygen.sampling.tweedie import tweedie
 
 SAMPLERS: dict[str, Callable] = {
@@ -36,7 +36,6 @@ __all__ = [
     "PerSampleNoise",
     "annealed_langevin",
     "compare_to_truth",
-    "energy_distance",
     "initial_state",
     "langevin",
     "mmdgs",

@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import torch
 
+from raygen.metrics.distances import energy_distance_unbiased
 from raygen.sampling._util import matvec, rowsum
 
 
@@ -198,17 +199,6 @@ TARGETS: dict[str, Callable[[], Gaussian | GaussianMixture]] = {
 }
 
 
-def energy_distance(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Energy distance 2 E|X-Y| - E|X-X'| - E|Y-Y'| with unbiased (i != j) within-set terms."""
-    x, y = x.reshape(len(x), -1).double(), y.reshape(len(y), -1).double()
-
-    def within(a: torch.Tensor) -> torch.Tensor:
-        n = len(a)
-        return torch.cdist(a, a).sum() / (n * (n - 1))
-
-    return float(2 * torch.cdist(x, y).mean() - within(x) - within(y))
-
-
 def compare_to_truth(target, x: torch.Tensor, *, seed: int = 0, max_points: int = 4000) -> dict:
     """Sample statistics of x [N, d] against the target's exact facts, as a flat dict of floats.
 
@@ -242,5 +232,5 @@ def compare_to_truth(target, x: torch.Tensor, *, seed: int = 0, max_points: int 
         out["within_mode_var_error"] = abs(out["within_mode_var"] - out["within_mode_var_true"])
     m = min(n, max_points)
     ref = target.sample(m, torch.Generator().manual_seed(seed))
-    out["energy_distance"] = energy_distance(x[:m], ref)
+    out["energy_distance"] = energy_distance_unbiased(x[:m], ref)
     return out
