@@ -135,3 +135,25 @@ def test_study_config_errors_name_the_key():
         StudyConfig.from_dict({"generated": "x", "ratios": [0, 1.5]})
     with pytest.raises(UserError, match="'seeds'"):
         StudyConfig.from_dict({"generated": "x", "seeds": [1, 1]})
+
+
+def test_generated_samples_in_a_bucket(bucket):
+    from raygen import storage
+    from raygen.parts import Chunks, PartStore
+
+    uri = storage.join(bucket, "sample_run")
+    store = PartStore.at(storage.join(uri, "samples"))
+    rng = np.random.default_rng(1)
+    images = rng.random((7, 1, 2, 2))
+    layout = Chunks(7, 4)
+    for c in range(layout.count):
+        ids = layout.ids(c)
+        flat = images[ids].reshape(len(ids), -1)
+        store.write(c, pa.table({"sample_id": ids, "sample": pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()), 4),
+                                 "label": ids % 2}), layout, {"shape": [1, 2, 2]})
+    ids, labels = labelled_ids(uri)
+    np.testing.assert_array_equal(ids, np.arange(7))
+    np.testing.assert_array_equal(labels, np.arange(7) % 2)
+    x, y = read_labelled(uri, np.array([6, 1]))
+    np.testing.assert_allclose(x, images[[6, 1]].astype(np.float32))
+    assert y.tolist() == [0, 1]

@@ -111,3 +111,42 @@ def test_parquet_missing_label_column(tmp_path, ray_local):
     pq.write_table(pa.table({"image": [b"x"], "target": [0]}), tmp_path / "d.parquet")
     with pytest.raises(UserError, match="no column 'label'.*set label_column"):
         load_dataset(str(tmp_path / "d.parquet"))
+
+
+def test_digits_dataset_with_ids_in_few_blocks(ray_local):
+    from raygen.contamination.sources import open_source
+    from raygen.data import digits_dataset
+
+    images, labels = digits_arrays()
+    ds = digits_dataset(ids=True).materialize()
+    assert ds.num_blocks() == 8  # from_items' default would be ~200 tiny blocks
+    for row in ds.take(3):
+        np.testing.assert_array_equal(row["image"], images[row["id"]])
+        assert row["label"] == labels[row["id"]]
+    # the contamination study's real source is the same dataset (it used to miss the block fix)
+    assert open_source("digits", "real").dataset().materialize().num_blocks() == 8
+
+
+def test_image_folder_in_a_bucket(bucket, ray_local):
+    """One ImageFolder scanner for real and generated data, local or in a bucket: same labels and pixels."""
+    from raygen import storage
+    from raygen.data.generated import labelled_ids, read_labelled
+
+    uri = storage.join(bucket, "folder")
+    loc = storage.resolve(uri)
+    rng = np.random.default_rng(0)
+    truth = {}
+    for cls in ("cat", "dog"):
+        for i in range(2):
+            pixels = rng.integers(0, 256, size=(4, 4), dtype=np.uint8)
+            storage.write_bytes(loc.child(f"{cls}/{i}.png"), png_bytes(pixels))
+            truth[(cls, i)] = pixels
+    storage.write_bytes(loc.child("dog/readme.txt"), b"not an image")
+    ids, labels = labelled_ids(uri)
+    np.testing.assert_array_equal(ids, np.arange(4))
+    np.testing.assert_array_equal(labels, [0, 0, 1, 1])
+    x, y = read_labelled(uri, np.array([3, 0]))
+    np.testing.assert_allclose(x[:, 0], np.stack([truth[("dog", 1)], truth[("cat", 0)]]) / 255.0, atol=1e-7)
+    assert y.tolist() == [1, 0]
+    rows = load_dataset(uri).take_all()
+    assert sorted(int(r["label"]) for r in rows) == [0, 0, 1, 1]

@@ -13,8 +13,8 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from raygen.workloads.sample import SampleConfig, run, sample_seeds
 from raygen.errors import UserError
+from raygen.workloads.sample import SampleConfig, run, sample_seeds
 
 
 def config(tmp_path, name, **overrides):

@@ -10,11 +10,11 @@ sample grids and the test sets, which are small by construction).
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 
-from raygen.data import digits_arrays
+from raygen import storage
+from raygen.data import digits_arrays, digits_dataset
 from raygen.data.generated import labelled_ids, load_labelled, read_labelled
 from raygen.errors import UserError
 
@@ -30,11 +30,7 @@ class Source:
 
     def dataset(self):
         if self.name == "digits":
-            import ray
-
-            images, labels = digits_arrays()
-            return ray.data.from_items([{"id": i, "image": images[i], "label": int(labels[i])}
-                                        for i in range(len(labels))])
+            return digits_dataset(ids=True)
         return load_labelled(self.name)
 
     def read(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -48,7 +44,11 @@ def open_source(name: str, what: str) -> Source:
     if name == "digits":
         _, labels = digits_arrays()
         return Source(name, np.arange(len(labels), dtype=np.int64), labels)
-    if not Path(name).expanduser().is_dir():
+    import pyarrow.fs as pafs
+
+    loc = storage.resolve(name)
+    storage.check_reachable(loc)
+    if loc.fs.get_file_info(loc.path).type != pafs.FileType.Directory:
         raise UserError(f"{what} data {name!r} not found; use 'digits' (real only), an image folder "
                         "<root>/<class>/<image>.png, or a `raygen sample` run directory")
     ids, labels = labelled_ids(name)

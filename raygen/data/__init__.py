@@ -5,6 +5,6 @@ nothing is downloaded), an image folder in ImageFolder layout (`root/<class>/<fi
 Parquet with an image column (encoded bytes or a tensor) and a label column.
 """
 
-from raygen.data.real import IMAGE_EXTENSIONS, digits_arrays, load_dataset
+from raygen.data.real import IMAGE_EXTENSIONS, digits_arrays, digits_dataset, load_dataset
 
-__all__ = ["IMAGE_EXTENSIONS", "digits_arrays", "load_dataset"]
+__all__ = ["IMAGE_EXTENSIONS", "digits_arrays", "digits_dataset", "load_dataset"]

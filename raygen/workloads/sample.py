@@ -271,8 +271,9 @@ def run(config: SampleConfig, *, verbose: bool = False) -> dict[str, Any]:
         "settings": sampler_metadata(config, shape), "report": run_dir.child("report.md").uri,
     }
     if target is not None:
-        from raygen.sampling import compare_to_truth
         import torch
+
+        from raygen.sampling import compare_to_truth
 
         summary["stats"] = compare_to_truth(target, torch.as_tensor(x), seed=config.seed)
         summary["truth"] = {k: np.asarray(v).tolist() for k, v in target.truth().items()}
