@@ -283,6 +283,7 @@ class TrainRun:
                 torch.save(full, directory / STATE_FILE)
                 if export is not None:
                     export(state, directory)
+                self.run_dir.flush()  # metrics up to this checkpoint persist with it (a resume continues them)
             self.store.save(state.step, directory, metrics)
 
     def close(self) -> None:

@@ -1,17 +1,33 @@
+"""The training scaffold: bit-exact resume (local and in a bucket), NaN stop, checkpoint store rules."""
+
 import json
+import shutil
 
 import pytest
 import torch
 
-from raygen.diffusion.train import TrainSADMConfig, train_func
+from raygen import storage
+from raygen.diffusion import EMA
+from raygen.diffusion.train import train_func
 from raygen.errors import UserError
 from raygen.models import load_denoiser
+from raygen.train_loop import TrainState, seeded
 
 FAST = dict(batch_size=16, log_every=1, sample_every=0, sadm_warmup=0, sadm_lambda=0.1, checkpoint_every=2)
 
 
-def _weights(ckpt):
-    return torch.load(ckpt / "state.pt", weights_only=True)
+def _state(directory):
+    return torch.load(directory / "state.pt", weights_only=True)
+
+
+def _assert_same_modules(a, b):
+    for key in ("denoiser", "encoder"):
+        for name, t in a["modules"][key].items():
+            assert torch.equal(t, b["modules"][key][name]), name
+
+
+def _curve(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_resume_continues_exactly(tmp_path):
@@ -19,18 +35,41 @@ def test_resume_continues_exactly(tmp_path):
     train_func(dict(FAST, name="split", storage_path=str(tmp_path), steps=2))
     out = train_func(dict(FAST, name="split", storage_path=str(tmp_path), steps=4, sample_every=4))
     assert out["resumed_from"] == 2 and out["step"] == 4
-    full, split = _weights(tmp_path / "full/checkpoint_000004"), _weights(tmp_path / "split/checkpoint_000004")
-    for key in ("denoiser", "encoder"):
-        for name, t in full["modules"][key].items():
-            assert torch.equal(t, split["modules"][key][name]), name
+    _assert_same_modules(_state(tmp_path / "full/checkpoint_000004"), _state(tmp_path / "split/checkpoint_000004"))
     # the resumed loss curve continues the original, step by step
-    curves = [[json.loads(l) for l in (tmp_path / n / "metrics.jsonl").read_text().splitlines()] for n in ("full", "split")]
-    assert [r["step"] for r in curves[1]] == [1, 2, 3, 4]
-    assert [r["loss"] for r in curves[0]] == [r["loss"] for r in curves[1]]
+    full, split = _curve(tmp_path / "full"), _curve(tmp_path / "split")
+    assert [r["step"] for r in split] == [1, 2, 3, 4]
+    assert [r["loss"] for r in full] == [r["loss"] for r in split]
     # keep_checkpoints=2 pruned nothing yet; the checkpoint is a loadable sampler model with a grid
     assert (tmp_path / "split/samples/step_000004.png").exists()
     model = load_denoiser(tmp_path / "split/checkpoint_000004")
-    assert model.score(torch.rand(2, 1, 8, 8), 0.3).shape == (2, 1, 8, 8)
+    assert model.sample_shape == (1, 8, 8) and model.data_range == (0.0, 1.0)
+    assert model.score(torch.rand(2, *model.sample_shape), 0.3).shape == (2, 1, 8, 8)
+
+
+def test_resume_in_a_bucket_matches_local_training(tmp_path, bucket):
+    train_func(dict(FAST, name="local", storage_path=str(tmp_path), steps=4))
+    train_func(dict(FAST, name="remote", storage_path=bucket, steps=2))
+    out = train_func(dict(FAST, name="remote", storage_path=bucket, steps=4))
+    assert out["resumed_from"] == 2
+    ckpt = storage.local_dir_for(storage.join(bucket, "remote", "checkpoint_000004"))
+    _assert_same_modules(_state(tmp_path / "local/checkpoint_000004"), _state(ckpt))
+    assert load_denoiser(ckpt).sample_shape == (1, 8, 8)
+    metrics = storage.read_bytes(storage.resolve(storage.join(bucket, "remote", "metrics.jsonl"))).decode()
+    assert [json.loads(line)["loss"] for line in metrics.splitlines()] == [r["loss"] for r in _curve(tmp_path / "local")]
+    assert not any(p.name.startswith("s3") for p in tmp_path.parent.iterdir())  # nothing staged under a scheme name
+
+
+def test_incomplete_checkpoint_is_never_resumed_and_old_ones_are_pruned(tmp_path):
+    run = tmp_path / "r"
+    train_func(dict(FAST, name="r", storage_path=str(tmp_path), steps=2))
+    # a save interrupted after copying its files but before the completion marker
+    shutil.copytree(run / "checkpoint_000002", run / "checkpoint_000004")
+    (run / "checkpoint_000004" / ".complete").unlink()
+    out = train_func(dict(FAST, name="r", storage_path=str(tmp_path), steps=8, checkpoint_every=1))
+    assert out["resumed_from"] == 2
+    assert sorted(p.name for p in run.glob("checkpoint_*")) == ["checkpoint_000007", "checkpoint_000008"]
+    assert _state(run / "checkpoint_000008")["step"] == 8
 
 
 def test_nonfinite_loss_stops_with_step_and_keeps_checkpoint(tmp_path):
@@ -43,18 +82,35 @@ def test_nonfinite_loss_stops_with_step_and_keeps_checkpoint(tmp_path):
     assert f"(step {step - 1})" in str(info.value)
 
 
-def test_config_rejects_bad_values():
-    with pytest.raises(UserError, match="unknown config key 'stepz'"):
-        TrainSADMConfig.from_dict({"stepz": 3})
-    with pytest.raises(UserError, match="sadm_lambda"):
-        TrainSADMConfig.from_dict({"sadm_lambda": -1})
-    with pytest.raises(UserError, match="batch_size"):
-        TrainSADMConfig.from_dict({"batch_size": 15, "num_workers": 2})
+def _toy_state(seed):
+    net = seeded(seed, lambda: torch.nn.Linear(3, 2))
+    return TrainState(modules={"net": net}, optimizers={"opt": torch.optim.Adam(net.parameters(), lr=0.1)},
+                      emas={"net": EMA(net, 0.9)}, generator=torch.Generator().manual_seed(seed))
 
 
-def test_energy_conditional_model_trains_and_loads_as_energy_model(tmp_path):
-    out = train_func(dict(FAST, name="energy", storage_path=str(tmp_path), steps=2, energy=True, num_classes=10))
-    assert out["step"] == 2 and out["loss"] == out["loss"]  # finite, not NaN
-    model = load_denoiser(tmp_path / "energy/checkpoint_000002")
-    x = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    assert model.is_energy and model.energy(x, 0.3).shape == (2,)
+def test_train_state_round_trip_restores_everything():
+    a = _toy_state(0)
+    for _ in range(3):  # move every part away from its initial value
+        loss = a.modules["net"](torch.randn(4, 3, generator=a.generator)).pow(2).sum()
+        a.optimizers["opt"].zero_grad()
+        loss.backward()
+        a.optimizers["opt"].step()
+        a.emas["net"].update(a.module("net"))
+        a.step += 1
+    b = _toy_state(1)
+    b.load_state_dict(a.state_dict())
+    assert b.step == 3 and b.emas["net"].num_updates == 3
+    assert torch.equal(b.generator.get_state(), a.generator.get_state())
+    for x, y in zip(a.module("net").parameters(), b.module("net").parameters()):
+        assert torch.equal(x, y)
+    for x, y in zip(a.emas["net"].model.parameters(), b.emas["net"].model.parameters()):
+        assert torch.equal(x, y)
+    assert torch.equal(a.optimizers["opt"].state_dict()["state"][0]["exp_avg"],
+                       b.optimizers["opt"].state_dict()["state"][0]["exp_avg"])
+    # a rank the checkpoint did not have keeps its own stream
+    c = _toy_state(2)
+    c.load_state_dict({k: v for k, v in a.state_dict().items() if k != "generator"})
+    assert torch.equal(c.generator.get_state(), torch.Generator().manual_seed(2).get_state())
+    other = TrainState(modules={"other": torch.nn.Linear(3, 2)}, optimizers={}, generator=torch.Generator())
+    with pytest.raises(UserError, match="modules differ"):
+        other.load_state_dict(a.state_dict())

@@ -3,22 +3,26 @@
 `num_workers: 0` calls `train_func` in this process (no Ray at all for the built-in digits);
 `num_workers: N` runs it on N Ray Train workers with `TorchTrainer`, data from Ray Data shards,
 checkpoints kept by Ray (`CheckpointConfig(num_to_keep)`), failed workers retried from the latest
-checkpoint (`FailureConfig(max_failures)`). Re-running with the same `name` resumes.
+checkpoint (`FailureConfig(max_failures)`). Either way checkpoints are `<run dir>/checkpoint_<step>/`
+(local disk or a bucket) and re-running with the same `name` resumes.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
+from raygen import storage
 from raygen.diffusion.train import TrainSADMConfig, train_func
 from raygen.errors import UserError, find_user_error
+from raygen.rundir import RunDir
+from raygen.train_loop import RunDirStore
 
 CONFIG = TrainSADMConfig
 
 
-def _fit_on_ray(config: TrainSADMConfig, loop_config: dict, verbose: bool) -> tuple[dict, str | None]:
+def _fit_on_ray(config: TrainSADMConfig, verbose: bool) -> tuple[dict, str | None]:
+    """(rank 0's last reported metrics, the latest checkpoint's directory name)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -28,13 +32,17 @@ def _fit_on_ray(config: TrainSADMConfig, loop_config: dict, verbose: bool) -> tu
     runtime.init(verbose=verbose)
     dataset = load_dataset(config.data, image_column=config.image_column, label_column=config.label_column,
                            image_size=config.image_size, channels=config.channels)
+    # Ray Train's run dir is <storage_path>/<name>: the run dir itself, so its checkpoints sit where a
+    # plain run's do. Workers must find it whatever their cwd: hand them an absolute path or the URI.
+    where = storage.resolve(config.storage_path)
     trainer = TorchTrainer(
         train_func,
-        train_loop_config=loop_config,
+        train_loop_config={**config.to_dict(), "storage_path": where.uri},
         scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu),
         run_config=RunConfig(
-            storage_path=loop_config["storage_path"],
             name=config.name,
+            storage_path=where.path,
+            storage_filesystem=where.fs,
             checkpoint_config=CheckpointConfig(num_to_keep=config.keep_checkpoints),
             failure_config=FailureConfig(max_failures=config.max_failures),
         ),
@@ -47,47 +55,43 @@ def _fit_on_ray(config: TrainSADMConfig, loop_config: dict, verbose: bool) -> tu
         if user_error is not None:
             raise UserError(str(user_error)) from None
         raise
-    return dict(result.metrics or {}), (result.checkpoint.path if result.checkpoint else None)
+    return dict(result.metrics or {}), result.checkpoint.path.rstrip("/").rsplit("/", 1)[-1] if result.checkpoint else None
 
 
 def run(config: TrainSADMConfig, *, verbose: bool = False) -> dict[str, Any]:
-    from raygen.rundir import RunDir
-
     run_dir = RunDir(config)
-    # workers must write to the same place whatever their cwd: pass an absolute storage path
-    loop_config = {**config.to_dict(), "storage_path": str(run_dir.path.parent)}
     if config.num_workers == 0:
-        metrics = train_func(loop_config)
-        checkpoints = sorted(run_dir.path.glob("checkpoint_*"))
-        checkpoint = str(checkpoints[-1]) if checkpoints else None
+        metrics = train_func(config.to_dict())
+        checkpoint = RunDirStore(run_dir, config.keep_checkpoints).latest()
     else:
-        metrics, checkpoint = _fit_on_ray(config, loop_config, verbose)
-    grids = sorted((run_dir.path / "samples").glob("step_*.png"))
+        metrics, checkpoint = _fit_on_ray(config, verbose)
+    grids = [n for n in run_dir.listdir("samples") if n.startswith("step_")]
     summary = {
         "workload": "train",
         "steps": config.steps,
         "resumed_from": metrics.get("resumed_from"),
         "final": {k: v for k, v in metrics.items() if k not in ("step", "resumed_from")},
-        "checkpoint": checkpoint,
-        "sample_grid": str(grids[-1]) if grids else None,
+        "checkpoint": run_dir.child_uri(checkpoint) if checkpoint else None,
+        "sample_grid": run_dir.child_uri(f"samples/{grids[-1]}") if grids else None,
         "workers": config.num_workers,
         "sadm_lambda": config.sadm_lambda,
     }
-    run_dir.write_report(summary, _markdown(config, summary))
+    run_dir.write_report(summary, _markdown(config, summary, grids[-1] if grids else None))
     run_dir.close()
     return summary
 
 
-def _markdown(config: TrainSADMConfig, summary: dict[str, Any]) -> str:
+def _markdown(config: TrainSADMConfig, summary: dict[str, Any], grid: str | None) -> str:
     rows = "\n".join(f"| {k} | {v:.4g} |" for k, v in summary["final"].items() if isinstance(v, (int, float)))
-    grid = f"\n![samples](samples/{Path(summary['sample_grid']).name})\n" if summary["sample_grid"] else ""
+    grid = f"\n![samples](samples/{grid})\n" if grid else ""
     resumed = f" (resumed from step {summary['resumed_from']})" if summary["resumed_from"] else ""
     return (
         f"# SADM training: {config.name}\n\n"
         f"{config.steps} steps on `{config.data}`{resumed}, {config.model_size} U-Net"
         f"{' (energy)' if config.energy else ''}, lambda = {config.sadm_lambda}, "
         f"{max(config.num_workers, 1)} worker(s).\n\n"
-        f"Last checkpoint: `{summary['checkpoint']}` (load with `raygen.models.load_denoiser`).\n\n"
+        f"Last checkpoint: `{summary['checkpoint']}` (load with `raygen.models.load_denoiser`; "
+        f"`model.sample_shape` is the shape to sample at).\n\n"
         f"| metric (last logged step) | value |\n|---|---|\n{rows}\n{grid}\n"
         f"Config:\n\n```json\n{json.dumps(config.to_dict(), indent=2)}\n```\n"
     )

@@ -1,0 +1,58 @@
+"""SADM training specifics: config checks, energy models, and checkpoints that record their data shape."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from raygen.diffusion.train import TrainSADMConfig, train_func
+from raygen.errors import UserError
+from raygen.models import load_denoiser
+from raygen.sampling import initial_state, mmdgs
+
+FAST = dict(batch_size=16, log_every=1, sample_every=0, sadm_warmup=0, sadm_lambda=0.1, checkpoint_every=2)
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(UserError, match="unknown config key 'stepz'"):
+        TrainSADMConfig.from_dict({"stepz": 3})
+    with pytest.raises(UserError, match="sadm_lambda"):
+        TrainSADMConfig.from_dict({"sadm_lambda": -1})
+    with pytest.raises(UserError, match="batch_size"):
+        TrainSADMConfig.from_dict({"batch_size": 15, "num_workers": 2})
+    with pytest.raises(UserError, match="config key 'sample_every': must be >= 0"):
+        TrainSADMConfig.from_dict({"sample_every": -1})
+
+
+def test_channels_that_do_not_match_the_data_are_one_line(tmp_path):
+    with pytest.raises(UserError, match="have 1 channels but channels=3; set channels: 1"):
+        train_func(dict(FAST, name="c", storage_path=str(tmp_path), steps=1, channels=3))
+
+
+def test_energy_conditional_model_trains_and_loads_as_energy_model(tmp_path):
+    out = train_func(dict(FAST, name="energy", storage_path=str(tmp_path), steps=2, energy=True, num_classes=10))
+    assert out["step"] == 2 and out["loss"] == out["loss"]  # finite, not NaN
+    model = load_denoiser(tmp_path / "energy/checkpoint_000002")
+    x = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert model.is_energy and model.energy(x, 0.3).shape == (2,)
+
+
+def test_checkpoint_records_the_trained_size_and_samples_at_it(tmp_path, ray_local):
+    """12x12 is neither size a model_size used to imply (8 for tiny, 32 for small)."""
+    rng = np.random.default_rng(0)
+    for label in ("a", "b"):
+        (tmp_path / "images" / label).mkdir(parents=True)
+        for i in range(8):
+            pixels = rng.integers(0, 256, (10, 10), dtype=np.uint8)
+            Image.fromarray(pixels, mode="L").save(tmp_path / "images" / label / f"{i}.png")
+    train_func(dict(FAST, name="size12", storage_path=str(tmp_path), data=str(tmp_path / "images"), image_size=12,
+                    batch_size=8, steps=2, num_classes=2, sample_every=2, num_samples=4))
+    model = load_denoiser(tmp_path / "size12/checkpoint_000002")
+    assert model.sample_shape == (1, 12, 12) and model.data_range == (0.0, 1.0)
+    assert model.spec["sample_shape"] == [1, 12, 12]
+    grid = Image.open(tmp_path / "size12/samples/step_000002.png")
+    assert grid.size[0] > 2 * 12  # a 2x2 grid of 12x12 samples (upscaled)
+    seeds = list(range(3))
+    x, _ = mmdgs(model.conditioned(torch.tensor([0, 1, 0]), 0.0), initial_state(seeds, model.sample_shape, dtype=torch.float32),
+                 [1.0, 0.1], covariance="iso", seeds=seeds)
+    assert x.shape == (3, 1, 12, 12) and torch.isfinite(x).all()
