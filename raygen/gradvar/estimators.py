@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from raygen.errors import UserError
 from raygen.gradvar.sbn import (SBN, Sample, bernoulli_entropy, bernoulli_log_prob, generative_terms, infer,
-                                inference_terms, split_noise)
+                                inference_terms, seeded_init, split_noise)
 
 ESTIMATORS = ("lr", "lr_baseline", "nvil", "leg", "optimal")
 
@@ -56,7 +56,7 @@ class Baselines:
     alpha: float = 0.8
 
 
-def make_baselines(model: SBN, estimator: str, *, hidden: int = 100, alpha: float = 0.8) -> Baselines:
+def make_baselines(model: SBN, estimator: str, *, hidden: int = 100, alpha: float = 0.8, seed: int = 0) -> Baselines:
     """Zero moving averages; for ``nvil`` one MLP b_l(z_{l-1}) per latent layer (inputs: x − x̄, z_1, ...)."""
     check_estimator(estimator)
     if hidden < 1:
@@ -67,6 +67,7 @@ def make_baselines(model: SBN, estimator: str, *, hidden: int = 100, alpha: floa
     if estimator == "nvil":
         parents = [model.visible] + model.latent_sizes[:-1]
         nets = nn.ModuleList(nn.Sequential(nn.Linear(n, hidden), nn.Tanh(), nn.Linear(hidden, 1)) for n in parents)
+        seeded_init(nets, seed)
         nets.to(dtype)
     return Baselines(c=torch.zeros(L, dtype=dtype), nets=nets, alpha=alpha)
 

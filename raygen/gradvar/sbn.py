@@ -41,6 +41,17 @@ def _conditional(n_in: int, n_out: int, nonlinear: bool) -> nn.Module:
     return nn.Sequential(nn.Linear(n_in, hidden), nn.Tanh(), nn.Linear(hidden, n_out))
 
 
+def seeded_init(module: nn.Module, seed: int) -> None:
+    """LeCun-normal weights and zero biases for every Linear, drawn from `seed` alone (not torch's
+    global generator, so a run depends only on its own seed)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.Linear):
+                m.weight.normal_(0.0, m.in_features ** -0.5, generator=generator)
+                m.bias.zero_()
+
+
 class SBN(nn.Module):
     """A generative SBN p and its inference SBN q.
 
@@ -61,13 +72,7 @@ class SBN(nn.Module):
         self.inference = nn.ModuleList(_conditional(up[k], up[k + 1], nonlinear) for k in range(len(up) - 1))
         self.prior_logit = nn.Parameter(torch.zeros(up[-1]))
         self.register_buffer("x_mean", torch.zeros(up[0]) if x_mean is None else x_mean.reshape(-1).clone())
-        # LeCun-normal weights, zero biases, drawn from the seed alone (not torch's global generator)
-        generator = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for module in self.modules():
-                if isinstance(module, nn.Linear):
-                    module.weight.normal_(0.0, module.in_features ** -0.5, generator=generator)
-                    module.bias.zero_()
+        seeded_init(self, seed)
         self.to(dtype)
 
     @property

@@ -66,7 +66,8 @@ def build(spec: TrainSpec, train_pixels: Tensor) -> tuple[SBN, Baselines]:
     sizes = model_sizes(spec.model, spec.units, train_pixels.shape[1])
     model = SBN(sizes, nonlinear=spec.model == "nonlinear", x_mean=train_pixels.mean(0), dtype=train_pixels.dtype,
                 seed=spec.seed)
-    return model, make_baselines(model, spec.estimator, hidden=spec.baseline_hidden, alpha=spec.alpha)
+    return model, make_baselines(model, spec.estimator, hidden=spec.baseline_hidden, alpha=spec.alpha,
+                                 seed=spec.seed + 1)
 
 
 def gradient_variance(model: SBN, pixels: Tensor, spec: TrainSpec, baselines: Baselines, iteration: int) -> float:

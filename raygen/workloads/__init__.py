@@ -34,6 +34,8 @@ WORKLOADS = {
                      "Tune hyperparameters with Nystrom hypergradients on Ray Tune."),
     "quickstart": Workload("raygen.workloads.quickstart", "jobs/quickstart.yaml",
                            "The main job: train -> sample -> contamination study."),
+    "gradvar": Workload("raygen.workloads.gradvar", "jobs/gradvar_digits.yaml",
+                        "Measure the variance of likelihood-ratio gradient estimators for SBNs on Ray Tune."),
 }
 
 
