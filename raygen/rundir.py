@@ -151,12 +151,12 @@ class RunDir:
     def download_dir(self, rel: str, local_dir: str | Path) -> Path:
         return storage.download_dir(self.loc.child(rel), local_dir)
 
-    def save_figure(self, rel: str, fig) -> None:
+    def save_figure(self, rel: str, fig, **savefig_kwargs: Any) -> None:
         """Write a matplotlib figure as PNG (rendered in memory: nothing staged on local disk)."""
         import matplotlib.pyplot as plt
 
         buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=fig.dpi)
+        fig.savefig(buffer, format="png", **{"dpi": fig.dpi, **savefig_kwargs})
         plt.close(fig)
         self.write_bytes(rel, buffer.getvalue())
 

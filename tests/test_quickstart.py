@@ -39,6 +39,13 @@ def test_tiny_quickstart_runs_end_to_end_and_reuses_stages(tmp_path, ray_local):
     assert second["stages"]["sample"]["parts_reused"] == second["stages"]["sample"]["parts"] == 2
     assert second["table"] == first["table"]
 
+    # other settings: refused, naming the key, and the finished run is left as it was
+    report = (run_dir / "report.md").read_text()
+    changed = load_job("jobs/quickstart.yaml", TINY + [f"storage_path={tmp_path}", "name=qs", "sadm_lambda=0.0"])
+    with pytest.raises(UserError, match=r"other settings \(sadm_lambda: 0\.1 -> 0\.0\)"):
+        quickstart.run(changed.config)
+    assert (run_dir / "report.md").read_text() == report
+
 
 def test_quickstart_bad_keys_are_one_line_errors():
     with pytest.raises(UserError, match="'train_steps'"):

@@ -21,12 +21,12 @@
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from raygen import storage
 from raygen.errors import UserError
 
 ARMS = ("generated", "control")
@@ -182,23 +182,24 @@ def mixed_dataset(real_ds, generated_ds, plans: list[MixPlan], *, seed: int, blo
     return ds.map_batches(_permuter(seed), batch_format="numpy", batch_size=shuffle_rows)
 
 
-def write_mixes(real_ds, generated_ds, plans: list[MixPlan], out_dir: Path, *, seed: int) -> None:
-    """Stream every mix to `out_dir/mix=<key>/*.parquet` (rebuilt from scratch on every call)."""
-    if out_dir.exists():  # write_parquet appends; a re-run must not double the rows
-        shutil.rmtree(out_dir)
-    mixed_dataset(real_ds, generated_ds, plans, seed=seed).write_parquet(str(out_dir), partition_cols=["mix"])
+def write_mixes(real_ds, generated_ds, plans: list[MixPlan], out_dir: str | Path, *, seed: int) -> None:
+    """Stream every mix to `out_dir/mix=<key>/*.parquet` (a path or URI; rebuilt from scratch on every call)."""
+    loc = storage.resolve(str(out_dir))
+    storage.delete(loc)  # write_parquet appends; a re-run must not double the rows
+    mixed_dataset(real_ds, generated_ds, plans, seed=seed).write_parquet(loc.path, filesystem=loc.fs,
+                                                                         partition_cols=["mix"])
 
 
-def read_mix(out_dir: Path, key: str) -> dict[str, np.ndarray]:
+def read_mix(out_dir: str | Path, key: str) -> dict[str, np.ndarray]:
     """One written mix (in a trial process): `source, id, image, label`, sorted by (source, id) so
     that a training run on it does not depend on the order Ray Data wrote the rows in."""
     import pyarrow.parquet as pq
     import ray.data  # noqa: F401 - registers Ray's tensor extension type for the image column
 
-    part = out_dir / f"mix={key}"
-    if not part.is_dir():
-        raise UserError(f"mix {key} is missing under {out_dir}; re-run the study")
-    table = pq.read_table(str(part))
+    part = storage.resolve(str(out_dir)).child(f"mix={key}")
+    if not storage.listdir(part):
+        raise UserError(f"mix {key} is missing under {storage.display(str(out_dir))}; re-run the study")
+    table = pq.read_table(part.path, filesystem=part.fs)
     source = np.asarray(table["source"].to_pylist(), dtype=object)
     ids = table["id"].to_numpy()
     order = np.lexsort((ids, np.asarray([SOURCES.index(s) for s in source])))

@@ -65,7 +65,7 @@ def fit_classifier(images: torch.Tensor, labels: torch.Tensor, *, num_classes: i
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total, seen = total + float(loss) * len(idx), seen + len(idx)
+            total, seen = total + loss.item() * len(idx), seen + len(idx)
         model.eval()
         if on_epoch is not None:
             on_epoch(epoch, total / max(seen, 1), model)

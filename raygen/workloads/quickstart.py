@@ -7,9 +7,10 @@ derived from the quickstart's flat keys:
     <run_dir>/sample/   labelled digits drawn with MMDGS on Ray Data actors     (workload `sample`)
     <run_dir>/study/    contamination study with Ray Data mixing + Ray Tune     (workload `study`)
 
-Re-running reuses what is done: a training whose report shows it reached `train_steps` is skipped
-(an unfinished one resumes from its last checkpoint), sampling skips parts already written, and
-the study resumes its Tuner.
+Re-running reuses what is done, and only what was made with the same settings: a finished
+training whose config matches is skipped (an unfinished one resumes from its last checkpoint),
+sampling skips parts already written, and the study resumes its Tuner. A re-run with other
+settings is refused by the quickstart's run directory, naming the keys (`--fresh` starts over).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import dataclasses
 import json
 import re
 import time
-from pathlib import Path
 from typing import Any, Literal
 
 from raygen.config import Config, check
@@ -26,6 +26,8 @@ from raygen.config import Config, check
 
 @dataclasses.dataclass
 class QuickstartConfig(Config):
+    RESUME_FREE = frozenset({"num_actors"})  # samples are bit-identical for any actor count
+
     name: str = "quickstart"
     # stage 1: SADM training (raygen train)
     train_steps: int = 800
@@ -93,43 +95,45 @@ class QuickstartConfig(Config):
 CONFIG = QuickstartConfig
 
 
-def _finished_training(train_dir: Path, steps: int) -> str | None:
-    """The final checkpoint of a training that already reached `steps`, else None."""
-    report = train_dir / "report.json"
-    if not report.exists():
+def _finished_training(run_dir, train_config) -> str | None:
+    """The final checkpoint of the `train` stage if it finished with exactly these settings, else None
+    (an unfinished one resumes; one made with other settings is refused by its run directory)."""
+    from raygen import storage
+
+    stage = storage.resolve(train_config.run_dir)
+    if not (storage.exists(stage.child("report.json")) and storage.exists(stage.child("config.json"))):
         return None
-    summary = json.loads(report.read_text())
-    checkpoint = summary.get("checkpoint")
-    if summary.get("steps") == steps and checkpoint and Path(checkpoint).is_dir():
-        return checkpoint
-    return None
+    made_with = type(train_config).provenance_of(json.loads(storage.read_bytes(stage.child("config.json"))))
+    if made_with != train_config.provenance():
+        return None
+    return json.loads(storage.read_bytes(stage.child("report.json"))).get("checkpoint")
 
 
 def run(config: QuickstartConfig, *, verbose: bool = False) -> dict[str, Any]:
     from raygen import runtime
-    from raygen.workloads import sample, study, train
     from raygen.errors import UserError
     from raygen.rundir import RunDir
+    from raygen.workloads import sample, study, train
 
     runtime.init(verbose=verbose)
     run_dir = RunDir(config)
-    root = str(run_dir.path)
+    root = run_dir.uri
     stages: dict[str, dict[str, Any]] = {}
 
     start = time.perf_counter()
-    checkpoint = _finished_training(run_dir.path / "train", config.train_steps)
+    checkpoint = _finished_training(run_dir, config.train_config(root))
     if checkpoint is None:
         print(f"[1/3] training a class-conditional SADM denoiser on digits ({config.train_steps} steps)")
         trained = train.run(config.train_config(root), verbose=verbose)
         checkpoint = trained["checkpoint"]
         if checkpoint is None:
-            raise UserError(f"training under {root}/train wrote no checkpoint; see {root}/train/metrics.jsonl")
+            raise UserError(f"training under {run_dir.child_uri('train')} wrote no checkpoint; see its metrics.jsonl")
         stages["train"] = {"reused": False, "seconds": time.perf_counter() - start,
                            "resumed_from": trained["resumed_from"]}
     else:
         print(f"[1/3] training already finished: reusing {checkpoint}")
         stages["train"] = {"reused": True, "seconds": 0.0}
-    stages["train"].update(checkpoint=checkpoint, report=f"{root}/train/report.md")
+    stages["train"].update(checkpoint=checkpoint, report=run_dir.child_uri("train/report.md"))
 
     start = time.perf_counter()
     print(f"[2/3] sampling {config.n_samples} labelled digits with MMDGS ({config.covariance}) "
@@ -144,15 +148,14 @@ def run(config: QuickstartConfig, *, verbose: bool = False) -> dict[str, Any]:
     studied = study.run(config.study_config(root, sampled["run_dir"]), verbose=verbose)
     stages["study"] = {"seconds": time.perf_counter() - start, "report": studied["report"]}
 
-    summary = {"run_dir": root, "report": f"{root}/report.md", "stages": stages, "table": studied["table"],
+    summary = {"run_dir": root, "report": run_dir.child_uri("report.md"), "stages": stages, "table": studied["table"],
                "shape": studied["shape"], "diversity": studied["diversity"]}
-    run_dir.write_report(summary, _markdown(config, stages, Path(studied["report"])))
+    run_dir.write_report(summary, _markdown(config, stages, run_dir.read_text("study/report.md")))
     run_dir.close()
-    print(f"report: {summary['report']}")
     return summary
 
 
-def _markdown(config: QuickstartConfig, stages: dict[str, dict[str, Any]], study_report: Path) -> str:
+def _markdown(config: QuickstartConfig, stages: dict[str, dict[str, Any]], study_report: str) -> str:
     train = stages["train"]
     sample = stages["sample"]
     lines = [
@@ -170,5 +173,5 @@ def _markdown(config: QuickstartConfig, stages: dict[str, dict[str, Any]], study
         "",
     ]
     # The study's own report, with its links made relative to this directory, and its title demoted.
-    body = re.sub(r"\]\((?!https?:)([^)]+\.png)\)", r"](study/\1)", study_report.read_text())
+    body = re.sub(r"\]\((?!https?:)([^)]+\.png)\)", r"](study/\1)", study_report)
     return "\n".join(lines) + "\n" + body.replace("# Contamination study", "## Contamination study", 1)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +28,8 @@ EXPERIMENT = "trials"
 
 @dataclasses.dataclass
 class StudyConfig(Config):
+    RESUME_FREE = frozenset({"cpus_per_trial"})
+
     name: str = "study_digits"
     real: str = "digits"  # "digits" or an image folder <root>/<class>/<image>.png
     generated: str = ""  # a `raygen sample` run dir (class-conditional model) or an image folder
@@ -75,7 +76,7 @@ def run_trial(trial: dict[str, Any], *, mixes_dir: str, test_sets: dict[str, tup
 
     torch.set_num_threads(1)  # one core per trial; also fixes the float summation order
     config = StudyConfig.from_dict(job)
-    mix = read_mix(Path(mixes_dir), mix_key(trial["ratio"], trial["arm"], trial["seed"]))
+    mix = read_mix(mixes_dir, mix_key(trial["ratio"], trial["arm"], trial["seed"]))
     tests = {name: (torch.from_numpy(x), torch.from_numpy(y)) for name, (x, y) in test_sets.items()}
     generated_share = float(np.mean(mix["source"] != "real"))
 
@@ -92,16 +93,8 @@ def run_trial(trial: dict[str, Any], *, mixes_dir: str, test_sets: dict[str, tup
                      batch_size=config.batch_size, lr=config.lr, on_epoch=on_epoch)
 
 
-def _tune(config: StudyConfig, root: Path, trainable) -> Any:
-    from ray import tune
-
-    experiment = root / EXPERIMENT
-    if tune.Tuner.can_restore(str(experiment)):
-        return tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True).fit()
-    space = {"ratio": tune.grid_search(list(config.ratios)), "arm": tune.grid_search(["generated", "control"]),
-             "seed": tune.grid_search(list(config.seeds))}
-    return tune.Tuner(trainable, param_space=space,
-                      run_config=tune.RunConfig(storage_path=str(root), name=EXPERIMENT, verbose=0)).fit()
+def _describe(trial: dict[str, Any], result: dict[str, Any]) -> str:
+    return f"ratio={trial['ratio']} {trial['arm']} seed={trial['seed']}: clean acc {result['clean_acc']:.3f}"
 
 
 def _collect(results, corruptions: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -127,9 +120,11 @@ def run(config: StudyConfig, *, verbose: bool = False) -> dict[str, Any]:
     from raygen.contamination.corruptions import CORRUPTIONS, corrupted_sets
     from raygen.contamination.diversity import diversity
     from raygen.contamination.mixing import plan_study, split_real, write_mixes
-    from raygen.contamination.report import markdown, plot_accuracy, plot_grids, shape_checks, summarise
+    from raygen.contamination.report import accuracy_figure, markdown, shape_checks, summarise
     from raygen.contamination.sources import open_source
+    from raygen.plots import labelled_grids
     from raygen.rundir import RunDir
+    from raygen.workloads import tuning
 
     runtime.init(verbose=verbose)
     real = open_source(config.real, "real")
@@ -153,7 +148,7 @@ def run(config: StudyConfig, *, verbose: bool = False) -> dict[str, Any]:
         raise UserError(f"generated images have shape {list(gen_images.shape[1:])} but real ones "
                         f"{list(real_train.shape[1:])}; sample at the real data's size")
 
-    mixes_dir = run_dir.path / "mixes"
+    mixes_dir = run_dir.child_uri("mixes")
     print(f"mixing {len(plans)} training sets of {len(split.train)} images (Ray Data) ...")
     write_mixes(real.dataset(), generated.dataset(), plans, mixes_dir, seed=config.seed)
     mixed_at = time.perf_counter()
@@ -164,12 +159,16 @@ def run(config: StudyConfig, *, verbose: bool = False) -> dict[str, Any]:
     test_sets = {"clean": (test_x, test_y), **{k: (v.numpy(), test_y) for k, v in corrupted.items()}}
     num_classes = int(real.labels.max()) + 1
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, mixes_dir=str(mixes_dir), test_sets=test_sets, num_classes=num_classes,
+        tune.with_parameters(run_trial, mixes_dir=mixes_dir, test_sets=test_sets, num_classes=num_classes,
                              job=config.to_dict()),
         {"cpu": config.cpus_per_trial},
     )
     print(f"training {len(plans)} downstream classifiers (Ray Tune) ...")
-    trials = _collect(_tune(config, run_dir.path, trainable), CORRUPTIONS)
+    space = {"ratio": tune.grid_search(list(config.ratios)), "arm": tune.grid_search(["generated", "control"]),
+             "seed": tune.grid_search(list(config.seeds))}
+    results, _ = tuning.fit(trainable, run_dir=run_dir, name=EXPERIMENT, param_space=space, total=len(plans),
+                            label="study trials", describe=_describe)
+    trials = _collect(results, CORRUPTIONS)
     trained_at = time.perf_counter()
 
     holdout_images, _ = real.read(np.sort(pick.choice(split.holdout, n_div, replace=False)))
@@ -178,15 +177,16 @@ def run(config: StudyConfig, *, verbose: bool = False) -> dict[str, Any]:
     rows = summarise(trials, CORRUPTIONS)
     for r in rows:  # TensorBoard / metrics.jsonl: accuracy against the replaced percentage
         run_dir.log(int(round(100 * r["ratio"])), **{f"{m}/{r['arm']}": r[m] for m in ("clean_acc", "ood_acc")})
-    plot_accuracy(rows, run_dir.path / "accuracy_vs_ratio.png")
+    run_dir.save_figure("accuracy_vs_ratio.png", accuracy_figure(rows), dpi=120)
     order = np.argsort(gen_labels, kind="stable")[:: max(1, n_div // 40)]
     real_order = np.argsort(train_labels, kind="stable")[:: max(1, len(train_labels) // 40)]
-    plot_grids([("real (training split)", real_train[real_order], train_labels[real_order]),
-                ("generated", gen_images[order], gen_labels[order])], run_dir.path / "samples.png")
-    (run_dir.path / "trials.json").write_text(json.dumps(trials, indent=1))
+    grids = labelled_grids([("real (training split)", real_train[real_order], train_labels[real_order]),
+                            ("generated", gen_images[order], gen_labels[order])])
+    run_dir.save_figure("samples.png", grids, dpi=110, bbox_inches="tight")
+    run_dir.write_text("trials.json", json.dumps(trials, indent=1))
 
     summary = {
-        "name": config.name, "run_dir": str(run_dir.path), "report": str(run_dir.path / "report.md"),
+        "name": config.name, "run_dir": run_dir.uri, "report": run_dir.child_uri("report.md"),
         "data": {"real": config.real, "generated": config.generated, "train": len(split.train),
                  "holdout": len(split.holdout), "test": len(split.test), "generated_rows": len(generated.ids)},
         "trials": len(trials), "seeds": list(config.seeds), "epochs": config.epochs, "pr_k": config.pr_k,
@@ -198,5 +198,4 @@ def run(config: StudyConfig, *, verbose: bool = False) -> dict[str, Any]:
     }
     run_dir.write_report(summary, markdown(summary, CORRUPTIONS))
     run_dir.close()
-    print(f"report: {run_dir.path / 'report.md'}")
     return summary
