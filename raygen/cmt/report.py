@@ -1,0 +1,116 @@
+"""Gather per-trial results into the paper's table: relative MSE per (target, n) and method.
+
+Selection (per target, n, split, method): among the method's trials (cmt: one per INN setting) and
+their evaluation epochs, the one with the lowest LOOCV MSE on the target training points. Score:
+its target-test MSE divided by the target's leave-one-out reference (see `loo_reference`). Row
+value: mean (standard error) over splits; the best mean per row is bold and counts as a win.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from raygen.cmt.krr import fit_krr
+
+# Teshima et al. (ICML 2020) Table 2, Gasoline: the method vs target-only KRR.
+PAPER_GASOLINE = {"targets": 18, "cmt_best": 10, "cmt_beats_target_only": 12, "cmt_mean": 4.99,
+                  "target_only_mean": 6.07}
+
+
+def loo_reference(z_target: np.ndarray) -> float:
+    """The LOO MSE of target-only KRR on ALL of the target's points (ridge by LOOCV): the paper's "LOO" column = 1."""
+    return fit_krr(z_target[:, :-1], z_target[:, -1]).loocv_mse
+
+
+def select(trials: list[dict[str, Any]], references: dict[str, float]) -> list[dict[str, Any]]:
+    """One record per (target, n, split, method): the trial/epoch with the lowest LOOCV MSE, scored relative."""
+    best: dict[tuple, dict[str, Any]] = {}
+    for t in trials:
+        key = (t["target"], t["n"], t["split"], t["method"])
+        if key not in best or t["loocv_mse"] < best[key]["loocv_mse"]:
+            best[key] = t
+    return [{**t, "relative_mse": t["test_mse"] / references[t["target"]]} for _, t in sorted(best.items())]
+
+
+def _mean_se(values: list[float]) -> tuple[float, float]:
+    a = np.asarray(values, dtype=np.float64)
+    return float(a.mean()), float(a.std(ddof=1) / math.sqrt(len(a))) if len(a) > 1 else float("nan")
+
+
+def table(selected: list[dict[str, Any]], methods: list[str]) -> list[dict[str, Any]]:
+    """Rows per (target, n): {method: (mean, se, splits)}, the best method (lowest mean)."""
+    rows = []
+    for target, n in sorted({(s["target"], s["n"]) for s in selected}, key=lambda k: (k[1], k[0])):
+        cells = {}
+        for m in methods:
+            vals = [s["relative_mse"] for s in selected if (s["target"], s["n"], s["method"]) == (target, n, m)]
+            if vals:
+                cells[m] = (*_mean_se(vals), len(vals))
+        rows.append({"target": target, "n": n, "cells": cells, "best": min(cells, key=lambda m: cells[m][0])})
+    return rows
+
+
+def counts(rows: list[dict[str, Any]], methods: list[str]) -> dict[str, dict[str, Any]]:
+    """Per method: wins, rows where it beats target_only, mean of the row means."""
+    out = {}
+    for m in methods:
+        mine = [r for r in rows if m in r["cells"]]
+        beats = [r for r in mine if "target_only" in r["cells"] and r["cells"][m][0] < r["cells"]["target_only"][0]]
+        out[m] = {"wins": sum(r["best"] == m for r in rows), "beats_target_only": len(beats), "rows": len(mine),
+                  "mean": float(np.mean([r["cells"][m][0] for r in mine])) if mine else float("nan")}
+    return out
+
+
+def _fmt(cell) -> str:
+    mean, se, _ = cell
+    return f"{mean:.2f} ({se:.2f})" if math.isfinite(se) else f"{mean:.2f}"
+
+
+def markdown_table(rows: list[dict[str, Any]], methods: list[str], tallies: dict[str, dict[str, Any]]) -> str:
+    shown = [m for m in methods if any(m in r["cells"] for r in rows)]
+    lines = ["| target | n | " + " | ".join(shown) + " |", "|---|---|" + "---|" * len(shown)]
+    for r in rows:
+        cells = [(f"**{_fmt(r['cells'][m])}**" if m == r["best"] else _fmt(r["cells"][m])) if m in r["cells"] else "–"
+                 for m in shown]
+        lines.append(f"| {r['target']} | {r['n']} | " + " | ".join(cells) + " |")
+    lines.append("| **mean** | | " + " | ".join(f"{tallies[m]['mean']:.2f}" for m in shown) + " |")
+    lines.append("| **# best** | | " + " | ".join(str(tallies[m]["wins"]) for m in shown) + " |")
+    lines.append("| **# beats target_only** | | " + " | ".join(
+        "–" if m == "target_only" else str(tallies[m]["beats_target_only"]) for m in shown) + " |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], methods: list[str], *, by_n: bool):
+    """Relative MSE (log scale) per target (or against n, for one target), mean ± SE over splits; a Figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [m for m in methods if any(m in r["cells"] for r in rows)]
+    if by_n:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for m in shown:
+            pts = sorted((r["n"], *r["cells"][m][:2]) for r in rows if m in r["cells"])
+            n, mean, se = map(np.asarray, zip(*pts))
+            ax.errorbar(n, mean, yerr=np.nan_to_num(se), marker="o", capsize=3, label=m)
+        ax.set_xlabel("target training points n")
+        ax.set_xticks(sorted({r["n"] for r in rows}))
+    else:
+        fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(rows)), 4))
+        x = np.arange(len(rows))
+        width = 0.8 / len(shown)
+        for i, m in enumerate(shown):
+            mean = [r["cells"].get(m, (np.nan,))[0] for r in rows]
+            se = [r["cells"].get(m, (0, 0))[1] for r in rows]
+            ax.errorbar(x + (i - (len(shown) - 1) / 2) * width, mean, yerr=np.nan_to_num(se), fmt="o", capsize=2, label=m)
+        ax.set_xticks(x, [r["target"] for r in rows], rotation=60, ha="right")
+    ax.set_yscale("log")
+    ax.set_ylabel("test MSE / target LOO reference")
+    ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
