@@ -34,8 +34,12 @@ WORKLOADS = {
                      "Tune hyperparameters with Nystrom hypergradients on Ray Tune."),
     "quickstart": Workload("raygen.workloads.quickstart", "jobs/quickstart.yaml",
                            "The main job: train -> sample -> contamination study."),
+    "weightgen": Workload("raygen.workloads.weightgen", "jobs/weightgen_pdiff.yaml",
+                          "Generate neural-network weights by diffusion (p-diff, D2NWG) on Ray."),
     "gradvar": Workload("raygen.workloads.gradvar", "jobs/gradvar_digits.yaml",
                         "Measure the variance of likelihood-ratio gradient estimators for SBNs on Ray Tune."),
+    "cmt": Workload("raygen.workloads.cmt", "jobs/cmt_gasoline.yaml",
+                    "Few-shot domain adaptation by causal mechanism transfer on Ray Tune."),
 }
 
 
