@@ -53,7 +53,7 @@ import io
 import json
 import math
 import re
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -75,9 +75,9 @@ def part_name(chunk: int) -> str:
 
 
 def chunk_of(name: str) -> int | None:
-    """The chunk a file name stands for, or None if it is not a part name."""
+    """The chunk a file name stands for, or None if it is not exactly a part name."""
     match = _PART.fullmatch(name)
-    return int(match.group(1)) if match else None
+    return int(match.group(1)) if match and part_name(int(match.group(1))) == name else None
 
 
 def _ignored(name: str) -> bool:
@@ -180,23 +180,23 @@ class PartStore:
 
     # ------------------------------------------------------------------ listing and checking
 
-    def _entries(self) -> Iterator[tuple[str, Any]]:
-        """(name, FileInfo) of everything directly in the store that is not ignored: one listing."""
+    def _listing(self) -> tuple[list[tuple[int, str]], list[str]]:
+        """((chunk, path) of every part file, names of everything else): one listing of the directory
+        (pyarrow pages through it on an object store), ignored names left out, no file opened."""
         import pyarrow.fs as pafs
 
+        found, other = [], []
         for info in self.loc.fs.get_file_info(pafs.FileSelector(self.loc.path, allow_not_found=True)):
-            if not _ignored(info.base_name):
-                yield info.base_name, info
+            if _ignored(info.base_name):
+                continue
+            chunk = chunk_of(info.base_name) if info.type == pafs.FileType.File else None
+            (other.append(info.base_name) if chunk is None else found.append((chunk, info.path)))
+        return found, other
 
     def list_chunks(self) -> tuple[np.ndarray, list[str]]:
-        """(sorted chunk numbers with a part file, other names): one listing, no file opened."""
-        import pyarrow.fs as pafs
-
-        chunks, other = [], []
-        for name, info in self._entries():
-            chunk = chunk_of(name) if info.type == pafs.FileType.File else None
-            (other.append(name) if chunk is None else chunks.append(chunk))
-        return np.sort(np.asarray(chunks, dtype=np.int64)), sorted(other)
+        """(sorted chunk numbers that have a part file, sorted other names)."""
+        found, other = self._listing()
+        return np.sort(np.asarray([c for c, _ in found], dtype=np.int64)), sorted(other)
 
     def check_part(self, chunk: int, layout: Chunks, *, check: Literal["footer", "ids"] = "footer",
                    path: str | None = None) -> str | None:
@@ -236,17 +236,10 @@ class PartStore:
 
     def scan(self, layout: Chunks, *, check: Literal["footer", "ids"] = "footer") -> Scan:
         """One listing, then `check_part` on every part (in threads); memory O(parts), not O(N)."""
-        import pyarrow.fs as pafs
-
+        found, stray = self._listing()
+        stray += [part_name(c) for c, _ in found if c >= layout.count]
+        parts = [(c, path) for c, path in found if c < layout.count]
         done = np.zeros(layout.count, dtype=bool)
-        stray: list[str] = []
-        parts: list[tuple[int, str]] = []
-        for name, info in self._entries():
-            chunk = chunk_of(name) if info.type == pafs.FileType.File else None
-            if chunk is None or chunk >= layout.count:
-                stray.append(name)
-            else:
-                parts.append((chunk, info.path))
         damaged: dict[int, str] = {}
         with concurrent.futures.ThreadPoolExecutor(_FOOTER_THREADS) as pool:
             verdicts = pool.map(lambda part: self.check_part(part[0], layout, check=check, path=part[1]), parts)

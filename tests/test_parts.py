@@ -125,10 +125,13 @@ def test_wrong_range_named_by_footer_check(tmp_path):
         problems_of(store, "ids")
 
 
-def test_a_part_of_a_chunk_beyond_n_is_stray(tmp_path):
+def test_parts_beyond_n_and_misnamed_parts_are_stray(tmp_path):
     store = full_store(tmp_path)
     overwrite(store, 10, np.arange(100, 110))
-    assert "stray file part-0000010.parquet" in problems_of(store, "footer")
+    pq.write_table(part_table(np.arange(30, 40)), tmp_path / "samples" / "part-3.parquet")
+    message = problems_of(store, "footer")
+    assert "stray file part-0000010.parquet" in message and "stray file part-3.parquet" in message
+    assert store.part_paths() == [store.path_of(c) for c in range(11)]  # readers never see part-3.parquet
 
 
 def test_repeated_id_inside_a_part_with_the_right_count_needs_the_full_check(tmp_path):
