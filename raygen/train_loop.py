@@ -20,6 +20,9 @@ once, and behaves the same in a plain process and inside Ray Train's `TorchTrain
                      Ray Data shard (`TorchTrainer(datasets={name: ...})`); the local store has none.
     fit            the loop: gradient accumulation, NaN stop (all ranks together), throughput and
                    logging windows, image grids, checkpoints; returns the last logged metrics.
+    launch         the driver side: `train_func(config)` in this process (num_workers=0) or on
+                   Ray Train workers (TorchTrainer with storage in the run dir, num_to_keep,
+                   max_failures); returns (last metrics, latest checkpoint's name in the run dir).
 
 Checkpoint directory `checkpoint_<step:06d>/`:
 
@@ -376,3 +379,47 @@ def fit(
             run.save(state, {**last, "step": done, "resumed_from": resumed_from}, export)
             last_saved = done
     return {**last, "step": schedule.steps, "resumed_from": resumed_from}
+
+
+# ------------------------------------------------------------------ the driver
+
+
+def launch(train_func: Callable[[dict], dict], config: Config, run_dir, *, num_workers: int, keep_checkpoints: int,
+           max_failures: int = 0, use_gpu: bool = False, datasets: Callable[[], dict[str, Any]] | None = None,
+           verbose: bool = False) -> tuple[dict[str, Any], str | None]:
+    """Run `train_func(config.to_dict())` here (num_workers = 0) or on `num_workers` Ray Train workers.
+
+    Ray Train's run dir is `<storage_path>/<name>`, i.e. `run_dir` itself, so its checkpoints sit
+    where a plain run's do and a re-run resumes from them. `datasets()` (called once Ray is up) gives
+    TorchTrainer's datasets: each worker reads its shard with `run.store.shard(name)`. Returns (the
+    last metrics train_func returned / rank 0 reported, the latest checkpoint's name or None).
+    """
+    if num_workers == 0:
+        return train_func(config.to_dict()), RunDirStore(run_dir, keep_checkpoints).latest()
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from raygen import runtime, storage
+    from raygen.errors import find_user_error
+
+    runtime.init(verbose=verbose)
+    where = storage.resolve(config.storage_path)
+    trainer = TorchTrainer(
+        train_func,
+        # workers must find the run dir whatever their cwd: an absolute path or the URI
+        train_loop_config={**config.to_dict(), "storage_path": where.uri},
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
+        run_config=RunConfig(name=config.name, storage_path=where.path, storage_filesystem=where.fs,
+                             checkpoint_config=CheckpointConfig(num_to_keep=keep_checkpoints),
+                             failure_config=FailureConfig(max_failures=max_failures)),
+        datasets=datasets() if datasets is not None else None,
+    )
+    try:
+        result = trainer.fit()
+    except Exception as exc:  # Ray wraps worker errors; a user mistake (NaN, bad data) stays one line
+        user_error = find_user_error(exc)
+        if user_error is not None:
+            raise UserError(str(user_error)) from None
+        raise
+    latest = result.checkpoint.path.rstrip("/").rsplit("/", 1)[-1] if result.checkpoint else None
+    return dict(result.metrics or {}), latest

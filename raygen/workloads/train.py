@@ -12,59 +12,24 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from raygen import storage
 from raygen.diffusion.train import TrainSADMConfig, train_func
-from raygen.errors import UserError, find_user_error
 from raygen.rundir import RunDir
-from raygen.train_loop import RunDirStore
+from raygen.train_loop import launch
 
 CONFIG = TrainSADMConfig
 
 
-def _fit_on_ray(config: TrainSADMConfig, verbose: bool) -> tuple[dict, str | None]:
-    """(rank 0's last reported metrics, the latest checkpoint's directory name)."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from raygen import runtime
-    from raygen.data import load_dataset
-
-    runtime.init(verbose=verbose)
-    dataset = load_dataset(config.data, image_column=config.image_column, label_column=config.label_column,
-                           image_size=config.image_size, channels=config.channels)
-    # Ray Train's run dir is <storage_path>/<name>: the run dir itself, so its checkpoints sit where a
-    # plain run's do. Workers must find it whatever their cwd: hand them an absolute path or the URI.
-    where = storage.resolve(config.storage_path)
-    trainer = TorchTrainer(
-        train_func,
-        train_loop_config={**config.to_dict(), "storage_path": where.uri},
-        scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu),
-        run_config=RunConfig(
-            name=config.name,
-            storage_path=where.path,
-            storage_filesystem=where.fs,
-            checkpoint_config=CheckpointConfig(num_to_keep=config.keep_checkpoints),
-            failure_config=FailureConfig(max_failures=config.max_failures),
-        ),
-        datasets={"train": dataset},
-    )
-    try:
-        result = trainer.fit()
-    except Exception as exc:  # Ray wraps worker errors; a user mistake (NaN, bad data) stays one line
-        user_error = find_user_error(exc)
-        if user_error is not None:
-            raise UserError(str(user_error)) from None
-        raise
-    return dict(result.metrics or {}), result.checkpoint.path.rstrip("/").rsplit("/", 1)[-1] if result.checkpoint else None
-
-
 def run(config: TrainSADMConfig, *, verbose: bool = False) -> dict[str, Any]:
+    def datasets() -> dict:
+        from raygen.data import load_dataset
+
+        return {"train": load_dataset(config.data, image_column=config.image_column, label_column=config.label_column,
+                                      image_size=config.image_size, channels=config.channels)}
+
     run_dir = RunDir(config)
-    if config.num_workers == 0:
-        metrics = train_func(config.to_dict())
-        checkpoint = RunDirStore(run_dir, config.keep_checkpoints).latest()
-    else:
-        metrics, checkpoint = _fit_on_ray(config, verbose)
+    metrics, checkpoint = launch(train_func, config, run_dir, num_workers=config.num_workers,
+                                 keep_checkpoints=config.keep_checkpoints, max_failures=config.max_failures,
+                                 use_gpu=config.use_gpu, datasets=datasets, verbose=verbose)
     grids = [n for n in run_dir.listdir("samples") if n.startswith("step_")]
     summary = {
         "workload": "train",
