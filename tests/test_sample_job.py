@@ -153,7 +153,8 @@ def test_cli_dry_run_prints_resolved_config(tmp_path):
 def test_samples_a_trained_checkpoint_class_conditionally(tmp_path, ray_local, dtype):
     from raygen.models.denoiser import build_denoiser, save_denoiser
 
-    model = build_denoiser("tiny", in_channels=1, num_classes=3)
+    # trained at 12x12 (neither of the sizes the model size used to imply): sampled at 12x12
+    model = build_denoiser("tiny", in_channels=1, num_classes=3, sample_shape=(1, 12, 12))
     checkpoint = tmp_path / "checkpoint_000001"
     checkpoint.mkdir()
     save_denoiser(model, model.state_dict(), checkpoint)
@@ -161,7 +162,22 @@ def test_samples_a_trained_checkpoint_class_conditionally(tmp_path, ray_local, d
                          chunk_size=4, dtype=dtype, sigma_max=1.0, sigma_min=0.1, levels=2, steps_per_level=1))
     table = pq.read_table(Path(summary["run_dir"]) / "samples")
     assert sorted(table["sample_id"].to_pylist()) == list(range(6))
-    # labels cycle through the classes by id, and every sample has the image's 1*8*8 values
+    # labels cycle through the classes by id, and every sample has the image's 1*12*12 values
     assert dict(zip(table["sample_id"].to_pylist(), table["label"].to_pylist())) == {i: i % 3 for i in range(6)}
-    assert all(len(s) == 64 and np.isfinite(s).all() for s in table["sample"].to_pylist())
+    assert all(len(s) == 144 and np.isfinite(s).all() for s in table["sample"].to_pylist())
+    assert summary["settings"]["shape"] == [1, 12, 12]
     assert (Path(summary["run_dir"]) / "preview.png").exists()
+
+
+def test_checkpoint_without_sample_shape_is_one_clear_error(tmp_path):
+    import json
+
+    from raygen.models.denoiser import SPEC_FILE, build_denoiser, save_denoiser
+    from raygen.workloads.sample import resolve_model
+
+    model = build_denoiser("tiny", in_channels=1, num_classes=0)
+    save_denoiser(model, model.state_dict(), tmp_path)
+    spec = json.loads((tmp_path / SPEC_FILE).read_text())
+    assert spec["sample_shape"] is None  # as in checkpoints written before the shape was recorded
+    with pytest.raises(UserError, match="config key 'model'.*does not record the shape.*sample_shape"):
+        resolve_model(str(tmp_path))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -67,21 +66,6 @@ def accuracy_figure(rows: list[dict[str, Any]]):
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     return fig
-
-
-# study.py writes through these until it saves via `run_dir.save_figure(rel, fig)` (bucket run dirs).
-def plot_accuracy(rows: list[dict[str, Any]], path: Path) -> None:
-    _save(accuracy_figure(rows), path, dpi=120)
-
-
-def plot_grids(panels: list[tuple[str, np.ndarray, np.ndarray]], path: Path, per_panel: int = 40) -> None:
-    """Side-by-side image grids (e.g. real vs generated), each image titled with its label."""
-    _save(plots.labelled_grids(panels, per_panel), path, dpi=110, bbox_inches="tight")
-
-
-def _save(fig, path: Path, **kwargs) -> None:
-    fig.savefig(path, **kwargs)
-    plots.pyplot().close(fig)
 
 
 def _pm(row: dict[str, Any], metric: str) -> str:

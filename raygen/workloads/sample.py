@@ -24,12 +24,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-from raygen import parts
+from raygen import parts, storage
 from raygen.config import Config, check
 from raygen.errors import UserError
 from raygen.parts import Chunks, PartStore
 
-DEFAULT_IMAGE_SIZE = {"tiny": 8, "small": 32}  # for checkpoints whose spec does not record image_size
 PREVIEW_POINTS = 4000
 
 
@@ -94,20 +93,23 @@ def sample_seeds(seed: int, ids: np.ndarray) -> np.ndarray:
 
 
 def resolve_model(model: str):
-    """(model, per-sample shape, analytic target or None, number of classes) for a config's `model`."""
+    """(model, per-sample shape, analytic target or None, number of classes) for a config's `model`:
+    an analytic target, or a `raygen train` checkpoint (local path or URI) sampled at the shape its
+    checkpoint records (`sample_shape`)."""
     from raygen.sampling import TARGETS
 
     if model in TARGETS:
         target = TARGETS[model]()
         return target, (target.dim,), target, 0
-    path = Path(model).expanduser()
-    if path.is_dir():
+    if storage.is_uri(model) or Path(model).expanduser().is_dir():
         from raygen.models import load_denoiser
 
-        denoiser = load_denoiser(path)
-        spec = denoiser.spec
-        size = spec.get("image_size") or DEFAULT_IMAGE_SIZE[spec["size"]]
-        return denoiser, (spec["in_channels"], size, size), None, spec["num_classes"]
+        denoiser = load_denoiser(storage.local_dir_for(model))
+        if denoiser.sample_shape is None:
+            raise UserError(f"config key 'model': checkpoint {model!r} does not record the shape it was trained at "
+                            "(written before raygen recorded it); add \"sample_shape\": [C, H, W] to its "
+                            "denoiser.json, or retrain it")
+        return denoiser, denoiser.sample_shape, None, denoiser.num_classes
     raise UserError(
         f"config key 'model': {model!r} is neither an analytic target ({', '.join(TARGETS)}) "
         "nor a checkpoint directory written by `raygen train`"
