@@ -6,8 +6,12 @@ raygen code calls `init()` instead of `ray.init()`. It keeps Ray's own log noise
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import re
+import sys
+import threading
 
 from raygen.errors import UserError
 
@@ -21,12 +25,12 @@ def init(address: str | None = None, *, verbose: bool = False, num_cpus: int | N
     """Start (no address, no RAY_ADDRESS) or join (`auto`, `host:port`, `ray://...`) Ray; idempotent."""
     # torch first: loaded after ray.init inside a submitted job's working_dir, its oneMKL failed to
     # load libtorch_cpu.so ("Intel oneMKL FATAL ERROR") in most runs; loaded before, it never did.
-    import torch  # noqa: F401
+    import torch  # noqa: F401, I001 - must come first (see above)
     import ray
     import ray.data  # configures Ray Data's loggers on import; the levels below must come after
 
-    if not verbose:  # Tune's new console output ignores RunConfig(verbose=0); the classic one honours it
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    if not verbose:
+        quiet_libraries()
     if ray.is_initialized():
         return
     level = logging.INFO if verbose else logging.WARNING
@@ -57,6 +61,59 @@ def init(address: str | None = None, *, verbose: bool = False, num_cpus: int | N
     ctx = ray.data.DataContext.get_current()
     ctx.print_on_execution_start = verbose
     ctx.enable_progress_bars = verbose
+
+
+def quiet_libraries() -> None:
+    """A default run shows raygen's own lines only; `-v` keeps everything below."""
+    import warnings
+
+    # Tune's new console output ignores RunConfig(verbose=0); the classic one honours it.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    _drop_stderr_lines(CORE_WORKER_NOISE)
+    # Library advice (e.g. Ray Data: "actor pool larger than its inputs") is for Ray developers.
+    for module in ("ray", "torch", "accelerate", "sklearn", "optuna"):
+        warnings.filterwarnings("ignore", module=rf"{module}(\.|$)")
+
+
+# Lines the driver's C++ core worker writes straight to fd 2 on normal runs: Ray Data's actor
+# pools keep their constructor arguments in the object store with restarts on (ray#53727).
+CORE_WORKER_NOISE = (re.compile(rb"core_worker\.cc:\d+: Actor with class name: .* has constructor arguments"),)
+_filtering = False
+
+
+def _drop_stderr_lines(patterns) -> None:
+    """Route fd 2 through a pipe whose reader forwards every line except those matching `patterns`.
+
+    C++ writes bypass Python's logging, so this is the only place to drop them; each such line is
+    one write() (shorter than PIPE_BUF), so lines never arrive split. Everything else (raygen's
+    progress, tracebacks, fatal Ray errors) passes unchanged.
+    """
+    global _filtering
+    if _filtering:
+        return
+    _filtering = True
+    sys.stderr.flush()
+    original = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def forward() -> None:
+        while chunk := os.read(read_end, 65536):
+            kept = b"".join(line for line in chunk.splitlines(keepends=True)
+                            if not any(p.search(line) for p in patterns))
+            if kept:
+                os.write(original, kept)
+
+    thread = threading.Thread(target=forward, name="raygen-stderr", daemon=True)
+    thread.start()
+
+    def drain() -> None:  # at exit: let the reader forward what is still in the pipe
+        sys.stderr.flush()
+        os.dup2(original, 2)
+        thread.join(timeout=2)
+
+    atexit.register(drain)
 
 
 def check_reachable(address: str, timeout_s: float = 5.0) -> None:
