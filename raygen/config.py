@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from typing import Any, ClassVar, Literal, Union, get_args, get_origin
@@ -61,6 +62,13 @@ def _describe(tp: Any) -> str:
     )
 
 
+def _float_or_none(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Convert a YAML/JSON value to type tp, or raise a UserError naming the key."""
     origin = get_origin(tp)
@@ -99,10 +107,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return int(value)
         raise fail
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, str):  # YAML 1.1 reads `1e-4` (no dot) as a string; people write floats so
+            value = _float_or_none(value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value):
             return float(value)
         raise fail
     if tp is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # `name: 2024` is a name, not a number
         if isinstance(value, str):
             return value
         raise fail

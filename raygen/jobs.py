@@ -28,18 +28,35 @@ class Job:
     cluster: dict[str, Any]
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice (PyYAML lets the last one win silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise UserError(f"key {key!r} is given twice (line {key_node.start_mark.line + 1}); keep one")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_job_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"job file {str(path)!r} not found; job files live in jobs/ (e.g. jobs/quickstart.yaml)")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+    except UserError as exc:
+        raise UserError(f"job file {str(path)!r}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise UserError(f"job file {str(path)!r} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
     if not isinstance(raw, dict) or "workload" not in raw:
         raise UserError(f"job file {str(path)!r} must be a mapping with a 'workload:' key")
+    if not isinstance(raw["workload"], str):
+        raise UserError(f"job file {str(path)!r}: 'workload:' must be one workload name, got {raw['workload']!r}")
     return raw
 
 

@@ -65,7 +65,12 @@ class RunDir:
         storage.check_reachable(self.loc)
         self.fs, self.fs_path = self.loc.fs, self.loc.path
         self._decide()
-        self.write_text("config.json", config.to_json())
+        try:
+            self.write_text("config.json", config.to_json())
+        except OSError as exc:  # unwritable, a file where a directory should be, a read-only mount
+            raise UserError(f"cannot write the run directory {storage.display(self.uri)} "
+                            f"({str(exc).strip().splitlines()[0]}); set storage_path to a writable "
+                            "directory or bucket") from None
         # A re-run rewrites the report at its end; a stale one must not pass for this run's.
         for name in ("report.json", "report.md"):
             storage.delete(self.loc.child(name))

@@ -44,6 +44,7 @@ def init(address: str | None = None, *, verbose: bool = False, num_cpus: int | N
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address is not None:
         check_reachable(address)
+        use_token_auth_if_found()
     kwargs = dict(logging_level=level, log_to_driver=verbose, configure_logging=True)
     if address is None:
         # "local" always starts a fresh embedded Ray; None would join any `ray start` cluster on this host.
@@ -117,22 +118,56 @@ def _drop_stderr_lines(patterns) -> None:
 
 
 def check_reachable(address: str, timeout_s: float = 5.0) -> None:
-    """Fail fast with one line when host:port does not answer (ray.init would retry for minutes)."""
+    """Fail fast with one line unless host:port answers as a Ray GCS / client server (gRPC).
+
+    `ray.init` against a closed port retries for minutes, and against an open port that is not
+    Ray (most often the dashboard's HTTP port) it hangs and ignores SIGTERM: both are refused here.
+    """
     import socket
     from urllib.parse import urlsplit
 
     if address == "auto" or address.startswith("local"):
         return
+    hint = ("check the address, or start a cluster with `cluster/local.sh up`, or drop --address to use a "
+            "local Ray")
+    if address.startswith(("http://", "https://")):
+        raise UserError(f"{address!r} is an HTTP (dashboard / job API) address; `raygen run --address` joins "
+                        "the GCS (HOST:6379 or ray://HOST:10001); to send a job over HTTP use `raygen submit`")
     parts = urlsplit(address if "://" in address else f"ray://{address}")
     if parts.hostname is None or parts.port is None:
         raise UserError(f"Ray address {address!r} is not of the form host:port, ray://host:port or auto")
     try:
-        socket.create_connection((parts.hostname, parts.port), timeout=timeout_s).close()
+        with socket.create_connection((parts.hostname, parts.port), timeout=timeout_s) as conn:
+            answer = _http2_answer(conn, timeout_s)
     except OSError as exc:
-        raise UserError(
-            f"could not connect to Ray at {address!r} ({exc.strerror or exc}); check the address, or start a "
-            "cluster with `cluster/local.sh up`, or drop --address to use a local Ray"
-        ) from None
+        raise UserError(f"could not connect to Ray at {address!r} ({exc.strerror or exc}); {hint}") from None
+    if answer is None or not answer.startswith(b"HTTP2"):
+        what = "an HTTP/1 server (the dashboard?)" if answer and answer.startswith(b"HTTP/") else "not a Ray server"
+        raise UserError(f"{address!r} answers but is {what}; `raygen run --address` needs the GCS port "
+                        f"(HOST:6379) or the client port (ray://HOST:10001); {hint}")
+
+
+def _http2_answer(conn, timeout_s: float) -> bytes | None:
+    """Send the HTTP/2 preface and an empty SETTINGS frame; b"HTTP2" if a SETTINGS frame comes back,
+    else the first bytes received (None on silence). Ray's GCS and client servers speak gRPC."""
+    conn.settimeout(timeout_s)
+    conn.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))
+    try:
+        head = conn.recv(9)
+    except (TimeoutError, OSError):
+        return None
+    if len(head) == 9 and head[3] == 4:  # frame type 4 = SETTINGS
+        return b"HTTP2"
+    return head or None
+
+
+def use_token_auth_if_found() -> None:
+    """Joining a token-protected cluster needs RAY_AUTH_MODE=token in this process; set it when a
+    token is found the standard ways (as `raygen submit` finds it), before Ray reads its config."""
+    from raygen.auth import find_token
+
+    if "RAY_AUTH_MODE" not in os.environ and find_token() is not None:
+        os.environ["RAY_AUTH_MODE"] = "token"
 
 
 def shutdown() -> None:

@@ -13,11 +13,13 @@ Ray is imported inside the commands so that `raygen --help` stays fast.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import logging
 import os
 import secrets
 import shlex
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -76,6 +78,44 @@ def check_shared_storage(storage_path: str, num_nodes: int) -> None:
         "outputs would be split across machines; set storage_path to a bucket (--set storage_path=s3://BUCKET/runs "
         f"or gs://...) or to an NFS path that every node mounts, declared with {SHARED_STORAGE_ENV}=/that/mount"
     )
+
+
+# The Job API refuses larger packages (Ray's GCS package limit), after zipping them all.
+WORKING_DIR_LIMIT = 500 * 1024**2
+
+
+def check_working_dir(root: Path, excludes: list[str], limit: int = WORKING_DIR_LIMIT) -> None:
+    """Refuse a working dir that Ray would zip for minutes (or into itself) before refusing it.
+
+    A directory holding the system temp dir grows while Ray zips it there; one holding the home
+    directory sends everything the user owns. Otherwise the size, counted with the excludes,
+    must stay under the Job API's limit.
+    """
+    root = root.resolve()
+    for name, inside in (("the system temp dir", Path(tempfile.gettempdir())), ("your home directory", Path.home())):
+        inside = inside.resolve()
+        if inside == root or root in inside.parents:
+            raise UserError(f"refusing to upload {root}: it contains {name} ({inside}); run raygen submit from "
+                            "the project directory")
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = Path(dirpath).relative_to(root)
+        dirnames[:] = [d for d in dirnames if not _excluded(rel / d, excludes)]
+        for name in filenames:
+            if not _excluded(rel / name, excludes):
+                with contextlib.suppress(OSError):
+                    total += (Path(dirpath) / name).lstat().st_size
+        if total > limit:
+            raise UserError(f"the working dir {root} holds over {limit // 1024**2} MiB outside the excludes, more "
+                            "than the Job API accepts; add large data to cluster.runtime_env.excludes in the job "
+                            "file, or read it from shared storage")
+
+
+def _excluded(rel: Path, excludes: list[str]) -> bool:
+    """gitignore-style, as Ray applies `excludes`: a pattern matches a path or any of its names."""
+    text = rel.as_posix()
+    return any(fnmatch.fnmatch(text, p.strip("/")) or any(fnmatch.fnmatch(part, p) for part in rel.parts)
+               for p in excludes)
 
 
 def check_submit_storage(storage_path: str) -> None:
@@ -251,6 +291,7 @@ def build_submission(job, job_file: str, overrides: tuple[str, ...], root: Path)
         ) from None
     runtime_env["working_dir"] = str(root)
     runtime_env["excludes"] = DEFAULT_EXCLUDES + list(runtime_env.get("excludes") or [])
+    check_working_dir(root, runtime_env["excludes"])
     if os.environ.get(SHARED_STORAGE_ENV):
         # The declaration travels with the job, so `raygen run` on the cluster accepts the same path.
         runtime_env["env_vars"] = {SHARED_STORAGE_ENV: os.environ[SHARED_STORAGE_ENV],

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 
 import pytest
 
@@ -109,3 +110,14 @@ def test_run_dir_in_a_bucket(bucket, tmp_path, monkeypatch):
     with pytest.raises(UserError, match="other settings"):
         RunDir(ToyConfig(name="r", storage_path=bucket, steps=3))
     assert not any(p.name.startswith("s3") for p in tmp_path.iterdir())
+
+
+def test_unwritable_storage_path_is_one_line(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(UserError, match="cannot write the run directory .*afile/r"):
+        RunDir(ToyConfig(name="r", storage_path=str(tmp_path / "afile")))
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    if not os.access(locked, os.W_OK):  # root can write anywhere: nothing to check then
+        with pytest.raises(UserError, match="cannot write the run directory"):
+            RunDir(ToyConfig(name="r", storage_path=str(locked)))

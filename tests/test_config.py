@@ -1,0 +1,32 @@
+"""Config parsing: numbers and names the way people write them, clear lines for the rest."""
+
+import pytest
+
+from raygen.errors import UserError
+from raygen.jobs import load_job
+
+
+def _job(tmp_path, text: str):
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_floats_without_a_dot_and_numeric_names(tmp_path):
+    job = load_job(_job(tmp_path, "workload: sample\nname: 2024\nstep_size: 1e-4\n"), ["sigma_min=2e-1"])
+    assert job.config.name == "2024" and job.config.step_size == 1e-4 and job.config.sigma_min == 0.2
+
+
+def test_nan_is_not_a_number(tmp_path):
+    with pytest.raises(UserError, match="config key 'step_size': expected a number"):
+        load_job(_job(tmp_path, "workload: sample\n"), ["step_size=nan"])
+
+
+def test_duplicate_keys_are_refused(tmp_path):
+    with pytest.raises(UserError, match="key 'n_samples' is given twice \\(line 3\\)"):
+        load_job(_job(tmp_path, "workload: sample\nn_samples: 10\nn_samples: 20\n"))
+
+
+def test_workload_must_be_one_name(tmp_path):
+    with pytest.raises(UserError, match="'workload:' must be one workload name"):
+        load_job(_job(tmp_path, "workload: [sample, train]\n"))
