@@ -1,6 +1,7 @@
-"""Diffusion training: denoising loss, SADM structure discriminator, EMA, sampler, training loop.
+"""Diffusion training: denoising loss, SADM structure discriminator, EMA, sampler, SADM trainer.
 
-Pure torch; `train_func` additionally uses Ray Train's reporting API when it runs inside it.
+Pure torch. `raygen.diffusion.train` is SADM's config and step on the shared scaffold
+`raygen.train_loop`, whose checkpoint store talks to Ray Train when it runs inside it.
 """
 
 from raygen.diffusion.ema import EMA

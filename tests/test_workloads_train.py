@@ -1,4 +1,4 @@
-"""SADM training on Ray Train: 2 workers on 2 simulated nodes, and recovery from a killed worker."""
+"""`raygen.workloads.train` on Ray Train: 2 workers on 2 simulated nodes, recovery from a killed worker, a bucket."""
 
 import json
 import os
@@ -74,3 +74,17 @@ def test_killed_worker_resumes_from_last_checkpoint(two_node_cluster, tmp_path):
     assert 0 < summary["resumed_from"] < 20  # resumed from a checkpoint, not step 0
     lines = [json.loads(l) for l in (tmp_path / "fault" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == list(range(1, 21))  # the curve continues without gaps or repeats
+
+
+def test_ray_train_resumes_from_a_bucket(ray_local, bucket):
+    from raygen import storage
+    from raygen.models import load_denoiser
+
+    base = dict(name="remote", storage_path=bucket, batch_size=16, num_workers=1, log_every=1, sample_every=0,
+                sadm_warmup=0, checkpoint_every=2)
+    run(CONFIG.from_dict(dict(base, steps=2)))
+    summary = run(CONFIG.from_dict(dict(base, steps=4)))
+    assert summary["resumed_from"] == 2 and summary["checkpoint"] == storage.join(bucket, "remote", "checkpoint_000004")
+    assert load_denoiser(storage.local_dir_for(summary["checkpoint"])).sample_shape == (1, 8, 8)
+    lines = storage.read_bytes(storage.resolve(storage.join(bucket, "remote", "metrics.jsonl"))).decode().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3, 4]
