@@ -7,10 +7,12 @@ import time
 
 
 class Progress:
-    def __init__(self, total: int, what: str, *, every_s: float = 5.0, stream=None):
+    """`already`: work done by an earlier run (a resume); counted as done, not in the rate."""
+
+    def __init__(self, total: int, what: str, *, every_s: float = 5.0, stream=None, already: int = 0):
         self.total, self.what, self.every_s = total, what, every_s
         self.stream = stream or sys.stderr
-        self.done = 0
+        self.done = self.already = already
         self.start = self._last = time.monotonic()
         self.live = self.stream.isatty()
 
@@ -22,7 +24,7 @@ class Progress:
             self._print(now)
 
     def rate(self) -> float:
-        return self.done / max(time.monotonic() - self.start, 1e-9)
+        return (self.done - self.already) / max(time.monotonic() - self.start, 1e-9)
 
     def _print(self, now: float) -> None:
         pct = 100.0 * self.done / max(self.total, 1)
