@@ -49,6 +49,8 @@ def init(address: str | None = None, *, verbose: bool = False, num_cpus: int | N
     if address is None:
         # "local" always starts a fresh embedded Ray; None would join any `ray start` cluster on this host.
         kwargs.update(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False)
+    global _embedded
+    _embedded = address is None
     try:
         ray.init(address=address or "local", **kwargs)
     except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
@@ -170,9 +172,36 @@ def use_token_auth_if_found() -> None:
         os.environ["RAY_AUTH_MODE"] = "token"
 
 
+_embedded = False  # True when init() started the local Ray itself (no autoscaler can add nodes)
+
+
+def check_fits(demand: dict[str, float], keys: str) -> None:
+    """Refuse a per-task / per-actor resource request that no node has, instead of waiting forever.
+
+    `demand` is one unit's request, e.g. {"CPU": 4} for one sampling actor; `keys` names the
+    config keys that set it. On the embedded local Ray nothing can appear later, so it is an
+    error; on a cluster an autoscaler may add a larger node, so it is said once and then waited for.
+    """
+    import ray
+
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    wanted = {k: v for k, v in demand.items() if v > 0}
+    if any(all(node.get(k, 0) >= v for k, v in wanted.items()) for node in nodes):
+        return
+    largest = ", ".join(f"{k} {max((node.get(k, 0) for node in nodes), default=0):g}" for k in wanted)
+    asked = ", ".join(f"{k} {v:g}" for k, v in wanted.items())
+    if _embedded:
+        raise UserError(f"{keys} asks for {asked} per unit but this machine has {largest}; lower {keys} "
+                        "(or run on a cluster with such nodes via --address)")
+    print(f"waiting: {keys} asks for {asked} per unit and no node has that yet (largest: {largest}); "
+          "an autoscaler must add one", file=sys.stderr, flush=True)
+
+
 def shutdown() -> None:
     import ray
 
+    global _embedded
+    _embedded = False
     if ray.is_initialized():
         ray.shutdown()
 

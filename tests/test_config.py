@@ -30,3 +30,13 @@ def test_duplicate_keys_are_refused(tmp_path):
 def test_workload_must_be_one_name(tmp_path):
     with pytest.raises(UserError, match="'workload:' must be one workload name"):
         load_job(_job(tmp_path, "workload: [sample, train]\n"))
+
+
+def test_a_request_no_node_can_meet_is_refused_on_local_ray(ray_local):
+    from raygen import runtime
+
+    runtime.check_fits({"CPU": 1}, "cpus_per_trial")
+    with pytest.raises(UserError, match="cpus_per_actor asks for CPU 64 per unit but this machine has CPU 2"):
+        runtime.check_fits({"CPU": 64}, "cpus_per_actor")
+    with pytest.raises(UserError, match="use_gpu asks for CPU 1, GPU 1 per unit but this machine has CPU 2, GPU 0"):
+        runtime.check_fits({"CPU": 1, "GPU": 1}, "use_gpu")

@@ -163,6 +163,7 @@ def run(config: StudyConfig, *, verbose: bool = False) -> dict[str, Any]:
                              job=config.to_dict()),
         {"cpu": config.cpus_per_trial},
     )
+    runtime.check_fits({"CPU": config.cpus_per_trial}, "cpus_per_trial")
     print(f"training {len(plans)} downstream classifiers (Ray Tune) ...")
     space = {"ratio": tune.grid_search(list(config.ratios)), "arm": tune.grid_search(["generated", "control"]),
              "seed": tune.grid_search(list(config.seeds))}
