@@ -191,7 +191,7 @@ def check_fits(demand: dict[str, float], keys: str) -> None:
     largest = ", ".join(f"{k} {max((node.get(k, 0) for node in nodes), default=0):g}" for k in wanted)
     asked = ", ".join(f"{k} {v:g}" for k, v in wanted.items())
     if _embedded:
-        raise UserError(f"{keys} asks for {asked} per unit but this machine has {largest}; lower {keys} "
+        raise UserError(f"{keys} asks for {asked} per unit but this machine has {largest}; change {keys} "
                         "(or run on a cluster with such nodes via --address)")
     print(f"waiting: {keys} asks for {asked} per unit and no node has that yet (largest: {largest}); "
           "an autoscaler must add one", file=sys.stderr, flush=True)
