@@ -7,9 +7,10 @@ marking cannot silently go stale.
 """
 
 import os
-import socket
 
 import pytest
+
+from tests.helpers import free_port
 
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 # Credentials for the local S3 server; set before any Ray starts so that its workers inherit them.
@@ -49,12 +50,6 @@ def ray_local():
     if not ray.is_initialized():
         runtime.init(num_cpus=2)
     yield ray
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -6,9 +6,7 @@ import pytest
 
 from raygen.errors import UserError
 from raygen.jobs import load_job
-
-TINY = ["train_steps=20", "sadm_warmup=5", "n_samples=100", "levels=2", "steps_per_level=1", "chunk_size=50",
-        "ratios=[0, 0.1]", "seeds=[0]", "epochs=2", "feature_steps=20"]
+from tests.helpers import QUICKSTART_TINY as TINY
 
 
 def test_tiny_quickstart_runs_end_to_end_and_reuses_stages(tmp_path, ray_local):

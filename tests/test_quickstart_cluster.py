@@ -5,7 +5,7 @@ import json
 import pytest
 
 from raygen.jobs import load_job
-from tests.test_quickstart import TINY
+from tests.helpers import QUICKSTART_TINY as TINY
 
 pytestmark = pytest.mark.ray
 

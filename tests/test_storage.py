@@ -7,6 +7,7 @@ import pytest
 
 from raygen import storage
 from raygen.errors import UserError
+from tests.helpers import free_port
 
 
 def test_join_keeps_the_query_last_and_paths_plain():
@@ -58,8 +59,6 @@ def test_bucket_round_trip(bucket, tmp_path, monkeypatch):
 
 
 def test_unreachable_endpoint_and_missing_bucket_are_clear_lines(s3_server):
-    from tests.conftest import free_port
-
     start = time.monotonic()
     with pytest.raises(UserError, match="cannot reach storage 's3://b/runs'"):
         storage.check_reachable(storage.resolve(f"s3://b/runs?endpoint_override=127.0.0.1:{free_port()}&scheme=http"))

@@ -23,6 +23,7 @@ import requests
 from raygen.auth import find_token
 from raygen.errors import UserError
 from raygen.submit import check_shared_storage, check_submit_storage
+from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -79,17 +80,11 @@ def test_submit_refuses_relative_storage_path():
     check_submit_storage("s3://bucket/runs")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_unreachable_address_is_one_line(tmp_path):
     token = tmp_path / "tok"
     token.write_text("x" * 32)
     result = subprocess.run(
-        [RAYGEN, "jobs", "list", "--address", f"http://127.0.0.1:{_free_port()}"],
+        [RAYGEN, "jobs", "list", "--address", f"http://127.0.0.1:{free_port()}"],
         capture_output=True, text=True, env=_clean_env(RAY_AUTH_TOKEN_PATH=str(token)), timeout=120,
     )
     assert result.returncode == 2
