@@ -39,8 +39,9 @@ def run_job(job_file: str, address: str | None, overrides: tuple[str, ...], dry_
     if dry_run:
         click.echo(json.dumps({"workload": job.workload, **job.config.to_dict()}, indent=2))
         return
-    location = storage.resolve(job.config.run_dir)  # an unknown scheme fails here, before Ray starts
+    location = storage.resolve(job.config.run_dir)  # storage mistakes fail here, before Ray starts
     storage.check_reachable(location)
+    storage.check_writable(location)
     runtime.init(address, verbose=verbose)
     check_shared_storage(job.config.storage_path, runtime.num_nodes())
     if fresh:

@@ -118,9 +118,24 @@ def check_reachable(loc: Location, timeout_s: float = REACH_TIMEOUT_S) -> None:
                         "credentials cannot see it); create it first or fix the name")
 
 
+def check_writable(loc: Location) -> None:
+    """Locally: the nearest existing ancestor must be a writable directory (checked before Ray starts)."""
+    if not loc.is_local:
+        return
+    path = Path(loc.path)
+    while not path.exists():
+        path = path.parent
+    if not path.is_dir():
+        raise UserError(f"cannot write under {loc.path}: {path} is a file; set storage_path to a directory")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write under {loc.path}: {path} is not writable; set storage_path to a directory "
+                        "you can write")
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
+    # pyarrow's S3 errors append curl "Details" and repeat the bucket: keep the operation and cause
+    return text.splitlines()[0].split("; Details:")[0].split(": AWS Error ")[-1]
 
 
 # ------------------------------------------------------------------ files

@@ -1,0 +1,150 @@
+"""The bad-input campaign, kept fixed: each case is one clear line, a non-zero exit, no traceback,
+and nothing written outside the run directory.
+
+Each row: (id, argv after `raygen`, files to create in the working dir, a phrase the error line
+must contain). `{jobs}` is the project's jobs/ directory, `{tmp}` the test's working dir. Cases
+run in-process (`raygen.cli.main`); none of them may start Ray (the conftest guard checks).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import free_port
+
+JOBS = Path(__file__).resolve().parents[1] / "jobs"
+SAMPLE = "{jobs}/sample_mog.yaml"
+TRAIN = "{jobs}/train_sadm_digits.yaml"
+STUDY = "{jobs}/study_digits.yaml"
+TUNE = "{jobs}/tune_hypergrad.yaml"
+QUICK = "{jobs}/quickstart.yaml"
+LOCAL_JOB = {"job.yaml": (JOBS / "sample_mog.yaml").read_text()}  # submit uploads the cwd: the job must be in it
+
+CASES = [
+    # job files
+    ("missing-job-file", ["run", "nope.yaml"], {}, "job file 'nope.yaml' not found"),
+    ("invalid-yaml", ["run", "bad.yaml"], {"bad.yaml": "workload: [sample\n"}, "is not valid YAML at line"),
+    ("not-a-mapping", ["run", "list.yaml"], {"list.yaml": "- 1\n- 2\n"}, "must be a mapping with a 'workload:' key"),
+    ("no-workload", ["run", "nowl.yaml"], {"nowl.yaml": "name: x\n"}, "must be a mapping with a 'workload:' key"),
+    ("unknown-workload", ["run", "u.yaml"], {"u.yaml": "workload: painting\n"}, "unknown workload 'painting'"),
+    ("workload-list", ["run", "l.yaml"], {"l.yaml": "workload: [sample, train]\n"}, "must be one workload name"),
+    ("duplicate-key", ["run", "d.yaml"], {"d.yaml": "workload: sample\nseed: 1\nseed: 2\n"}, "'seed' is given twice"),
+    ("cluster-not-mapping", ["run", "c.yaml"], {"c.yaml": "workload: sample\ncluster: 3\n"},
+     "'cluster:' must be a mapping"),
+    ("wrong-verb", ["sample", TRAIN], {}, "is a 'train' job, not 'sample'"),
+    ("wrong-verb-study", ["tune", STUDY], {}, "is a 'study' job, not 'tune'"),
+    # --set
+    ("set-without-equals", ["run", SAMPLE, "--set", "n_samples"], {}, "--set expects key=value"),
+    ("set-empty-key", ["run", SAMPLE, "--set", "=3"], {}, "--set expects key=value"),
+    ("unknown-key", ["run", SAMPLE, "--set", "n_sample=10"], {}, "unknown config key 'n_sample'"),
+    ("unknown-key-train", ["run", TRAIN, "--set", "epochs=3"], {}, "unknown config key 'epochs'"),
+    ("int-as-text", ["run", SAMPLE, "--set", "n_samples=many"], {}, "config key 'n_samples': expected an integer"),
+    ("int-as-fraction", ["run", SAMPLE, "--set", "n_samples=2.5"], {}, "config key 'n_samples': expected an integer"),
+    ("bool-as-number", ["run", TRAIN, "--set", "use_gpu=2"], {}, "config key 'use_gpu': expected true/false"),
+    ("nan", ["run", SAMPLE, "--set", "step_size=nan"], {}, "config key 'step_size': expected a number"),
+    ("list-expected", ["run", STUDY, "--set", "ratios=half"], {}, "config key 'ratios'"),
+    ("choice", ["run", SAMPLE, "--set", "covariance=huge"], {}, "config key 'covariance': expected one of"),
+    ("choice-sampler", ["run", SAMPLE, "--set", "sampler=ddim"], {}, "config key 'sampler': expected one of"),
+    ("zero-samples", ["run", SAMPLE, "--set", "n_samples=0"], {}, "'n_samples'"),
+    ("negative-chunk", ["run", SAMPLE, "--set", "chunk_size=-5"], {}, "'chunk_size'"),
+    ("sigma-order", ["run", SAMPLE, "--set", "sigma_min=5", "--set", "sigma_max=1"], {}, "sigma_min"),
+    ("zero-actors", ["run", SAMPLE, "--set", "num_actors=0"], {}, "'num_actors'"),
+    ("negative-cpus", ["run", SAMPLE, "--set", "cpus_per_actor=-1"], {}, "'cpus_per_actor'"),
+    ("train-zero-steps", ["run", TRAIN, "--set", "steps=0"], {}, "'steps'"),
+    ("train-negative-lr", ["run", TRAIN, "--set", "lr=-1e-4"], {}, "'lr'"),
+    ("train-bad-precision", ["run", TRAIN, "--set", "mixed_precision=fp8"], {}, "'mixed_precision'"),
+    ("train-negative-workers", ["run", TRAIN, "--set", "num_workers=-1"], {}, "'num_workers'"),
+    ("study-no-generated", ["run", STUDY, "--set", "generated="], {}, "config key 'generated'"),
+    ("study-ratio-range", ["run", STUDY, "--set", "ratios=[0, 1.5]"], {}, "config key 'ratios'"),
+    ("study-repeated-ratio", ["run", STUDY, "--set", "ratios=[0.2, 0.2]"], {}, "config key 'ratios'"),
+    ("study-repeated-seed", ["run", STUDY, "--set", "seeds=[1, 1]"], {}, "config key 'seeds'"),
+    ("study-test-fraction", ["run", STUDY, "--set", "test_fraction=1"], {}, "config key 'test_fraction'"),
+    ("tune-solver", ["run", TUNE, "--set", "solvers=[magic]"], {}, "solvers"),
+    ("quickstart-steps", ["run", QUICK, "--set", "train_steps=0"], {}, "'train_steps'"),
+    ("quickstart-workers", ["run", QUICK, "--set", "train_workers=-2"], {}, "'train_workers'"),
+    # names and storage
+    ("name-dotdot", ["run", SAMPLE, "--set", "name=.."], {}, "config key 'name'"),
+    ("name-dot", ["run", SAMPLE, "--set", "name=."], {}, "config key 'name'"),
+    ("name-hidden", ["run", SAMPLE, "--set", "name=.cache"], {}, "config key 'name'"),
+    ("name-slash", ["run", SAMPLE, "--set", "name=a/b"], {}, "config key 'name'"),
+    ("name-backslash", ["run", SAMPLE, "--set", "name=a\\b"], {}, "config key 'name'"),
+    ("empty-storage", ["run", SAMPLE, "--set", "storage_path="], {}, "config key 'storage_path'"),
+    ("unknown-scheme", ["run", SAMPLE, "--set", "storage_path=nope://b/runs"], {}, "cannot use storage location"),
+    ("storage-is-a-file", ["run", SAMPLE, "--set", "storage_path=afile/runs"], {"afile": "x"}, "is a file"),
+    ("bucket-unreachable", ["run", SAMPLE, "--set", "storage_path=s3://b/runs?endpoint_override=127.0.0.1:{port}&scheme=http"],
+     {}, "cannot reach storage 's3://b/runs/sample_mog': NETWORK_CONNECTION"),
+    # addresses (each must fail fast: none of them may hang)
+    ("address-http", ["run", SAMPLE, "--address", "http://127.0.0.1:8265"], {}, "is an HTTP (dashboard / job API) address"),
+    ("address-closed", ["run", SAMPLE, "--address", "127.0.0.1:{port}"], {}, "could not connect to Ray"),
+    ("address-no-port", ["run", SAMPLE, "--address", "somehost"], {}, "is not of the form host:port"),
+    ("address-not-ray", ["run", SAMPLE, "--address", "127.0.0.1:{listen}"], {}, "answers but is not a Ray server"),
+    # submit (fails before contacting a cluster, or contacts nothing that exists)
+    ("submit-relative-storage", ["submit", "job.yaml", "--address", "http://127.0.0.1:{port}"], LOCAL_JOB,
+     "is relative"),
+    ("submit-closed", ["submit", "job.yaml", "--address", "http://127.0.0.1:{port}", "--set", "storage_path=/tmp/r"],
+     LOCAL_JOB, "127.0.0.1"),
+    ("submit-gcs-address", ["submit", "job.yaml", "--address", "ray://127.0.0.1:10001", "--set",
+                            "storage_path=/tmp/r"], LOCAL_JOB, "use --address http://HEAD:8265"),
+    ("submit-outside-job", ["submit", SAMPLE, "--address", "http://127.0.0.1:{port}", "--set",
+                            "storage_path=/tmp/r"], {},
+     "run raygen submit from the project directory"),
+    ("submit-missing-job", ["submit", "nope.yaml", "--address", "http://127.0.0.1:{port}"], {}, "not found"),
+    ("jobs-status-closed", ["jobs", "status", "raygen-x", "--address", "http://127.0.0.1:{port}"], {}, "127.0.0.1"),
+]
+
+
+@pytest.fixture
+def silent_listener():
+    """An open TCP port that accepts and never answers (the hang that used to ignore SIGTERM)."""
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    yield sock.getsockname()[1]
+    sock.close()
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    from raygen import cli
+
+    old = sys.argv
+    sys.argv = ["raygen", *argv]
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        sys.argv = old
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_clear_line(case, tmp_path, monkeypatch, capsys, silent_listener):
+    name, argv, files, phrase = case
+    monkeypatch.chdir(tmp_path)
+    for rel, text in files.items():
+        (tmp_path / rel).write_text(text)
+    values = {"jobs": str(JOBS), "tmp": str(tmp_path), "port": free_port(), "listen": silent_listener}
+    argv = [a.format(**values) for a in argv]
+    before = sorted(os.listdir(tmp_path))
+    start = time.monotonic()
+    code, out, err = run_cli(argv, capsys)
+    assert time.monotonic() - start < 30, "bad input must fail within 30 s"
+    assert code != 0, out + err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err + out
+    assert phrase in lines[0], lines[0]
+    assert sorted(os.listdir(tmp_path)) == before, "nothing may be written for a refused command"
+
+
+def test_there_are_at_least_sixty_cases():
+    assert len(CASES) >= 55  # plus the workload-specific cases in their own test modules
