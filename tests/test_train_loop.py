@@ -33,7 +33,7 @@ def _curve(run_dir):
 def test_resume_continues_exactly(tmp_path):
     train_func(dict(FAST, name="full", storage_path=str(tmp_path), steps=4))
     train_func(dict(FAST, name="split", storage_path=str(tmp_path), steps=2))
-    out = train_func(dict(FAST, name="split", storage_path=str(tmp_path), steps=4, sample_every=4))
+    out = train_func(dict(FAST, name="split", storage_path=str(tmp_path), steps=4, sample_every=4, num_samples=4))
     assert out["resumed_from"] == 2 and out["step"] == 4
     _assert_same_modules(_state(tmp_path / "full/checkpoint_000004"), _state(tmp_path / "split/checkpoint_000004"))
     # the resumed loss curve continues the original, step by step
@@ -48,12 +48,13 @@ def test_resume_continues_exactly(tmp_path):
 
 
 def test_resume_in_a_bucket_matches_local_training(tmp_path, bucket):
-    train_func(dict(FAST, name="local", storage_path=str(tmp_path), steps=4))
-    train_func(dict(FAST, name="remote", storage_path=bucket, steps=2))
-    out = train_func(dict(FAST, name="remote", storage_path=bucket, steps=4))
-    assert out["resumed_from"] == 2
-    ckpt = storage.local_dir_for(storage.join(bucket, "remote", "checkpoint_000004"))
-    _assert_same_modules(_state(tmp_path / "local/checkpoint_000004"), _state(ckpt))
+    fast = dict(FAST, checkpoint_every=1)
+    train_func(dict(fast, name="local", storage_path=str(tmp_path), steps=2))
+    train_func(dict(fast, name="remote", storage_path=bucket, steps=1))
+    out = train_func(dict(fast, name="remote", storage_path=bucket, steps=2))
+    assert out["resumed_from"] == 1
+    ckpt = storage.local_dir_for(storage.join(bucket, "remote", "checkpoint_000002"))
+    _assert_same_modules(_state(tmp_path / "local/checkpoint_000002"), _state(ckpt))
     assert load_denoiser(ckpt).sample_shape == (1, 8, 8)
     metrics = storage.read_bytes(storage.resolve(storage.join(bucket, "remote", "metrics.jsonl"))).decode()
     assert [json.loads(line)["loss"] for line in metrics.splitlines()] == [r["loss"] for r in _curve(tmp_path / "local")]
@@ -66,10 +67,10 @@ def test_incomplete_checkpoint_is_never_resumed_and_old_ones_are_pruned(tmp_path
     # a save interrupted after copying its files but before the completion marker
     shutil.copytree(run / "checkpoint_000002", run / "checkpoint_000004")
     (run / "checkpoint_000004" / ".complete").unlink()
-    out = train_func(dict(FAST, name="r", storage_path=str(tmp_path), steps=8, checkpoint_every=1))
+    out = train_func(dict(FAST, name="r", storage_path=str(tmp_path), steps=5, checkpoint_every=1))
     assert out["resumed_from"] == 2
-    assert sorted(p.name for p in run.glob("checkpoint_*")) == ["checkpoint_000007", "checkpoint_000008"]
-    assert _state(run / "checkpoint_000008")["step"] == 8
+    assert sorted(p.name for p in run.glob("checkpoint_*")) == ["checkpoint_000004", "checkpoint_000005"]
+    assert _state(run / "checkpoint_000004")["step"] == 4  # the interrupted copy was replaced
 
 
 def test_nonfinite_loss_stops_with_step_and_keeps_checkpoint(tmp_path):
