@@ -68,6 +68,7 @@ ID, SEED, SAMPLE, LABEL = "sample_id", "seed", "sample", "label"
 
 _PART = re.compile(r"part-(\d+)\.parquet")
 _FOOTER_THREADS = 8  # footers are small reads: threads hide the latency (per-object GETs on a bucket)
+_BATCH = 1024  # parts checked per round: bounds what is in flight, whatever the number of parts
 
 
 def part_name(chunk: int) -> str:
@@ -180,26 +181,21 @@ class PartStore:
 
     # ------------------------------------------------------------------ listing and checking
 
-    def _listing(self) -> tuple[list[tuple[int, str]], list[str]]:
-        """((chunk, path) of every part file, names of everything else): one listing of the directory
-        (pyarrow pages through it on an object store), ignored names left out, no file opened."""
+    def list_chunks(self) -> tuple[np.ndarray, list[str]]:
+        """(sorted chunk numbers that have a part file, sorted names of everything else): one listing
+        of the directory (pyarrow pages through it on an object store), no file opened. Kept as
+        chunk numbers: a part's path is `path_of(chunk)`, since only canonical names count."""
         import pyarrow.fs as pafs
 
-        found, other = [], []
+        chunks, other = [], []
         for info in self.loc.fs.get_file_info(pafs.FileSelector(self.loc.path, allow_not_found=True)):
             if _ignored(info.base_name):
                 continue
             chunk = chunk_of(info.base_name) if info.type == pafs.FileType.File else None
-            (other.append(info.base_name) if chunk is None else found.append((chunk, info.path)))
-        return found, other
+            (other.append(info.base_name) if chunk is None else chunks.append(chunk))
+        return np.sort(np.asarray(chunks, dtype=np.int64)), sorted(other)
 
-    def list_chunks(self) -> tuple[np.ndarray, list[str]]:
-        """(sorted chunk numbers that have a part file, sorted other names)."""
-        found, other = self._listing()
-        return np.sort(np.asarray([c for c, _ in found], dtype=np.int64)), sorted(other)
-
-    def check_part(self, chunk: int, layout: Chunks, *, check: Literal["footer", "ids"] = "footer",
-                   path: str | None = None) -> str | None:
+    def check_part(self, chunk: int, layout: Chunks, *, check: Literal["footer", "ids"] = "footer") -> str | None:
         """None if chunk's part holds exactly its ids, else what is wrong (one line).
 
         "footer": row count and min/max id from the Parquet footer's column statistics (one small
@@ -211,7 +207,7 @@ class PartStore:
 
         start, stop = layout.range(chunk)
         try:
-            with self.loc.fs.open_input_file(path or self.path_of(chunk)) as f:
+            with self.loc.fs.open_input_file(self.path_of(chunk)) as f:
                 parquet = pq.ParquetFile(f)
                 if check == "footer":
                     stats = _id_statistics(parquet.metadata, self.id_column)
@@ -235,19 +231,21 @@ class PartStore:
                 f"{repeated} repeated, {foreign} outside the chunk")
 
     def scan(self, layout: Chunks, *, check: Literal["footer", "ids"] = "footer") -> Scan:
-        """One listing, then `check_part` on every part (in threads); memory O(parts), not O(N)."""
-        found, stray = self._listing()
-        stray += [part_name(c) for c, _ in found if c >= layout.count]
-        parts = [(c, path) for c, path in found if c < layout.count]
+        """One listing, then `check_part` on every part (threads, a bounded batch of parts in flight):
+        driver memory is a few bytes per part, nothing per id."""
+        chunks, stray = self.list_chunks()
+        stray += [part_name(c) for c in chunks[chunks >= layout.count].tolist()]
+        chunks = chunks[chunks < layout.count]
         done = np.zeros(layout.count, dtype=bool)
         damaged: dict[int, str] = {}
         with concurrent.futures.ThreadPoolExecutor(_FOOTER_THREADS) as pool:
-            verdicts = pool.map(lambda part: self.check_part(part[0], layout, check=check, path=part[1]), parts)
-            for (chunk, _), problem in zip(parts, verdicts):
-                if problem is None:
-                    done[chunk] = True
-                else:
-                    damaged[chunk] = problem
+            for start in range(0, len(chunks), _BATCH):
+                batch = chunks[start:start + _BATCH].tolist()
+                for chunk, problem in zip(batch, pool.map(lambda c: self.check_part(c, layout, check=check), batch)):
+                    if problem is None:
+                        done[chunk] = True
+                    else:
+                        damaged[chunk] = problem
         return Scan(layout, done, damaged, sorted(stray))
 
     def verify(self, layout: Chunks, *, check: Literal["footer", "ids"] = "footer") -> None:
