@@ -27,6 +27,8 @@ The paper publishes neither code nor its exact choices; raygen's are:
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 import torch.distributed as dist
@@ -95,19 +97,26 @@ def discriminator_loss(encoder: nn.Module, x0: torch.Tensor, x_hat: torch.Tensor
     return -structure_distance(gather(z_real), gather(z_fake))
 
 
-def adversarial_loss(encoder: nn.Module, x0: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
-    """d for the denoiser to minimise; phi is frozen (pass the unwrapped module, not its DDP wrapper)."""
-    params = list(encoder.parameters())
+@contextlib.contextmanager
+def frozen(module: nn.Module):
+    """Inside, `module`'s parameters take no gradient (their flags are restored after)."""
+    params = list(module.parameters())
     flags = [p.requires_grad for p in params]
     for p in params:
         p.requires_grad_(False)
     try:
-        with torch.no_grad():
-            z_real = encoder(x0)
-        return structure_distance(gather(z_real), gather(encoder(x_hat)))
+        yield module
     finally:
         for p, f in zip(params, flags):
             p.requires_grad_(f)
+
+
+def adversarial_loss(encoder: nn.Module, x0: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+    """d for the denoiser to minimise; phi is frozen (pass the unwrapped module, not its DDP wrapper)."""
+    with frozen(encoder):
+        with torch.no_grad():
+            z_real = encoder(x0)
+        return structure_distance(gather(z_real), gather(encoder(x_hat)))
 
 
 def lambda_at(step: int, lam: float, warmup: int) -> float:
