@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from raygen.models import SIZES, Denoiser, build_denoiser, load_denoiser, save_denoiser
+from raygen.models import SIZES, Conditionable, Denoiser, build_denoiser, load_denoiser, save_denoiser
+from raygen.sampling import TARGETS
 from raygen.sampling.energy import HasEnergy
 
 
@@ -75,6 +76,9 @@ def test_labels_none_is_null_label_and_guidance():
     expected = 3.0 * model.score(x, 0.5, labels) - 2.0 * model.score(x, 0.5, null)
     assert torch.allclose(cond.score(x, 0.5), expected)
     assert not isinstance(cond, HasEnergy) and not isinstance(model, HasEnergy)  # what samplers dispatch on
+    energy_cond = _seeded(0, lambda: build_denoiser("tiny", num_classes=10, energy=True)).conditioned(labels)
+    assert isinstance(energy_cond, HasEnergy) and energy_cond.energy(x.float(), 0.5).shape == (3,)
+    assert isinstance(model, Conditionable) and not isinstance(TARGETS["mog4"](), Conditionable)
     with pytest.raises(ValueError):
         _seeded(0, lambda: Denoiser("tiny")).conditioned(labels)
 
@@ -85,6 +89,13 @@ def test_save_and_load_roundtrip(tmp_path):
     loaded = load_denoiser(tmp_path)
     x = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(5))
     assert loaded.is_energy and loaded.num_classes == 10
+    assert loaded.sample_shape is None and loaded.data_range == (0.0, 1.0)  # built without data: shape unknown
+    shaped = build_denoiser("tiny", in_channels=1, sample_shape=(1, 12, 12), data_range=(-1.0, 1.0))
+    save_denoiser(shaped, shaped.state_dict(), tmp_path)
+    again = load_denoiser(tmp_path)
+    assert again.sample_shape == (1, 12, 12) and again.data_range == (-1.0, 1.0)
+    with pytest.raises(ValueError, match="sample_shape must be"):
+        build_denoiser("tiny", in_channels=1, sample_shape=(3, 12, 12))
     assert torch.equal(loaded.energy(x, 0.3), model.energy(x, 0.3))
 
 
