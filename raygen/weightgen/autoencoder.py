@@ -71,8 +71,9 @@ class ParamAutoencoder(nn.Module):
             return self.decoder(h)[:, 0, :self.numel]
         return self.decoder(h)
 
-    def loss(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """The noise-augmented reconstruction loss above; noise drawn on CPU from `generator`."""
+    def forward(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The noise-augmented reconstruction loss above; noise drawn on CPU from `generator`.
+        (The loss is the forward pass so that DDP sees it and synchronises the gradients.)"""
         xi_in = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
         h = self.encode(x + self.input_noise * xi_in)
         xi_lat = torch.randn(h.shape, generator=generator, dtype=h.dtype).to(h.device)

@@ -1,0 +1,99 @@
+"""`raygen weightgen` end to end on Ray (tiny budgets), and its bad-input lines."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from raygen.errors import UserError
+from raygen.parts import Chunks, PartStore
+from raygen.weightgen.params import ParamLayout, unflatten
+from raygen.weightgen.zoo import build_classifier, task_splits
+from raygen.workloads import weightgen
+from raygen.workloads.weightgen import WeightgenConfig, params_table, read_zoo
+from tests.test_weightgen_params import single_thread  # noqa: F401 - autouse fixture
+
+TINY = dict(mode="tasks", task_family="subset", zoo_tasks=2, heldout_tasks=[7], classes_per_task=3, seeds=2,
+            member_steps=40, ae_steps=30, diff_steps=30, n_generate=4, sample_steps=4, latent_dim=8, ae_hidden=32,
+            diff_hidden=32, diff_depth=1, cond_dim=8, support_shots=2, finetune_steps=4, finetune_every=2,
+            finetune_models=1, log_every=10, jobs_per_part=2)
+
+
+def test_tiny_tasks_run_end_to_end(ray_local, tmp_path):
+    cfg = WeightgenConfig.from_dict({**TINY, "name": "tiny", "storage_path": str(tmp_path)})
+    summary = weightgen.run(cfg)
+    report = json.loads((tmp_path / "tiny" / "report.json").read_text())
+    for a, b in (("zoo", "original"), ("zoo", "generated")):
+        for k in ("acc_mean", "acc_max"):
+            assert 0 <= report[a][b][k] <= 100
+    held = report["heldout"]
+    assert held["chance"] == pytest.approx(100 / 3)
+    assert 0 <= held["generated"]["zero_shot_mean"] <= 100
+    assert set(held["steps_to_90"]) == {"generated", "random", "other_task"}
+    assert (tmp_path / "tiny" / "accuracy_hist.png").exists() and (tmp_path / "tiny" / "finetune.png").exists()
+    # every member / generated model exactly once
+    PartStore.at(summary["zoo"]["uri"], "model_id").verify(Chunks(4, 2), check="ids")
+    PartStore.at(summary["generated"]["uri"], "model_id").verify(Chunks(12, 4), check="ids")
+    # a generated model's stored accuracy is its accuracy on *its own task's* test set
+    gen, cols, meta = read_zoo(summary["generated"]["uri"])
+    from raygen.workloads.weightgen import digit_splits
+
+    i = int(np.flatnonzero(cols["task_id"] == 7)[0])
+    net = build_classifier(meta["arch"]).eval()
+    net.load_state_dict(unflatten(gen[i], ParamLayout.from_dict(meta["layout"])))
+    x, y = task_splits(meta["tasks"]["7"], digit_splits())["test"]
+    with torch.no_grad():
+        assert cols["test_acc"][i] == pytest.approx(float((net(x).argmax(-1) == y).double().mean()), abs=1e-12)
+    # members do not depend on the worker: the 2 Ray actors' parts == each job trained in this process
+    zoo, zcols, _ = read_zoo(summary["zoo"]["uri"])
+    here = weightgen.ZooActor(cfg.to_dict(), summary["zoo"]["uri"])
+    assert torch.equal(zoo, torch.cat([here._job(j)[0] for j in range(cfg.jobs)]))
+    # a re-run reuses every stage: nothing is trained or drawn again
+    again = weightgen.run(cfg)
+    assert again["zoo"]["written"] == 0 and again["generated"]["written"] == 0
+    assert again["table"] == summary["table"]
+
+
+def _zoo_part(store, chunk, chunks, arch, layout_names=None):
+    net = build_classifier(arch)
+    layout = ParamLayout.of(net, layout_names)
+    ids = chunks.ids(chunk)
+    cols = {"model_id": ids.tolist(), "task_id": [0] * len(ids), "seed": [0] * len(ids), "step": [1] * len(ids),
+            "params": [np.zeros((len(ids), layout.numel), np.float32)], "val_acc": [0.5] * len(ids),
+            "test_acc": [0.5] * len(ids)}
+    meta = {"arch": arch, "layout": layout.to_dict(), "base": None, "tasks": {"0": {"family": "digits"}}}
+    store.write(chunk, params_table(cols), chunks, meta)
+
+
+ARCH = dict(in_channels=1, num_classes=10, width=4, feature_dim=16)
+
+
+def test_bad_zoos_are_one_line_errors(ray_local, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UserError, match="is empty"):
+        read_zoo(str(empty))
+    mixed = PartStore.at(str(tmp_path / "mixed"), "model_id")
+    chunks = Chunks(4, 2)
+    _zoo_part(mixed, 0, chunks, ARCH)
+    _zoo_part(mixed, 1, chunks, {**ARCH, "width": 8})
+    with pytest.raises(UserError, match="mixes architectures"):
+        read_zoo(mixed.uri)
+    other = PartStore.at(str(tmp_path / "wide"), "model_id")
+    _zoo_part(other, 0, Chunks(2, 2), {**ARCH, "width": 8})
+    cfg = WeightgenConfig.from_dict({"name": "x", "storage_path": str(tmp_path / "runs"), "zoo": other.uri,
+                                     "param_subset": "all"})
+    with pytest.raises(UserError, match="parameter layout does not match the target architecture"):
+        weightgen.run(cfg)
+
+
+def test_heldout_task_in_zoo_is_refused():
+    with pytest.raises(UserError, match="heldout_tasks.*also in the zoo"):
+        WeightgenConfig.from_dict({**TINY, "heldout_tasks": [1]})
+    # a different id that defines the same task is refused too (every digits task is the same task)
+    cfg = WeightgenConfig.from_dict({**TINY, "task_family": "digits", "zoo_tasks": 1, "heldout_tasks": [5]})
+    with pytest.raises(UserError, match="held-out task 5 defines the same task as zoo task 0"):
+        weightgen.task_defs(cfg)
+    with pytest.raises(UserError, match="trajectory mode collects one task"):
+        WeightgenConfig.from_dict({"zoo_tasks": 3})

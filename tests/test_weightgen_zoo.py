@@ -1,0 +1,73 @@
+"""Tasks derived from the data, zoo members, and their determinism."""
+
+import pytest
+import torch
+
+from raygen.errors import UserError
+from raygen.weightgen.params import ParamLayout, flatten
+from raygen.weightgen.zoo import (
+    apply_task, init_model, make_task, split, subset_names, support_set, train_member, trajectory,
+)
+from tests.test_weightgen_params import single_thread  # noqa: F401 - autouse fixture
+
+ARCH = dict(in_channels=1, num_classes=10, width=4, feature_dim=16)
+
+
+def _data(n=60):
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(n, 1, 8, 8, generator=g), torch.arange(n) % 10
+
+
+def test_task_definitions_are_deterministic_and_distinct():
+    assert make_task("subset", 3, 0, 4) == make_task("subset", 3, 0, 4)
+    assert make_task("subset", 3, 0, 4) != make_task("subset", 4, 0, 4)
+    assert sorted(make_task("permutation", 1, 0)["perm"]) == list(range(64))
+    with pytest.raises(UserError, match="task_family"):
+        make_task("nope", 0, 0)
+
+
+def test_subset_task_keeps_and_relabels_exactly():
+    x, y = _data()
+    task = {"family": "subset", "classes": [7, 2, 5]}
+    xt, yt = apply_task(task, x, y)
+    keep = (y == 7) | (y == 2) | (y == 5)
+    assert torch.equal(xt, x[keep])
+    assert torch.equal(yt, torch.tensor([{7: 0, 2: 1, 5: 2}[int(v)] for v in y[keep]]))
+
+
+def test_permutation_and_rotation_tasks():
+    x, y = _data()
+    task = make_task("permutation", 0, 0)
+    xt, yt = apply_task(task, x, y)
+    assert torch.equal(yt, y) and torch.equal(xt.flatten(1), x.flatten(1)[:, torch.tensor(task["perm"])])
+    xr, _ = apply_task({"family": "rotation", "angle": 0.0}, x, y)
+    torch.testing.assert_close(xr, x, rtol=0, atol=1e-6)  # a zero rotation is the identity
+    x180, _ = apply_task({"family": "rotation", "angle": 180.0}, x, y)
+    torch.testing.assert_close(x180, x.flip(-1, -2), rtol=0, atol=1e-5)
+
+
+def test_split_is_a_partition_and_support_sets_follow_labels():
+    x, y = _data(100)
+    parts = split(x, y)
+    assert sum(len(v[0]) for v in parts.values()) == 100
+    s = support_set(x, y, 10, 3)
+    assert s.shape == (10, 3, 64) and torch.equal(s[4, 0], x[y == 4][0].flatten())
+    with pytest.raises(UserError, match="support_shots"):
+        support_set(x, y, 10, 11)  # 10 images per class
+
+
+def test_members_and_trajectories_are_bit_reproducible():
+    x, y = _data()
+    a = train_member(ARCH, (x, y), init_seed=1, order_seed=2, steps=5, lr=0.01, batch_size=16)
+    b = train_member(ARCH, (x, y), init_seed=1, order_seed=2, steps=5, lr=0.01, batch_size=16)
+    layout = ParamLayout.of(a, subset_names(a, "head"))
+    assert torch.equal(flatten(dict(a.named_parameters()), ParamLayout.of(a)),
+                       flatten(dict(b.named_parameters()), ParamLayout.of(b)))
+    t1 = trajectory(a, layout, (x, y), order_seed=3, checkpoints=4, steps_per_checkpoint=2, lr=0.05, batch_size=16)
+    t2 = trajectory(a, layout, (x, y), order_seed=3, checkpoints=4, steps_per_checkpoint=2, lr=0.05, batch_size=16)
+    assert t1.shape == (4, layout.numel) and torch.equal(t1, t2)
+    assert not torch.equal(t1[0], t1[1])  # it moves
+    # only the head trained: the base model is untouched and the rest is not in theta
+    assert torch.equal(flatten(dict(a.named_parameters()), layout), flatten(dict(b.named_parameters()), layout))
+    fresh = init_model(ARCH, 1)
+    assert not torch.equal(fresh.head.weight, a.head.weight)
