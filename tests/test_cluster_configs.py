@@ -290,10 +290,29 @@ def test_launcher_config_passes_ray_up_validation(path):
     assert "dashboard-host" not in " ".join(starts), "the job API must stay on the head's localhost"
 
 
+def _launcher_default_identity(provider: str) -> str:
+    """The identity `ray up` creates for the head (the workers reuse it), from Ray's source: importing
+    the GCP module needs Google's client libraries."""
+    import importlib.util
+
+    source = Path(importlib.util.find_spec(f"ray.autoscaler._private.{provider}.config").origin).read_text()
+    names: dict[str, str] = {}  # the constants, in source order (each is built from the ones before)
+    for name, expr in re.findall(r"^(RAY|VERSION|DEFAULT_RAY_INSTANCE_PROFILE|DEFAULT_SERVICE_ACCOUNT_ID) = (.+)$",
+                                 source, re.M):
+        names[name] = eval(expr, {"__builtins__": {}}, names)
+    return names["DEFAULT_RAY_INSTANCE_PROFILE" if provider == "aws" else "DEFAULT_SERVICE_ACCOUNT_ID"]
+
+
 @pytest.mark.parametrize("path", LAUNCHER, ids=lambda p: p.name)
 def test_launcher_nodes_run_the_image_and_reach_the_bucket(path):
     raw = _load(path)
     assert _launcher_problems(raw, path.stem) == []
+    # The workers' identity is the one `ray up` creates (and documents the grants for) in the header.
+    worker_config = raw["available_node_types"]["cpu_worker"]["node_config"]
+    identity = (worker_config["IamInstanceProfile"]["Name"] if path.stem == "aws"
+                else worker_config["serviceAccounts"][0]["email"].split("@")[0])
+    assert identity == _launcher_default_identity(path.stem), identity
+    assert identity in _comments(path)
 
     # The checks can fail: the old pip-at-start setup, a stock image, a worker without an identity.
     broken = copy.deepcopy(raw)
