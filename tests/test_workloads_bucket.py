@@ -55,8 +55,9 @@ def test_tune_in_a_bucket(bucket, tmp_path, monkeypatch, ray_local):
     from raygen.workloads import tune
 
     monkeypatch.chdir(tmp_path)
-    job = load_job(_jobs("tune_hypergrad.yaml"), [f"storage_path={bucket}", "name=t", "num_samples=2",
-                                                  "outer_steps=2", "baselines=[]"])
+    job = load_job(_jobs("tune_hypergrad.yaml"), [f"storage_path={bucket}", "name=t", "num_samples=1",
+                                                  "solvers=[nystrom]", "max_outer_steps=2", "grace_period=1",
+                                                  "baselines=[random]", "baseline_samples=1"])
     tune.run(job.config)
     run = storage.join(bucket, "t")
     objects = _objects(run)
