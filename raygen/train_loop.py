@@ -142,7 +142,7 @@ class TrainState:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore; a state without "generator" (a rank the checkpoint did not have) keeps its stream."""
         for key, group in (("modules", self._plain), ("optimizers", self.optimizers), ("emas", self.emas)):
-            missing = set(group) ^ set(state[key])
+            missing = set(group) ^ set(state.get(key, {}))  # a checkpoint of another trainer or format
             if missing:
                 raise UserError(f"checkpoint does not match this trainer: {key} differ in {sorted(missing)}; "
                                 "resume with the settings the checkpoint was made with, or use another name")
