@@ -157,14 +157,16 @@ class TrainState:
 
 
 def _read_checkpoint(directory: Path, rank: int) -> dict[str, Any]:
-    try:
-        state = torch.load(directory / STATE_FILE, weights_only=True)
-        rng = directory / _rng_file(rank)
-        if rng.exists():
-            state["generator"] = torch.load(rng, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - a damaged file is the user's to delete, not a traceback
-        raise UserError(f"checkpoint {directory.name} cannot be read ({type(exc).__name__}: {exc}); "
-                        "delete it to resume from the one before") from None
+    def read(name: str) -> Any:
+        try:
+            return torch.load(directory / name, weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - a damaged file is one line naming it, not a traceback
+            raise UserError(f"{directory.name}/{name} is damaged ({type(exc).__name__}); delete {directory.name} "
+                            "to resume from the checkpoint before it") from None
+
+    state = read(STATE_FILE)
+    if (directory / _rng_file(rank)).exists():
+        state["generator"] = read(_rng_file(rank))
     return state
 
 

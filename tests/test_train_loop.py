@@ -71,6 +71,10 @@ def test_incomplete_checkpoint_is_never_resumed_and_old_ones_are_pruned(tmp_path
     assert out["resumed_from"] == 2
     assert sorted(p.name for p in run.glob("checkpoint_*")) == ["checkpoint_000004", "checkpoint_000005"]
     assert _state(run / "checkpoint_000004")["step"] == 4  # the interrupted copy was replaced
+    state = run / "checkpoint_000005" / "state.pt"
+    state.write_bytes(state.read_bytes()[:100])  # damaged on disk: one line naming the file
+    with pytest.raises(UserError, match=r"checkpoint_000005/state.pt is damaged .*delete checkpoint_000005"):
+        train_func(dict(FAST, name="r", storage_path=str(tmp_path), steps=6))
 
 
 def test_nonfinite_loss_stops_with_step_and_keeps_checkpoint(tmp_path):
