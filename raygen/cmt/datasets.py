@@ -4,9 +4,14 @@ Two sources:
 - the Gasoline panel (Baltagi & Griffin 1983; shipped as raygen/cmt/data/gasoline.csv): each country is
   a domain; Z = (LINCOMEP, LRPMG, LCARPCAP, LGASPCAR), Y = LGASPCAR last, YEAR dropped; every column
   standardised over the whole panel (as the paper's reference code does).
-- a synthetic benchmark with a known mechanism f(s) = A₂·asinh(2·A₁s) (A₁, A₂ random orthogonal,
-  so f⁻¹(z) = A₁ᵀ·sinh(A₂ᵀz)/2 in closed form), D = 4; in domain k component d is
-  s_d = μ_kd + σ_kd·ε with ε ~ Laplace of unit variance, μ_kd ~ U(−1, 1), σ_kd ~ U(0.3, 1.5).
+- a synthetic benchmark with a known mechanism f, D = 4, of structural-equation form (each variable
+  a function of its causes plus its own independent component, so f⁻¹ follows by substitution):
+
+      x₁ = s₁,  x₂ = s₂ + tanh(2x₁)/2,  x₃ = s₃ − 0.4·x₁x₂,  y = g(x) + 0.2·s₄,
+      g(x) = sin(x₁) + x₃·tanh(x₂)/2 + 0.3·x₂;
+
+  in domain k component d is s_d = μ_kd + σ_kd·ε with ε ~ Laplace of unit variance,
+  μ_kd ~ U(−1, 1), σ_kd ~ U(0.3, 1.5): the domains differ in their component laws only.
 """
 
 from __future__ import annotations
@@ -26,16 +31,24 @@ GASOLINE_Y = "LGASPCAR"
 
 @dataclasses.dataclass(frozen=True)
 class Mechanism:
-    """The synthetic benchmark's true f and f⁻¹."""
+    """The synthetic benchmark's true f and f⁻¹ (structural equations, see the module docstring)."""
 
-    a1: np.ndarray
-    a2: np.ndarray
+    noise: float = 0.2
+
+    @staticmethod
+    def g(x: np.ndarray) -> np.ndarray:
+        return np.sin(x[:, 0]) + x[:, 2] * np.tanh(x[:, 1]) / 2 + 0.3 * x[:, 1]
 
     def f(self, s: np.ndarray) -> np.ndarray:
-        return np.arcsinh(2.0 * s @ self.a1.T) @ self.a2.T
+        x1 = s[:, 0]
+        x2 = s[:, 1] + np.tanh(2 * x1) / 2
+        x3 = s[:, 2] - 0.4 * x1 * x2
+        x = np.stack([x1, x2, x3], axis=1)
+        return np.column_stack([x, self.g(x) + self.noise * s[:, 3]])
 
     def f_inv(self, z: np.ndarray) -> np.ndarray:
-        return np.sinh(z @ self.a2) / 2.0 @ self.a1
+        x1, x2, x3 = z[:, 0], z[:, 1], z[:, 2]
+        return np.stack([x1, x2 - np.tanh(2 * x1) / 2, x3 + 0.4 * x1 * x2, (z[:, 3] - self.g(z)) / self.noise], axis=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,11 +113,10 @@ def load_gasoline(path: str | Path | None = None) -> Panel:
     return Panel(z=z, domain=domain, names=tuple(names), columns=(*GASOLINE_X, GASOLINE_Y))
 
 
-def synthetic_panel(seed: int, *, n_sources: int, source_size: int, target_size: int, dim: int = 4) -> Panel:
-    """K source domains of `source_size` rows and one domain "target" of `target_size` rows from a known f."""
+def synthetic_panel(seed: int, *, n_sources: int, source_size: int, target_size: int) -> Panel:
+    """K source domains of `source_size` rows and one domain "target" of `target_size` rows from the known f."""
     rng = np.random.default_rng([seed, 4])
-    a1, a2 = (np.linalg.qr(rng.standard_normal((dim, dim)))[0] for _ in range(2))
-    mechanism = Mechanism(a1, a2)
+    mechanism, dim = Mechanism(), 4
     names = tuple(f"source{k + 1}" for k in range(n_sources)) + ("target",)
     sizes = [source_size] * n_sources + [target_size]
     zs, domain = [], []

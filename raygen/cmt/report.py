@@ -3,7 +3,9 @@
 Selection (per target, n, split, method): among the method's trials (cmt: one per INN setting) and
 their evaluation epochs, the one with the lowest LOOCV MSE on the target training points. Score:
 its target-test MSE divided by the target's leave-one-out reference (see `loo_reference`). Row
-value: mean (standard error) over splits; the best mean per row is bold and counts as a win.
+value: mean (standard error) over splits; the best mean per row is bold, and counts as a win only
+when no other method ties it (e.g. an augmenting method whose every recombination was rejected
+falls back to exactly the target-only fit).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def _mean_se(values: list[float]) -> tuple[float, float]:
 
 
 def table(selected: list[dict[str, Any]], methods: list[str]) -> list[dict[str, Any]]:
-    """Rows per (target, n): {method: (mean, se, splits)}, the best method (lowest mean)."""
+    """Rows per (target, n): {method: (mean, se, splits)} and the methods with the lowest mean (several on a tie)."""
     rows = []
     for target, n in sorted({(s["target"], s["n"]) for s in selected}, key=lambda k: (k[1], k[0])):
         cells = {}
@@ -49,17 +51,20 @@ def table(selected: list[dict[str, Any]], methods: list[str]) -> list[dict[str, 
             vals = [s["relative_mse"] for s in selected if (s["target"], s["n"], s["method"]) == (target, n, m)]
             if vals:
                 cells[m] = (*_mean_se(vals), len(vals))
-        rows.append({"target": target, "n": n, "cells": cells, "best": min(cells, key=lambda m: cells[m][0])})
+        low = min(c[0] for c in cells.values())
+        rows.append({"target": target, "n": n, "cells": cells, "best": [m for m, c in cells.items() if c[0] == low]})
     return rows
 
 
 def counts(rows: list[dict[str, Any]], methods: list[str]) -> dict[str, dict[str, Any]]:
-    """Per method: wins, rows where it beats target_only, mean of the row means."""
+    """Per method: wins (sole best), ties for best, rows where it beats target_only, mean of the row means."""
     out = {}
     for m in methods:
         mine = [r for r in rows if m in r["cells"]]
         beats = [r for r in mine if "target_only" in r["cells"] and r["cells"][m][0] < r["cells"]["target_only"][0]]
-        out[m] = {"wins": sum(r["best"] == m for r in rows), "beats_target_only": len(beats), "rows": len(mine),
+        out[m] = {"wins": sum(r["best"] == [m] for r in rows),
+                  "tied_best": sum(m in r["best"] and len(r["best"]) > 1 for r in rows),
+                  "beats_target_only": len(beats), "rows": len(mine),
                   "mean": float(np.mean([r["cells"][m][0] for r in mine])) if mine else float("nan")}
     return out
 
@@ -73,11 +78,12 @@ def markdown_table(rows: list[dict[str, Any]], methods: list[str], tallies: dict
     shown = [m for m in methods if any(m in r["cells"] for r in rows)]
     lines = ["| target | n | " + " | ".join(shown) + " |", "|---|---|" + "---|" * len(shown)]
     for r in rows:
-        cells = [(f"**{_fmt(r['cells'][m])}**" if m == r["best"] else _fmt(r["cells"][m])) if m in r["cells"] else "–"
+        cells = [(f"**{_fmt(r['cells'][m])}**" if m in r["best"] else _fmt(r["cells"][m])) if m in r["cells"] else "–"
                  for m in shown]
         lines.append(f"| {r['target']} | {r['n']} | " + " | ".join(cells) + " |")
     lines.append("| **mean** | | " + " | ".join(f"{tallies[m]['mean']:.2f}" for m in shown) + " |")
-    lines.append("| **# best** | | " + " | ".join(str(tallies[m]["wins"]) for m in shown) + " |")
+    lines.append("| **# best (sole)** | | " + " | ".join(str(tallies[m]["wins"]) for m in shown) + " |")
+    lines.append("| **# tied for best** | | " + " | ".join(str(tallies[m]["tied_best"]) for m in shown) + " |")
     lines.append("| **# beats target_only** | | " + " | ".join(
         "–" if m == "target_only" else str(tallies[m]["beats_target_only"]) for m in shown) + " |")
     return "\n".join(lines)
