@@ -8,7 +8,8 @@ tiny U-Net on the built-in 8x8 digits for BASE_STEPS = 1200 steps, batch 64, wit
 alongside, so the base checkpoint also holds "the lambda = 0 run's trained discriminator" (used by
 benchmarks/sadm_diagnosis.py and carried into the current-SADM arm).
 
-Arms. Every arm fine-tunes its seed's base checkpoint for N = 300 steps: denoiser, EMA and Adam
+Arms. Every arm fine-tunes its seed's base checkpoint for N = 200 steps (amended 14:04 UTC from
+300 after the --quick smoke run's timings, before any full arm ran): denoiser, EMA and Adam
 state carried, the same data order (the seed's digit stream continued at the base step) and the
 same denoising noise (the base's generator continued; the structure batches draw from their own
 per-step stream, so they do not shift the denoising noise).
@@ -57,12 +58,38 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import statistics
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from raygen.diffusion.train import train_func
+import torch
 
-BASE_STEPS, STEPS, SAMPLES, SEEDS = 1200, 300, 1000, 3
+from raygen.diffusion import EMA, DenoisingLoss, StructureEncoder, heun_sample
+from raygen.diffusion.structure import SpectralEncoder, gated_structure_term, js_critic_loss, structure_noise
+from raygen.diffusion.train import SADMStep, _digit_batches, sadm_step, train_func
+from raygen.metrics import digits_reference, frechet_distance, extract_features, sample_quality
+from raygen.models import load_denoiser
+from raygen.train_loop import TrainState, _read_checkpoint, seeded
+
+BASE_STEPS, STEPS, SAMPLES, SEEDS = 1200, 200, 1000, 3
+METRICS = ("fd", "kid", "precision", "recall")
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}  # t_{0.975, df}
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    form: str = "plain"  # plain | current | gated
+    ratio: float = 0.0  # gated: structure / denoise gradient ratio at the output layer
+    frozen: bool = False  # gated: encoder stays at its random init
+    lam: float = 0.0  # current: fixed lambda
+
+
+ARMS = (Arm("plain"), Arm("current", "current", lam=0.1), Arm("gated-0.1", "gated", 0.1),
+        Arm("gated-0.3", "gated", 0.3), Arm("frozen-0.3", "gated", 0.3, frozen=True))
 
 
 def train_base(seed: int, steps: int, root: Path) -> Path:
@@ -75,21 +102,162 @@ def train_base(seed: int, steps: int, root: Path) -> Path:
     return ckpt
 
 
+def restore(ckpt: Path, seed: int) -> TrainState:
+    """The base run's full state: denoiser, its EMA and Adam state, the current-form discriminator and
+    its optimiser, the denoising generator (continued, so every arm sees the same noise)."""
+    saved = _read_checkpoint(ckpt, 0)
+    denoiser = load_denoiser(ckpt).train()
+    encoder = StructureEncoder(1, embed_dim=64)
+    state = TrainState(modules={"denoiser": denoiser, "encoder": encoder},
+                       optimizers={"opt": torch.optim.Adam(denoiser.parameters(), lr=2e-4),
+                                   "opt_phi": torch.optim.Adam(encoder.parameters(), lr=2e-4, betas=(0.5, 0.999))},
+                       emas={"denoiser": EMA(denoiser, 0.999)}, generator=torch.Generator())
+    state.load_state_dict(saved)
+    return state
+
+
+def finetune(arm: Arm, ckpt: Path, seed: int, base_steps: int, steps: int, snapshots: tuple[int, ...]):
+    """Fine-tune from the base for `steps`; returns ({step: EMA model copy}, per-step logs)."""
+    from accelerate import Accelerator
+
+    state = restore(ckpt, seed)
+    model, opt, ema = state.modules["denoiser"], state.optimizers["opt"], state.emas["denoiser"]
+    loss_fn = DenoisingLoss()
+    batches = _digit_batches(seed, 64, base_steps)
+    current = SADMStep(Accelerator(cpu=True), loss_fn, grad_clip=1.0)
+    if arm.form == "gated":
+        enc = seeded(seed + 2, lambda: SpectralEncoder(1, embed_dim=64))
+        opt_enc = torch.optim.Adam(enc.parameters(), lr=2e-4, betas=(0.5, 0.999))
+
+        def critic(x0, x_hat):
+            opt_enc.zero_grad(set_to_none=True)
+            js_critic_loss(enc, x0, x_hat).backward()
+            opt_enc.step()
+
+    out, logs = {}, []
+    for i in range(1, steps + 1):
+        x0, _ = next(batches)
+        step = base_steps + i
+        if arm.form == "current":
+            m = sadm_step(current, state, x0, None, arm.lam)
+            row = {"structure_distance": float(m["structure_distance"]), "lambda_t": arm.lam}
+        else:
+            loss, _ = loss_fn(model, x0, state.generator)
+            row = {}
+            if arm.form == "gated":
+                sigma, eps = structure_noise((seed, 3, step), 0, x0.shape, 0.02, loss_fn.sigma_data)
+                term, row = gated_structure_term(model, enc, x0, None, loss, model.net.out.weight, sigma=sigma,
+                                                 eps=eps, sigma_data=loss_fn.sigma_data, ratio=arm.ratio,
+                                                 critic=None if arm.frozen else critic)
+                loss = loss + term
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            ema.update(model)
+        if i % 10 == 0:
+            logs.append({"step": i, **row})
+        if i in snapshots:
+            out[i] = EMA(ema.model).model  # a frozen copy of the EMA weights
+    return out, logs
+
+
+def score(model, seed: int, noise_seed: int, n: int, classifier, real) -> dict:
+    fake = heun_sample(model.eval(), (n, 1, 8, 8), torch.Generator().manual_seed(noise_seed)).clamp(0, 1)
+    return sample_quality(classifier, real, fake, generator=torch.Generator().manual_seed(seed))
+
+
+def run_seed(seed: int, ckpt: Path, base_steps: int, steps: int, n: int, classifier, real) -> dict:
+    """Every arm of one seed: {arm: metrics}, plus the sampler's resampling noise and training logs."""
+    res, logs = {}, {}
+    for arm in ARMS:
+        t0 = time.perf_counter()
+        snaps = (steps, 2 * steps) if arm.form == "plain" else (steps,)
+        models, logs[arm.name] = finetune(arm, ckpt, seed, base_steps, snaps[-1], snaps)
+        train_s = time.perf_counter() - t0
+        res[arm.name] = {**score(models[steps], seed, 10_000 + seed, n, classifier, real), "train_s": train_s}
+        if arm.form == "plain":
+            res["plain@2N"] = {**score(models[2 * steps], seed, 10_000 + seed, n, classifier, real), "train_s": train_s}
+            res["plain_resampled"] = score(models[steps], seed, 20_000 + seed, n, classifier, real)
+        print(f"seed {seed} {arm.name}: fd {res[arm.name]['fd']:.3f}  ({train_s:.0f} s)", flush=True)
+    return {"results": res, "logs": logs}
+
+
+def paired(xs: list[float], ys: list[float]) -> dict:
+    """Mean paired difference x - y over seeds with its 95 % t-interval."""
+    d = [x - y for x, y in zip(xs, ys)]
+    mean = statistics.mean(d)
+    half = T975[len(d) - 1] * statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else math.inf
+    return {"mean": mean, "lo": mean - half, "hi": mean + half}
+
+
+def decide(per_seed: list[dict], arm: str, control: str) -> dict:
+    """The pre-registered rule (module docstring) for arm vs control."""
+    get = lambda a, k: [r[a][k] for r in per_seed]  # noqa: E731
+    dfd, dkid = paired(get(arm, "fd"), get(control, "fd")), paired(get(arm, "kid"), get(control, "kid"))
+    recall_ok = statistics.mean(get(arm, "recall")) >= statistics.mean(get(control, "recall")) - statistics.stdev(get(control, "recall"))
+    return {"dfd": dfd, "dkid": dkid, "recall_ok": recall_ok,
+            "improves": dfd["hi"] < 0 and dkid["mean"] < 0 and recall_ok}
+
+
+def report(per_seed: list[dict], floor: float, meta: dict) -> dict:
+    arms = ["plain", "plain@2N", *[a.name for a in ARMS[1:]]]
+    summary = {a: {k: {"mean": statistics.mean(r[a][k] for r in per_seed), "std": statistics.stdev(r[a][k] for r in per_seed)}
+                   for k in (*METRICS, "train_s")} for a in arms}
+    resampling = [abs(r["plain_resampled"]["fd"] - r["plain"]["fd"]) for r in per_seed]
+    decisions = {a: {"vs_plain": decide(per_seed, a, "plain"), "vs_plain@2N": decide(per_seed, a, "plain@2N")}
+                 for a in arms[1:]}
+    print(f"{meta['steps']} fine-tune steps from {meta['base_steps']}-step plain bases, seeds {meta['seeds']}, "
+          f"{meta['samples']} samples; mean +- std over seeds")
+    print(f"real-vs-real FD floor {floor:.3f}; sampler resampling |dFD| {statistics.mean(resampling):.3f}")
+    print(f"{'arm':<12}" + "".join(f"{k:>18}" for k in METRICS) + f"{'dFD vs plain [95% CI]':>30}{'vs plain@2N':>26}  improves")
+    for a in arms:
+        s = summary[a]
+        line = f"{a:<12}" + "".join(f"{s[k]['mean']:>10.4f} +- {s[k]['std']:<5.3f}" for k in METRICS)
+        if a in decisions:
+            d1, d2 = decisions[a]["vs_plain"], decisions[a]["vs_plain@2N"]
+            line += f"{d1['dfd']['mean']:>+10.3f} [{d1['dfd']['lo']:+.3f}, {d1['dfd']['hi']:+.3f}]"
+            line += f"{d2['dfd']['mean']:>+8.3f} [{d2['dfd']['lo']:+.3f}, {d2['dfd']['hi']:+.3f}]"
+            line += f"  {d1['improves']}/{d2['improves']}"
+        print(line)
+    return {**meta, "real_floor_fd": floor, "resampling_abs_dfd": resampling, "summary": summary,
+            "decisions": decisions}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "raygen_sadm_study"),
-                   help="base checkpoints are kept here and reused by later runs")
-    p.add_argument("--stage", choices=("base", "all"), default="all")
+                   help="base checkpoints and per-seed results are kept here and reused")
+    p.add_argument("--stage", choices=("base", "seed", "report", "all"), default="all",
+                   help="seed: one seed's arms (--seed), so seeds can run as separate processes")
+    p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
-    base_steps = 60 if args.quick else BASE_STEPS
-    seeds = range(2 if args.quick else SEEDS)
+    base_steps, steps = (60, 20) if args.quick else (BASE_STEPS, STEPS)
+    n = 200 if args.quick else SAMPLES
+    seeds = list(range(2 if args.quick else SEEDS))
     root = Path(args.workdir) / ("quick" if args.quick else "full")
-    for s in seeds:
-        print(f"base seed {s}: {train_base(s, base_steps, root)}", flush=True)
+    if args.stage in ("base", "all"):
+        for s in seeds:
+            print(f"base seed {s}: {train_base(s, base_steps, root)}", flush=True)
     if args.stage == "base":
         return
-    print(json.dumps({}))
+    classifier, real = digits_reference(seed=0, steps=150 if args.quick else 400)
+    for s in ([args.seed] if args.stage == "seed" else seeds if args.stage == "all" else []):
+        result = run_seed(s, train_base(s, base_steps, root), base_steps, steps, n, classifier, real)
+        (root / f"seed{s}.json").write_text(json.dumps(result))
+    if args.stage == "seed":
+        return
+    per_seed = [json.loads((root / f"seed{s}.json").read_text()) for s in seeds]
+    halves = torch.randperm(len(real), generator=torch.Generator().manual_seed(0)).chunk(2)
+    floor = frechet_distance(*(extract_features(classifier, real[h]) for h in halves))
+    meta = {"base_steps": base_steps, "steps": steps, "seeds": seeds, "samples": n, "quick": args.quick,
+            "sampler": "heun 18 steps", "arms": [a.__dict__ for a in ARMS]}
+    out = report([r["results"] for r in per_seed], floor, meta)
+    out["runs"] = per_seed
+    path = Path(__file__).parent / "results" / f"sadm_quality{'_quick' if args.quick else ''}.json"
+    path.write_text(json.dumps(out, indent=1))
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
