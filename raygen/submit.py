@@ -16,6 +16,7 @@ import contextlib
 import fnmatch
 import logging
 import os
+import re
 import secrets
 import shlex
 import sys
@@ -38,6 +39,9 @@ CLUSTER_KEYS = {
     "metadata",
 }
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+# Ray's own INFO lines inside a job's log (e.g. "...\tINFO job_manager.py:581 -- Runtime env is setting
+# up."); raygen's lines never have this shape, and warnings/errors are kept.
+RAY_INFO_LINE = re.compile(r"^\d{4}-\d\d-\d\d [\d:,]+\s+INFO \S+\.py:\d+ -- ")
 
 address_option = click.option(
     "--address", envvar=ADDRESS_ENV, default=None, metavar="http://HEAD:8265",
@@ -154,9 +158,11 @@ class JobAPI:
         with self.errors():
             from ray.job_submission import JobSubmissionClient
 
-            # Importing ray configures its loggers; the SDK then logs every upload step. raygen prints
-            # what matters and reports failures itself.
-            logging.getLogger("ray").setLevel(logging.ERROR)
+            # Importing ray configures its loggers; the SDK then logs every upload step (its modules set
+            # their own INFO level, so the parent's level alone does not quiet them). raygen prints what
+            # matters and reports failures itself.
+            for name in ("ray", "ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk"):
+                logging.getLogger(name).setLevel(logging.ERROR)
 
             headers = self.token.headers() if self.token else None
             self.client = JobSubmissionClient(self.address, headers=headers)
@@ -220,7 +226,9 @@ class JobAPI:
 
         async def tail() -> None:
             async for chunk in self.client.tail_job_logs(job_id):
-                click.echo(chunk, nl=False)
+                kept = "".join(line for line in chunk.splitlines(keepends=True) if not RAY_INFO_LINE.match(line))
+                if kept:
+                    click.echo(kept, nl=False)
 
         try:
             asyncio.run(tail())
