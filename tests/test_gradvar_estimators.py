@@ -75,7 +75,7 @@ def per_state_gradients(model, estimator):
     return torch.stack([inference_gradient(model, X, u, estimator, b) for u in rows])
 
 
-@pytest.mark.parametrize("estimator", ["lr", "lr_baseline", "nvil", "leg"])
+@pytest.mark.parametrize("estimator", ["lr", "lr_baseline", "nvil", "leg", "leg_baseline"])
 def test_expectation_over_all_states_is_the_exact_gradient(tiny, estimator):
     q, grad = exact(tiny)
     assert float(q.sum()) == pytest.approx(1.0, abs=1e-12)

@@ -16,8 +16,8 @@ TINY = dict(models=["linear"], estimators=["lr", "optimal"], lrs=[0.003], seeds=
 def test_tiny_grid_writes_report_with_one_trial_per_setting(tmp_path, ray_local, capsys):
     config = GradvarConfig.from_dict({"name": "gv", "storage_path": str(tmp_path), **TINY})
     summary = run(config)
-    out = capsys.readouterr().out
-    assert "trials 4/4 finished" in out
+    err = capsys.readouterr().err
+    assert "trials: 4/4 ended" in err and "linear/optimal lr=0.003 seed=1: val ELBO" in err
     report = json.loads((tmp_path / "gv" / "report.json").read_text())
     assert report["trials"] == 4 and report["failed"] == []
     rows = {r["estimator"]: r for r in report["table"]}

@@ -16,7 +16,11 @@ and ∂ log Bern(z; σ(η)) / ∂η = z − σ(η):
                    squares to L_l − c_l (Mnih & Gregor, ICML 2014); c_l tracks the residual L_l − b_l
 - ``leg``          local expectation gradient (Titsias & Lázaro-Gredilla, NIPS 2015), extended to deep
                    q as in Tokui & Sato: each unit is summed out exactly under q(z_{l,i} | z_{-i}) ∝
-                   q(z_{l,i} | z_{l-1}) q(z_{l+1} | z_l), the rest of the sample kept fixed
+                   q(z_{l,i} | z_{l-1}) q(z_{l+1} | z_l), the rest of the sample kept fixed:
+                   s = Σ_v w(v) F(v) (v − σ(η)) over v ∈ {z_{l,i}, 1 − z_{l,i}}, F = L_l and w the conditional
+- ``leg_baseline`` LEG with F = L_l − c_l (not in the paper; added here): since w ≠ σ(η) when z_{l+1}
+                   depends on z_l, LEG's signal keeps a term F·(w − σ(η)) that a constant c removes
+                   without bias (E[c ∇ log q(z_{l,i} | z_{l-1})] = 0)
 - ``optimal``      discrete reparameterisation (Tokui & Sato, §4): with z = 1[u < σ(η)] and the entropy
                    of each layer marginalised, flip unit (l, i), re-simulate z_{>l} with the same u, and
                    s = σ(η)(1 − σ(η)) · (G_{≥l}(z_{l,i} = 1) − G_{≥l}(z_{l,i} = 0) − η), where
@@ -39,7 +43,8 @@ from raygen.errors import UserError
 from raygen.gradvar.sbn import (SBN, Sample, bernoulli_entropy, bernoulli_log_prob, generative_terms, infer,
                                 inference_terms, seeded_init, split_noise)
 
-ESTIMATORS = ("lr", "lr_baseline", "nvil", "leg", "optimal")
+ESTIMATORS = ("lr", "lr_baseline", "nvil", "leg", "leg_baseline", "optimal")
+MOVING_BASELINE = ("lr_baseline", "nvil", "leg_baseline")  # estimators that subtract c and update it
 
 
 def check_estimator(name: str) -> None:
@@ -169,13 +174,14 @@ def estimate(model: SBN, x: Tensor, u: Tensor, estimator: str, baselines: Baseli
         signals = []
         for l in range(1, len(sample.z)):
             z, q1 = sample.z[l], torch.sigmoid(sample.eta[l].detach())
-            if estimator == "leg":
-                signals.append(_leg_signal(model, sample, l, local[l - 1]))
+            if estimator in ("leg", "leg_baseline"):
+                F = local[l - 1] - (baselines.c[l - 1] if estimator == "leg_baseline" else 0)
+                signals.append(_leg_signal(model, sample, l, F))
             elif estimator == "optimal":
                 signals.append(_optimal_signal(model, sample, l))
             else:
                 r = local[l - 1]
-                if estimator in ("lr_baseline", "nvil"):
+                if estimator in MOVING_BASELINE:
                     r = r - baselines.c[l - 1]
                 if predictions is not None:
                     r = r - predictions[l - 1].detach()

@@ -23,8 +23,8 @@ import torch
 from torch import Tensor
 
 from raygen.errors import UserError
-from raygen.gradvar.estimators import (Baselines, baseline_loss, check_estimator, estimate, inference_gradient,
-                                       make_baselines, update_baselines)
+from raygen.gradvar.estimators import (MOVING_BASELINE, Baselines, baseline_loss, check_estimator, estimate,
+                                       inference_gradient, make_baselines, update_baselines)
 from raygen.gradvar.sbn import SBN, draw_batch, example_seeds, iw_bound, model_sizes
 from raygen.gradvar.variance import welford
 
@@ -112,7 +112,7 @@ def train(spec: TrainSpec, train_pixels: Tensor, val_pixels: Tensor, test_pixels
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        if spec.estimator in ("lr_baseline", "nvil"):
+        if spec.estimator in MOVING_BASELINE:
             update_baselines(est, baselines)
         train_seconds += time.perf_counter() - start
         if it % spec.eval_every == 0 or it == spec.iterations:

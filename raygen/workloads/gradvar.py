@@ -7,7 +7,8 @@ fresh mini-batches at the current parameters, the validation ELBO and the wall-c
 iteration; its last report adds the importance-weighted test bound. The driver picks, per (model,
 estimator), the learning rate with the best mean final validation ELBO over seeds, and reports
 variance curves, bounds, timings and how the measured variance ordering compares with the
-published one: LR ≫ LR+C > LR+C+IDB (NVIL) ≳ LEG ≈ optimal.
+published one: LR ≫ LR+C > LR+C+IDB (NVIL) ≳ LEG ≈ optimal. LEG+C (`leg_baseline`, LEG with a
+centred signal) is an addition of this project, outside the published comparison.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from raygen.config import Config, bounded, check
 from raygen.errors import UserError
 
 EXPERIMENT = "trials"
-LABELS = {"lr": "LR", "lr_baseline": "LR+C", "nvil": "LR+C+IDB (NVIL)", "leg": "LEG", "optimal": "optimal"}
+LABELS = {"lr": "LR", "lr_baseline": "LR+C", "nvil": "LR+C+IDB (NVIL)", "leg": "LEG", "leg_baseline": "LEG+C",
+          "optimal": "optimal"}
 
 
 @dataclasses.dataclass
@@ -34,7 +36,8 @@ class GradvarConfig(Config):
 
     name: str = "gradvar_digits"
     models: list[str] = dataclasses.field(default_factory=lambda: ["linear", "deep"])
-    estimators: list[str] = dataclasses.field(default_factory=lambda: ["lr", "lr_baseline", "nvil", "leg", "optimal"])
+    estimators: list[str] = dataclasses.field(
+        default_factory=lambda: ["lr", "lr_baseline", "nvil", "leg", "leg_baseline", "optimal"])
     lrs: list[float] = dataclasses.field(default_factory=lambda: [3e-4, 1e-3, 3e-3])
     seeds: list[int] = dataclasses.field(default_factory=lambda: [0])
     units: int = bounded(16, ge=1)  # width of every latent layer (visible: 64 pixels)
@@ -93,46 +96,8 @@ def _describe(config: dict[str, Any]) -> str:
     return f"{config['model']}/{config['estimator']} lr={config['lr']:g} seed={config['seed']}"
 
 
-def _progress_callback(total: int):
-    from ray.tune import Callback
-
-    class TrialProgress(Callback):
-        """One line per finished trial: how many are done and what the trial reached."""
-
-        def __init__(self):
-            self.done = 0
-            self.start = time.monotonic()
-
-        def _line(self, trial, outcome: str) -> None:
-            self.done += 1
-            print(f"trials {self.done}/{total} finished ({time.monotonic() - self.start:.0f} s): "
-                  f"{_describe(trial.config)}: {outcome}", flush=True)
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            r = trial.last_result or {}
-            self._line(trial, f"val ELBO {r.get('val_elbo', float('nan')):.2f}, "
-                              f"grad var {r.get('grad_var', float('nan')):.3g}")
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            self._line(trial, "failed")
-
-    return TrialProgress()
-
-
-def _tune(config: GradvarConfig, run_dir, trainable):
-    from ray import tune
-
-    storage = run_dir.ray_storage()
-    experiment = f"{storage['storage_path'].rstrip('/')}/{EXPERIMENT}"
-    fs = storage.get("storage_filesystem")
-    if tune.Tuner.can_restore(experiment, storage_filesystem=fs):  # same settings (RunDir checked): resume
-        return tune.Tuner.restore(experiment, trainable=trainable, resume_errored=True, storage_filesystem=fs).fit()
-    space = {"model": tune.grid_search(list(config.models)), "estimator": tune.grid_search(list(config.estimators)),
-             "lr": tune.grid_search(list(config.lrs)), "seed": tune.grid_search(list(config.seeds))}
-    total = len(config.models) * len(config.estimators) * len(config.lrs) * len(config.seeds)
-    return tune.Tuner(trainable, param_space=space,
-                      run_config=tune.RunConfig(name=EXPERIMENT, verbose=0, callbacks=[_progress_callback(total)],
-                                                **storage)).fit()
+def _finished(config: dict[str, Any], result: dict[str, Any]) -> str:
+    return f"{_describe(config)}: val ELBO {result['val_elbo']:.2f}, grad var {result['grad_var']:.3g}"
 
 
 HISTORY_KEYS = ("iteration", "grad_var", "val_elbo", "train_elbo", "seconds_per_iteration")
@@ -280,6 +245,7 @@ def run(config: GradvarConfig, *, verbose: bool = False) -> dict[str, Any]:
     from raygen import runtime
     from raygen.gradvar.training import split_digits
     from raygen.rundir import RunDir
+    from raygen.workloads import tuning
 
     data = split_digits(config.seed, validation=config.validation, test=config.test)
     runtime.init(verbose=verbose)
@@ -289,7 +255,11 @@ def run(config: GradvarConfig, *, verbose: bool = False) -> dict[str, Any]:
                                     {"cpu": config.cpus_per_trial})
     total = len(config.models) * len(config.estimators) * len(config.lrs) * len(config.seeds)
     print(f"gradvar: {total} trials (Ray Tune), {config.iterations} iterations each ...", flush=True)
-    trials, failed = collect(_tune(config, run_dir, trainable))
+    space = {"model": tune.grid_search(list(config.models)), "estimator": tune.grid_search(list(config.estimators)),
+             "lr": tune.grid_search(list(config.lrs)), "seed": tune.grid_search(list(config.seeds))}
+    results, tune_seconds = tuning.fit(trainable, run_dir=run_dir, name=EXPERIMENT, param_space=space, total=total,
+                            describe=_finished)
+    trials, failed = collect(results)
     if not trials:
         raise UserError(f"every gradvar trial failed; first error: {failed[0]['error'] if failed else 'no results'}")
     rows = summarise(config, trials)
@@ -297,7 +267,7 @@ def run(config: GradvarConfig, *, verbose: bool = False) -> dict[str, Any]:
         "name": config.name, "run_dir": run_dir.uri, "report": run_dir.child_uri("report.md"),
         "trials": len(trials) + len(failed), "failed": failed, "table": rows,
         "pattern": compare(rows, list(config.models)),
-        "seconds": {"tune": time.perf_counter() - start},
+        "seconds": {"tune": tune_seconds},
         "plots": ["grad_variance.png", "val_elbo.png"],
     }
     for r in rows:  # metrics.jsonl / TensorBoard: each estimator's curve at its best lr

@@ -1,0 +1,187 @@
+"""The variance table of Tokui & Sato (ICML 2017) on binarised digits over 3 seeds, and Tune throughput.
+
+Arm 1 — variance table. For each model (linear 16-16-64, deep 16-16-16-16-64) and estimator (LR,
+LR+C, LR+C+IDB = NVIL, LEG, LEG+C, optimal), train an SBN with RMSprop at one learning rate (3e-3) for
+each seed in {0, 1, 2}, measuring every `eval_every` iterations the per-element variance of the
+inference-network gradient over `variance_batches` fresh mini-batches (mean over elements). Per run
+the summary is the mean over evaluations of log10 variance; per (model, estimator) the table shows
+its mean over seeds with a 95% t-interval (2 degrees of freedom), the final validation ELBO and
+ms per training iteration. The runs are pure torch (no Ray), in a process pool.
+
+Decision rule (fixed before running). The published ordering is LR ≫ LR+C > LR+C+IDB ≳ LEG ≈
+optimal. With d = the per-seed difference of mean log10 variances (paired by seed), a claim is
+  - "supported" when the 95% t-interval of the mean d lies entirely on its side: ≫: d > 1
+    (10x); >: d > 0; ≳: d > −log10 2 (at most 2x below); ≈: |d| < log10 2 (within 2x);
+  - "contradicted" when the interval lies entirely on the other side;
+  - "undecided" otherwise.
+"Plain LR worst in ELBO" is supported when LR's mean final validation ELBO is the lowest and its
+interval does not overlap the next lowest one.
+
+LEG+C (LEG with its local signal centred by a moving average, `leg_baseline`) is not in the paper:
+it was added after the first full run found LEG's variance near LR+C's rather than near the optimal
+estimator's, to test the explanation that LEG's signal keeps a term F·(w − σ(η)) that a constant
+removes without bias. It is reported in the table; no published claim involves it.
+
+Arm 2 — Tune throughput. The same small grid of `raygen gradvar` trials (the workload's own
+trainable) run by one Tuner with at most 1 and then at most 2 concurrent trials on a local Ray with
+2 CPUs; trials/s for each and the ratio. On a shared machine the ratio is bounded by the cores
+actually free, which the JSON records (load average before and after).
+
+    .venv/bin/python benchmarks/gradvar_variance.py [--quick] [--workers N]
+writes benchmarks/results/gradvar_variance[_quick].json and prints the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import statistics
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+ORDER = (("lr", "lr_baseline", "≫"), ("lr_baseline", "nvil", ">"), ("nvil", "leg", "≳"), ("leg", "optimal", "≈"))
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776}  # Student t quantiles for 95% intervals
+
+
+def one_run(job: dict) -> dict:
+    import torch
+
+    from raygen.gradvar.training import TrainSpec, split_digits, train
+
+    torch.set_num_threads(1)
+    data = split_digits(0, validation=200, test=200)
+    history = []
+    train(TrainSpec(**job), *data, report=history.append)
+    return {**job, "log10_var": statistics.fmean(math.log10(h["grad_var"]) for h in history),
+            "final_var": history[-1]["grad_var"], "val_elbo": history[-1]["val_elbo"],
+            "test_iw_bound": history[-1]["test_iw_bound"], "ms_per_iteration": 1000 * history[-1]["seconds_per_iteration"],
+            "curve": [(h["iteration"], h["grad_var"]) for h in history]}
+
+
+def interval(values: list[float]) -> tuple[float, float, float]:
+    m = statistics.fmean(values)
+    if len(values) < 2:
+        return m, float("nan"), float("nan")
+    half = T975.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values))
+    return m, m - half, m + half
+
+
+def verdict(sym: str, lo: float, hi: float) -> str:
+    if sym == "≈":
+        b = math.log10(2)
+        return "supported" if -b < lo and hi < b else "contradicted" if hi < -b or lo > b else "undecided"
+    bound = {"≫": 1.0, ">": 0.0, "≳": -math.log10(2)}[sym]
+    return "supported" if lo > bound else "contradicted" if hi < bound else "undecided"
+
+
+def variance_arm(args) -> dict:
+    jobs = [dict(model=m, estimator=e, lr=args.lr, seed=s, units=16, batch_size=args.batch_size,
+                 iterations=args.iterations, eval_every=args.eval_every, variance_batches=args.variance_batches,
+                 iw_samples=args.iw_samples)
+            for m, e, s in itertools.product(args.models, args.estimators, args.seeds)]
+    start = time.perf_counter()
+    with ProcessPoolExecutor(args.workers) as pool:
+        runs = list(pool.map(one_run, jobs))
+    rows, claims = [], []
+    for model in args.models:
+        by = {e: sorted((r for r in runs if r["model"] == model and r["estimator"] == e), key=lambda r: r["seed"])
+              for e in args.estimators}
+        for e, rs in by.items():
+            rows.append({"model": model, "estimator": e, "log10_var": interval([r["log10_var"] for r in rs]),
+                         "val_elbo": interval([r["val_elbo"] for r in rs]),
+                         "test_iw_bound": interval([r["test_iw_bound"] for r in rs]),
+                         "ms_per_iteration": statistics.fmean(r["ms_per_iteration"] for r in rs)})
+        for a, b, sym in ORDER:
+            if a in by and b in by:
+                d = interval([ra["log10_var"] - rb["log10_var"] for ra, rb in zip(by[a], by[b])])
+                claims.append({"model": model, "claim": f"{a} {sym} {b}", "log10_ratio": d,
+                               "verdict": verdict(sym, d[1], d[2])})
+        if "lr" in by and len(by) > 1:
+            elbo = {e: interval([r["val_elbo"] for r in rs]) for e, rs in by.items()}
+            others = sorted((v for e, v in elbo.items() if e != "lr"), key=lambda v: v[0])
+            worst = elbo["lr"][0] < others[0][0]
+            verdict_elbo = ("supported" if worst and elbo["lr"][2] < others[0][1]
+                            else "contradicted" if not worst and elbo["lr"][1] > others[0][2] else "undecided")
+            claims.append({"model": model, "claim": "lr worst validation ELBO", "log10_ratio": None,
+                           "verdict": verdict_elbo})
+    return {"runs": runs, "rows": rows, "claims": claims, "seconds": time.perf_counter() - start}
+
+
+def throughput_arm(args) -> dict:
+    from ray import tune
+
+    from raygen import runtime
+    from raygen.gradvar.training import split_digits
+    from raygen.workloads.gradvar import GradvarConfig, tune_trial
+
+    runtime.init(num_cpus=2)
+    config = GradvarConfig(models=["linear"], estimators=["lr", "optimal"], lrs=[1e-3, 3e-3],
+                           seeds=list(range(args.tune_seeds)), batch_size=args.batch_size,
+                           iterations=args.tune_iterations, eval_every=args.tune_iterations, variance_batches=5,
+                           iw_samples=5)
+    trainable = tune.with_resources(tune.with_parameters(tune_trial, data=split_digits(0, validation=200, test=200),
+                                                         job=config.to_dict()), {"cpu": 1})
+    space = {"model": tune.grid_search(config.models), "estimator": tune.grid_search(config.estimators),
+             "lr": tune.grid_search(config.lrs), "seed": tune.grid_search(config.seeds)}
+    n = len(config.estimators) * len(config.lrs) * len(config.seeds)
+    out = {"trials": n, "iterations_per_trial": config.iterations, "load_before": os.getloadavg()[0]}
+    with tempfile.TemporaryDirectory() as storage:
+        for workers in (1, 2):
+            start = time.perf_counter()
+            results = tune.Tuner(trainable, param_space=space,
+                                 tune_config=tune.TuneConfig(max_concurrent_trials=workers),
+                                 run_config=tune.RunConfig(name=f"w{workers}", storage_path=storage, verbose=0)).fit()
+            seconds = time.perf_counter() - start
+            assert not results.errors, results.errors
+            out[f"workers_{workers}"] = {"seconds": seconds, "trials_per_s": n / seconds}
+    out["speedup_2_vs_1"] = out["workers_2"]["trials_per_s"] / out["workers_1"]["trials_per_s"]
+    out["load_after"] = os.getloadavg()[0]
+    runtime.shutdown()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="linear model, 2 seeds, few iterations (smoke run)")
+    parser.add_argument("--workers", type=int, default=2, help="processes for the variance arm")
+    args = parser.parse_args()
+    args.models = ["linear"] if args.quick else ["linear", "deep"]
+    args.estimators = ["lr", "lr_baseline", "nvil", "leg", "leg_baseline", "optimal"]
+    args.seeds = [0, 1] if args.quick else [0, 1, 2]
+    args.lr, args.batch_size = 3e-3, 50
+    args.iterations, args.eval_every, args.variance_batches = (40, 20, 5) if args.quick else (400, 100, 40)
+    args.iw_samples = 5 if args.quick else 50
+    args.tune_seeds, args.tune_iterations = (1, 20) if args.quick else (2, 100)
+
+    variance = variance_arm(args)
+    throughput = throughput_arm(args)
+    result = {"settings": vars(args), "variance": variance, "throughput": throughput}
+    out = Path(__file__).parent / "results" / f"gradvar_variance{'_quick' if args.quick else ''}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+
+    fmt = lambda t: f"{t[0]:.2f} [{t[1]:.2f}, {t[2]:.2f}]"
+    print(f"variance arm: {len(variance['runs'])} runs, lr {args.lr}, {args.iterations} iterations, "
+          f"{args.variance_batches} batches per variance, seeds {args.seeds} ({variance['seconds']:.0f} s)")
+    print(f"{'model':8} {'estimator':12} {'mean log10 var [95% CI]':28} {'val ELBO [95% CI]':28} {'ms/it':>6}")
+    for r in variance["rows"]:
+        print(f"{r['model']:8} {r['estimator']:12} {fmt(r['log10_var']):28} {fmt(r['val_elbo']):28} "
+              f"{r['ms_per_iteration']:6.1f}")
+    print("\npublished ordering, paired by seed (log10 ratio [95% CI]):")
+    for c in variance["claims"]:
+        ratio = "" if c["log10_ratio"] is None else fmt(c["log10_ratio"])
+        print(f"{c['model']:8} {c['claim']:28} {ratio:28} {c['verdict']}")
+    t = throughput
+    print(f"\nTune throughput, {t['trials']} trials of {t['iterations_per_trial']} iterations: "
+          f"1 worker {t['workers_1']['trials_per_s']:.3f} trials/s, 2 workers {t['workers_2']['trials_per_s']:.3f} "
+          f"trials/s, ratio {t['speedup_2_vs_1']:.2f}x (load average {t['load_before']:.1f} -> {t['load_after']:.1f})")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
