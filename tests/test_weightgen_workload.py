@@ -59,8 +59,9 @@ def _zoo_part(store, chunk, chunks, arch, layout_names=None):
     net = build_classifier(arch)
     layout = ParamLayout.of(net, layout_names)
     ids = chunks.ids(chunk)
+    params = np.random.default_rng(chunk).normal(size=(len(ids), layout.numel)).astype(np.float32)
     cols = {"model_id": ids.tolist(), "task_id": [0] * len(ids), "seed": [0] * len(ids), "step": [1] * len(ids),
-            "params": [np.zeros((len(ids), layout.numel), np.float32)], "val_acc": [0.5] * len(ids),
+            "params": [params], "val_acc": [0.5] * len(ids),
             "test_acc": [0.5] * len(ids)}
     meta = {"arch": arch, "layout": layout.to_dict(), "base": None, "tasks": {"0": {"family": "digits"}}}
     store.write(chunk, params_table(cols), chunks, meta)
@@ -97,3 +98,25 @@ def test_heldout_task_in_zoo_is_refused():
         weightgen.task_defs(cfg)
     with pytest.raises(UserError, match="trajectory mode collects one task"):
         WeightgenConfig.from_dict({"zoo_tasks": 3})
+
+
+def test_ae_and_diffusion_train_on_two_ray_train_workers(ray_local, tmp_path):
+    zoo = PartStore.at(str(tmp_path / "zoo"), "model_id")
+    chunks = Chunks(16, 8)
+    for c in range(2):
+        _zoo_part(zoo, c, chunks, ARCH, ["head.weight", "head.bias"])
+    cfg = WeightgenConfig.from_dict({"name": "r", "latent_dim": 4, "ae_hidden": 16, "ae_steps": 4, "ae_batch": 8,
+                                     "diff_steps": 4, "diff_batch": 8, "diff_hidden": 16, "diff_depth": 1,
+                                     "train_workers": 2, "log_every": 2})
+    root = str(tmp_path / "runs")
+    ae_uri = weightgen._train_stage(weightgen.stage_config(cfg, "ae", root, zoo.uri), weightgen.train_autoencoder,
+                                    False)
+    assert ae_uri.endswith("checkpoint_000004")
+    ae, norm, _ = weightgen.load_autoencoder(ae_uri)
+    assert norm.layout.numel == 170 and ae.decode(torch.zeros(1, 4)).shape == (1, 170)
+    diff_uri = weightgen._train_stage(weightgen.stage_config(cfg, "diffusion", root, zoo.uri, ae_uri),
+                                      weightgen.train_diffusion, False)
+    denoiser, encoder = weightgen.load_diffusion(diff_uri)
+    assert encoder is None and denoiser.spec["dim"] == 4
+    metrics = [json.loads(line) for line in (tmp_path / "runs" / "diffusion" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [2, 4]

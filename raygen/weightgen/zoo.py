@@ -18,6 +18,7 @@ function of its seeds only: the same member trained anywhere gives the same bits
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -166,8 +167,6 @@ def trajectory(base: ConvClassifier, layout: ParamLayout, data: tuple[torch.Tens
                batch_size: int) -> torch.Tensor:
     """p-diff's collection: continue training only layout's tensors of (a copy of) the base model
     with SGD + momentum, network in eval mode; theta after every `steps_per_checkpoint` steps: [K, P]."""
-    import copy
-
     model = copy.deepcopy(base).eval()
     thetas: list[torch.Tensor] = []
     fit(model, layout.names, *data, steps=checkpoints * steps_per_checkpoint, lr=lr, batch_size=batch_size,

@@ -1,0 +1,130 @@
+"""Quality of generated weights over 3 seeds, against p-diff's and D2NWG's claims (issue 11).
+
+Decision rules (fixed before the runs):
+
+p-diff (jobs/weightgen_pdiff.yaml, trajectory mode, seeds 0, 1, 2; each seed changes the base
+model, the trajectories, the autoencoder, the diffusion and the generation seeds):
+    d_mean = mean acc(generated) - mean acc(original checkpoints)     (test accuracy, points)
+    d_max  = max acc(generated)  - max acc(original checkpoints)
+    SUPPORTED      if d_mean >= -0.5 and d_max >= -0.2 on every seed;
+    NOT SUPPORTED  otherwise. The mean and a 95% t-interval over seeds are printed for each.
+    Also recorded: the memorisation gap (generated-vs-nearest-original distance divided by
+    original-vs-nearest-original distance; > 1 means generated models are not copies).
+
+D2NWG (jobs/weightgen_tasks.yaml, held-out class-subset tasks, seeds 0, 1, 2):
+    r = steps_to_90(generated init) / steps_to_90(random init)  (steps to 90% of each curve's
+        final accuracy, curves averaged over `finetune_models` inits and the held-out tasks)
+    SUPPORTED      if r <= 0.5 on every seed (random init needing 0 steps counts as not supported);
+    NOT SUPPORTED  otherwise. Zero-shot accuracy of generated weights is shown next to chance.
+
+    .venv/bin/python benchmarks/weightgen_quality.py [--quick] [--only pdiff|tasks]
+
+`--quick` shrinks every budget (smoke test of the script, not a result). Writes
+benchmarks/results/weightgen_quality.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776}  # two-sided 95% t quantiles by degrees of freedom
+
+QUICK = {
+    "pdiff": ["checkpoints=20", "member_steps=100", "ae_steps=100", "diff_steps=100", "n_generate=10",
+              "sample_steps=8"],
+    "tasks": ["zoo_tasks=4", "heldout_tasks=[100]", "member_steps=50", "ae_steps=50", "diff_steps=50",
+              "n_generate=4", "sample_steps=8", "finetune_steps=20", "finetune_models=1"],
+}
+
+
+def interval(values: list[float]) -> dict:
+    mean = statistics.fmean(values)
+    half = T975.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else math.nan
+    return {"mean": mean, "ci95": [mean - half, mean + half], "values": values}
+
+
+def run_job(job: str, seed: int, storage: str, extra: list[str]) -> dict:
+    from raygen.jobs import load_job
+    from raygen.workloads import weightgen
+
+    loaded = load_job(ROOT / "jobs" / f"weightgen_{job}.yaml",
+                      [f"seed={seed}", f"name={job}_seed{seed}", f"storage_path={storage}", *extra])
+    return weightgen.run(loaded.config)
+
+
+def pdiff(runs: list[dict]) -> dict:
+    d_mean = [r["zoo"]["generated"]["acc_mean"] - r["zoo"]["original"]["acc_mean"] for r in runs]
+    d_max = [r["zoo"]["generated"]["acc_max"] - r["zoo"]["original"]["acc_max"] for r in runs]
+    gap = [r["memorisation"]["gen_nearest_dist"] / r["memorisation"]["orig_nearest_dist"] for r in runs]
+    ok = all(a >= -0.5 for a in d_mean) and all(b >= -0.2 for b in d_max)
+    return {"d_mean": interval(d_mean), "d_max": interval(d_max), "distance_ratio": interval(gap),
+            "original_mean": [r["zoo"]["original"]["acc_mean"] for r in runs],
+            "generated_mean": [r["zoo"]["generated"]["acc_mean"] for r in runs],
+            "original_max": [r["zoo"]["original"]["acc_max"] for r in runs],
+            "generated_max": [r["zoo"]["generated"]["acc_max"] for r in runs],
+            "verdict": "SUPPORTED" if ok else "NOT SUPPORTED"}
+
+
+def tasks(runs: list[dict]) -> dict:
+    steps = [r["heldout"]["steps_to_90"] for r in runs]
+    ratio = [s["generated"] / s["random"] if s["random"] > 0 else math.inf for s in steps]
+    return {"ratio_generated_to_random": ratio, "steps_to_90": steps,
+            "zero_shot_mean": interval([r["heldout"]["generated"]["zero_shot_mean"] for r in runs]),
+            "chance": runs[0]["heldout"]["chance"],
+            "other_task_zero_shot": [r["heldout"]["other_task_zoo"]["zero_shot_mean"] for r in runs],
+            "final_acc": [r["heldout"]["final_acc"] for r in runs],
+            "zoo_original_mean": [r["zoo"]["original"]["acc_mean"] for r in runs],
+            "zoo_generated_mean": [r["zoo"]["generated"]["acc_mean"] for r in runs],
+            "verdict": "SUPPORTED" if all(r <= 0.5 for r in ratio) else "NOT SUPPORTED"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny budgets, 2 seeds")
+    parser.add_argument("--only", choices=["pdiff", "tasks"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "weightgen_quality.json"))
+    args = parser.parse_args()
+    seeds = args.seeds[:2] if args.quick else args.seeds
+    out = Path(args.out)
+    result = json.loads(out.read_text()) if out.exists() and args.only else {}
+    result.update({"quick": args.quick, "seeds": seeds})
+    with tempfile.TemporaryDirectory() as storage:
+        for job, summarise in (("pdiff", pdiff), ("tasks", tasks)):
+            if args.only not in (None, job):
+                continue
+            start = time.perf_counter()
+            runs = [run_job(job, s, storage, QUICK[job] if args.quick else []) for s in seeds]
+            result[job] = {**summarise(runs), "seconds": time.perf_counter() - start}
+    out.write_text(json.dumps(result, indent=2))
+    if "pdiff" in result:
+        p = result["pdiff"]
+        print("p-diff (trajectory, digits head, points of test accuracy)")
+        print(f"  seed-wise original mean {p['original_mean']}, generated mean {p['generated_mean']}")
+        print(f"  seed-wise original max  {p['original_max']}, generated max  {p['generated_max']}")
+        for k, target in (("d_mean", ">= -0.5"), ("d_max", ">= -0.2")):
+            v = p[k]
+            print(f"  {k:<7} {v['mean']:+.2f}  95% CI [{v['ci95'][0]:+.2f}, {v['ci95'][1]:+.2f}]  "
+                  f"per seed {['%+.2f' % x for x in v['values']]}  (target {target})")
+        print(f"  distance to nearest original, generated / original: {p['distance_ratio']['mean']:.1f}x")
+        print(f"  verdict: {p['verdict']}")
+    if "tasks" in result:
+        t = result["tasks"]
+        print("D2NWG (held-out class-subset tasks)")
+        print(f"  zero-shot generated {t['zero_shot_mean']['mean']:.1f}% (95% CI {t['zero_shot_mean']['ci95'][0]:.1f}"
+              f"..{t['zero_shot_mean']['ci95'][1]:.1f}), chance {t['chance']:.1f}%, other-task zoo "
+              f"{[round(v, 1) for v in t['other_task_zero_shot']]}")
+        print(f"  steps to 90% per seed {t['steps_to_90']}")
+        print(f"  generated/random ratio {[round(r, 2) for r in t['ratio_generated_to_random']]} (target <= 0.5)")
+        print(f"  verdict: {t['verdict']}")
+
+
+if __name__ == "__main__":
+    main()
