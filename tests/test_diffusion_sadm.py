@@ -144,3 +144,63 @@ def test_two_gloo_workers_match_one_process_on_concatenated_batch(tmp_path):
     # and a per-worker structure (no gather) would differ: the test can fail
     half = _losses_and_grads(*(t[:4] for t in _batch()))[0]
     assert not torch.allclose(half, losses1)
+
+
+# --- the same for the gated (JS) and distribution-level (MMD) forms ------------------------------
+
+def _new_forms(x0, x_noisy):
+    """Per form: (losses, grads) of the encoder's critic loss and of a toy denoiser's total loss.
+
+    The toy denoiser is one 3x3 conv (its weight W is the output layer that sets the adaptive lambda);
+    its loss is mean((D(x_noisy) - x0)^2) over the local rows, as under DDP."""
+    from raygen.diffusion.structure import (SpectralEncoder, gated_structure_term, js_critic_loss,
+                                            mmd_critic_loss, mmd_structure_term)
+
+    out = []
+    for form in ("gated", "mmd"):
+        enc = _seeded(0, lambda: SpectralEncoder(1, width=8, embed_dim=8).double())
+        conv = _seeded(1, lambda: torch.nn.Conv2d(1, 1, 3, padding=1).double())
+        denoise = lambda x, sigma, labels: conv(x)  # noqa: E731
+        loss_d = (denoise(x_noisy, None, None) - x0).pow(2).mean()
+        if form == "gated":
+            critic = js_critic_loss(enc, x0, denoise(x0 + 0.1 * x_noisy, None, None))
+            critic.backward()
+            term, logs = gated_structure_term(denoise, enc, x0, None, loss_d, conv.weight, sigma=0.1, eps=x_noisy,
+                                              sigma_data=0.5, ratio=0.3)
+            extra = torch.tensor(logs["lambda_t"], dtype=torch.float64)
+        else:
+            critic = mmd_critic_loss(enc, x0, denoise(x_noisy, None, None))
+            critic.backward()
+            term = mmd_structure_term(enc, x0, denoise(x_noisy, None, None))
+            extra = term.detach()
+        (loss_d + term).backward()
+        grads = torch.cat([p.grad.flatten() for p in enc.parameters()] + [p.grad.flatten() for p in conv.parameters()])
+        out.append((torch.stack([critic.detach(), extra]), grads))
+    return out
+
+
+def _worker_new_forms(rank, world, port, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    x0, x_noisy = _batch()
+    part = slice(rank * 4, rank * 4 + 4)
+    results = _new_forms(x0[part], x_noisy[part])
+    for _, grads in results:
+        dist.all_reduce(grads)
+        grads /= world
+    if rank == 0:
+        torch.save(results, out)
+    dist.destroy_process_group()
+
+
+def test_gated_and_mmd_forms_two_gloo_workers_match_one_process(tmp_path):
+    out = str(tmp_path / "rank0.pt")
+    mp.spawn(_worker_new_forms, args=(2, _free_port(), out), nprocs=2, join=True)
+    two = torch.load(out)
+    one = _new_forms(*_batch())
+    for (l2, g2), (l1, g1) in zip(two, one):
+        assert torch.allclose(l2, l1, rtol=1e-10, atol=1e-14)  # critic loss and lambda (gated) / MMD^2
+        assert torch.allclose(g2, g1, rtol=1e-8, atol=1e-12)
+    half = _new_forms(*(t[:4] for t in _batch()))
+    assert not torch.allclose(half[0][0], one[0][0]) and not torch.allclose(half[1][0], one[1][0])
