@@ -199,7 +199,8 @@ cmd_down() {
     pids=$(cluster_pids | sort -u)
     for pgid in $PGIDS; do kill -TERM -- "-$pgid" 2>/dev/null || true; done
     for _ in $(seq 1 20); do
-        pids=$(for pid in $pids; do kill -0 "$pid" 2>/dev/null && echo "$pid"; done)
+        # `|| true`: under set -e a dead last pid made this loop, and so `down`, exit 1 silently
+        pids=$( (for pid in $pids; do kill -0 "$pid" 2>/dev/null && echo "$pid"; done; cluster_pids) | sort -u || true)
         [[ -z $pids ]] && break
         sleep 0.5
     done

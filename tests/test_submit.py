@@ -17,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 
@@ -235,3 +236,16 @@ def test_unknown_job_id_is_one_line(cluster):
     result = raygen(cluster, "jobs", "status", "raygen-no-such-job")
     assert result.returncode == 2
     assert "no job 'raygen-no-such-job'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_down_stops_every_process_on_the_first_call(cluster):
+    """Runs last in this module: it takes the shared cluster down."""
+    down = subprocess.run([str(ROOT / "cluster" / "local.sh"), "down"], env=cluster["env"], timeout=120,
+                          capture_output=True, text=True)
+    assert down.returncode == 0 and "stopped" in down.stdout, down.stdout + down.stderr
+    marker = str(cluster["state"] / "c")
+    left = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        if marker in " ".join(proc.info["cmdline"] or []):
+            left.append(proc.info["pid"])
+    assert not left, f"processes of the cluster still alive after one `down`: {left}"
