@@ -249,7 +249,7 @@ def run(config: SampleConfig, *, verbose: bool = False) -> dict[str, Any]:
             SamplerActor,
             fn_constructor_kwargs={"config": config.to_dict(), "store_uri": store.loc.uri, "chunk_size": chunk_size},
             batch_size=1,
-            compute=ray.data.ActorPoolStrategy(size=config.num_actors),
+            compute=ray.data.ActorPoolStrategy(size=min(config.num_actors, len(pending))),  # no idle actors
             num_cpus=config.cpus_per_actor,
             num_gpus=config.gpus_per_actor,
             batch_format="numpy",
