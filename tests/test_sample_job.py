@@ -84,6 +84,14 @@ def test_rerun_with_other_settings_into_same_output_is_refused(tmp_path, ray_loc
         run(config(tmp_path, "clash", n_samples=64, sigma_min=0.3))
 
 
+def test_bad_model_leaves_no_samples_output(tmp_path):
+    """A typo in model= fails before anything is written to samples/, so the corrected re-run is
+    not refused as 'other settings' (the run dir holds no outputs)."""
+    with pytest.raises(UserError, match="config key 'model'"):
+        run(config(tmp_path, "typo", model=str(tmp_path / "no_such_checkpoint")))
+    assert not (tmp_path / "typo" / "samples").exists()
+
+
 def sampler_actor_pids() -> list[int]:
     pids = []
     for proc in psutil.process_iter(["pid", "cmdline"]):

@@ -227,8 +227,10 @@ def run(config: SampleConfig, *, verbose: bool = False) -> dict[str, Any]:
 
     run_dir = RunDir(config)
     store = PartStore(run_dir.child("samples"))
+    # resolve the model before writing anything into samples/: a typo must not leave a manifest
+    # (a run dir with outputs) that refuses the corrected re-run
+    _, shape, target, _ = resolve_model(config.model)
     chunk_size = prepare_output(config, store)
-    _, shape, target, _ = resolve_model(config.model)  # fail here, in the driver, on a bad model
     layout = Chunks(config.n_samples, chunk_size)
     scan = store.scan(layout)  # one listing + one footer read per part
     pending = scan.pending
