@@ -34,6 +34,9 @@ PREVIEW_POINTS = 4000
 
 @dataclasses.dataclass
 class SampleConfig(Config):
+    # samples are bit-identical for any actor count, so a resume may change the parallelism
+    RESUME_FREE = frozenset({"num_actors", "cpus_per_actor", "gpus_per_actor"})
+
     name: str = "sample_mog"
     model: str = "mog4"  # an analytic target (raygen.sampling.TARGETS) or a `raygen train` checkpoint dir
     sampler: Literal["mmdgs", "langevin", "annealed_langevin", "tweedie"] = "mmdgs"
