@@ -8,8 +8,9 @@ tiny U-Net on the built-in 8x8 digits for BASE_STEPS = 1200 steps, batch 64, wit
 alongside, so the base checkpoint also holds "the lambda = 0 run's trained discriminator" (used by
 benchmarks/sadm_diagnosis.py and carried into the current-SADM arm).
 
-Arms. Every arm fine-tunes its seed's base checkpoint for N = 200 steps (amended 14:04 UTC from
-300 after the --quick smoke run's timings, before any full arm ran): denoiser, EMA and Adam
+Arms. Every arm fine-tunes its seed's base checkpoint for N = 100 steps (amended from 300 to 200 at
+14:04 UTC after the --quick smoke run's timings, and to 100 at 14:16 UTC when the first full arms
+got ~5 % of a core on the overloaded machine (load ~45), before any full arm finished): denoiser, EMA and Adam
 state carried, the same data order (the seed's digit stream continued at the base step) and the
 same denoising noise (the base's generator continued; the structure batches draw from their own
 per-step stream, so they do not shift the denoising noise).
@@ -27,7 +28,7 @@ per-step stream, so they do not shift the denoising noise).
     frozen-0.3     gated-0.3 with the encoder frozen at its random init (is the adversary needed?)
 
 Evaluation. EMA weights; the deterministic Heun sampler (18 steps) with the same initial noise
-for every arm of a seed; SAMPLES = 1000 samples; features of `digits_reference(seed=0, steps=400)`;
+for every arm of a seed; SAMPLES = 500 samples (1000 before the 14:16 amendment); features of `digits_reference(seed=0, steps=400)`;
 FD (primary), KID, improved precision/recall (k = 3). Reported beside them: the real-vs-real FD
 floor (two disjoint random halves of the real digits) and the sampler's resampling noise (|FD
 difference| of the plain@N model under two different initial-noise seeds).
@@ -44,7 +45,7 @@ is claimed. With n = 3 the interval is wide: only an effect consistent across se
 
 Cut from the issue's study, and why: the machine is 2 CPU cores shared by ~6 engineers (a step
 takes ~0.25-0.5 s) and the session has about an hour of compute, so: 3 seeds instead of 5; the base
-is 1200 steps, not "converged"; 1000 samples instead of 2000; arms dropped: ratio 0.03 (the smallest
+is 1200 steps, not "converged"; fine-tuning is 100 steps; 500 samples instead of 2000; arms dropped: ratio 0.03 (the smallest
 effect, least informative), the ungated variant (the diagnosis already measures the sigma floor),
 the distribution-level MMD variant (built and tested in raygen/diffusion/structure.py, but each step
 costs several extra sampler passes), the instance-level adversarial baseline, and best-vs-scratch;
@@ -74,7 +75,7 @@ from raygen.metrics import digits_reference, frechet_distance, extract_features,
 from raygen.models import load_denoiser
 from raygen.train_loop import TrainState, _read_checkpoint, seeded
 
-BASE_STEPS, STEPS, SAMPLES, SEEDS = 1200, 200, 1000, 3
+BASE_STEPS, STEPS, SAMPLES, SEEDS = 1200, 100, 500, 3
 METRICS = ("fd", "kid", "precision", "recall")
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}  # t_{0.975, df}
 
