@@ -104,9 +104,11 @@ def _finished_training(run_dir, train_config) -> str | None:
     if not (storage.exists(stage.child("report.json")) and storage.exists(stage.child("config.json"))):
         return None
     made_with = type(train_config).provenance_of(json.loads(storage.read_bytes(stage.child("config.json"))))
-    if made_with != train_config.provenance():
+    report = json.loads(storage.read_bytes(stage.child("report.json")))
+    # `steps` may change on a resume (more steps continue training), so it is checked here
+    if made_with != train_config.provenance() or report.get("steps") != train_config.steps:
         return None
-    return json.loads(storage.read_bytes(stage.child("report.json"))).get("checkpoint")
+    return report.get("checkpoint")
 
 
 def run(config: QuickstartConfig, *, verbose: bool = False) -> dict[str, Any]:
