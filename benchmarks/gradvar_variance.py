@@ -6,7 +6,7 @@ each seed in {0, 1, 2}, measuring every `eval_every` iterations the per-element 
 inference-network gradient over `variance_batches` fresh mini-batches (mean over elements). Per run
 the summary is the mean over evaluations of log10 variance; per (model, estimator) the table shows
 its mean over seeds with a 95% t-interval (2 degrees of freedom), the final validation ELBO and
-ms per training iteration. The runs are pure torch (no Ray), in a process pool.
+ms per training iteration (wall-clock and CPU time of the run's process). The runs are pure torch (no Ray), in a process pool.
 
 Decision rule (fixed before running). The published ordering is LR ≫ LR+C > LR+C+IDB ≳ LEG ≈
 optimal. With d = the per-seed difference of mean log10 variances (paired by seed), a claim is
@@ -60,6 +60,7 @@ def one_run(job: dict) -> dict:
     return {**job, "log10_var": statistics.fmean(math.log10(h["grad_var"]) for h in history),
             "final_var": history[-1]["grad_var"], "val_elbo": history[-1]["val_elbo"],
             "test_iw_bound": history[-1]["test_iw_bound"], "ms_per_iteration": 1000 * history[-1]["seconds_per_iteration"],
+            "cpu_ms_per_iteration": 1000 * history[-1]["cpu_seconds_per_iteration"],
             "curve": [(h["iteration"], h["grad_var"]) for h in history]}
 
 
@@ -95,7 +96,8 @@ def variance_arm(args) -> dict:
             rows.append({"model": model, "estimator": e, "log10_var": interval([r["log10_var"] for r in rs]),
                          "val_elbo": interval([r["val_elbo"] for r in rs]),
                          "test_iw_bound": interval([r["test_iw_bound"] for r in rs]),
-                         "ms_per_iteration": statistics.fmean(r["ms_per_iteration"] for r in rs)})
+                         "ms_per_iteration": statistics.fmean(r["ms_per_iteration"] for r in rs),
+                         "cpu_ms_per_iteration": statistics.fmean(r["cpu_ms_per_iteration"] for r in rs)})
         for a, b, sym in ORDER:
             if a in by and b in by:
                 d = interval([ra["log10_var"] - rb["log10_var"] for ra, rb in zip(by[a], by[b])])
@@ -168,10 +170,11 @@ def main() -> None:
     fmt = lambda t: f"{t[0]:.2f} [{t[1]:.2f}, {t[2]:.2f}]"
     print(f"variance arm: {len(variance['runs'])} runs, lr {args.lr}, {args.iterations} iterations, "
           f"{args.variance_batches} batches per variance, seeds {args.seeds} ({variance['seconds']:.0f} s)")
-    print(f"{'model':8} {'estimator':12} {'mean log10 var [95% CI]':28} {'val ELBO [95% CI]':28} {'ms/it':>6}")
+    print(f"{'model':8} {'estimator':12} {'mean log10 var [95% CI]':28} {'val ELBO [95% CI]':28} {'ms/it':>6} "
+          f"{'CPU ms/it':>9}")
     for r in variance["rows"]:
         print(f"{r['model']:8} {r['estimator']:12} {fmt(r['log10_var']):28} {fmt(r['val_elbo']):28} "
-              f"{r['ms_per_iteration']:6.1f}")
+              f"{r['ms_per_iteration']:6.1f} {r['cpu_ms_per_iteration']:9.1f}")
     print("\npublished ordering, paired by seed (log10 ratio [95% CI]):")
     for c in variance["claims"]:
         ratio = "" if c["log10_ratio"] is None else fmt(c["log10_ratio"])
