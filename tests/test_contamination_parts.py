@@ -7,6 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from PIL import Image
 
 from raygen.contamination.corruptions import corrupted_sets, gaussian_blur, rotate
 from raygen.contamination.report import shape_checks, summarise
@@ -157,3 +158,35 @@ def test_generated_samples_in_a_bucket(bucket):
     x, y = read_labelled(uri, np.array([6, 1]))
     np.testing.assert_allclose(x, images[[6, 1]].astype(np.float32))
     assert y.tolist() == [0, 1]
+
+
+def _folder(root, classes, per_class=3):
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for j in range(per_class):
+            Image.fromarray(np.full((8, 8), 40 * j, np.uint8), mode="L").save(root / c / f"{j}.png")
+
+
+def test_generated_folders_are_matched_to_real_classes_by_name(tmp_path):
+    from raygen.contamination.sources import open_source
+
+    real = open_source("digits", "real")
+    _folder(tmp_path / "named", ["3", "1", "7"])  # folder indices 0, 1, 2 are the sorted names 1, 3, 7
+    matched = open_source(str(tmp_path / "named"), "generated").matched_to(real)
+    assert sorted(set(matched.labels.tolist())) == [1, 3, 7]
+    assert matched.read(matched.ids[:1])[1].tolist() == [1]
+    _folder(tmp_path / "words", ["zero", "one"])
+    with pytest.raises(UserError, match=r"generated class folders \['one', 'zero'\] .* are not classes of the real"):
+        open_source(str(tmp_path / "words"), "generated").matched_to(real)
+
+
+def test_label_agreement_sees_wrong_labels():
+    from raygen.contamination.diversity import diversity
+    from raygen.data import digits_arrays
+
+    images, labels = digits_arrays()
+    shuffled = (labels + 3) % 10  # every image labelled as another class
+    div = diversity(images[:900], labels[:900], {"right": (images[900:1300], labels[900:1300]),
+                                                 "wrong": (images[900:1300], shuffled[900:1300])},
+                    seed=0, steps=150, k=3)
+    assert div["right"]["label_agreement"] > 0.8 > 0.2 > div["wrong"]["label_agreement"]

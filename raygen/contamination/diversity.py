@@ -1,4 +1,5 @@
-"""Diversity of the replacement images: improved precision/recall against the real training set.
+"""Diversity of the replacement images: improved precision/recall against the real training set,
+and whether their labels agree with what a classifier trained on the real data sees in them.
 
 Features are the penultimate layer of raygen's classifier trained on the real training split
 (`raygen.metrics.train_feature_classifier`), so no pretrained network is needed. The held-back
@@ -11,12 +12,24 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from raygen.contamination.downstream import accuracy
 from raygen.metrics import sample_quality, train_feature_classifier
 
+# Below this, a classifier trained on the real data disagrees with most generated labels: the labels
+# (or class folders) likely do not match the real classes, and the study's accuracies mean little.
+MIN_LABEL_AGREEMENT = 0.5
 
-def diversity(real: np.ndarray, real_labels: np.ndarray, replacements: dict[str, np.ndarray], *, seed: int, steps: int, k: int) -> dict[str, dict[str, float]]:
-    """{name: {fd, kid, kid_std, precision, recall}} of each replacement set vs `real` images."""
+
+def diversity(real: np.ndarray, real_labels: np.ndarray, replacements: dict[str, tuple[np.ndarray, np.ndarray]], *,
+              seed: int, steps: int, k: int) -> dict[str, dict[str, float]]:
+    """{name: {fd, kid, kid_std, precision, recall, label_agreement}} of each replacement set
+    (images, labels) vs the `real` images; label_agreement = the real-data classifier's accuracy
+    on the set's own labels."""
     x, y = torch.from_numpy(real), torch.from_numpy(real_labels)
     model = train_feature_classifier(x, y, seed=seed, steps=steps)
-    return {name: sample_quality(model, x, torch.from_numpy(imgs), generator=torch.Generator().manual_seed(seed), k=k)
-            for name, imgs in replacements.items()}
+    out = {}
+    for name, (images, labels) in replacements.items():
+        imgs = torch.from_numpy(images)
+        out[name] = {**sample_quality(model, x, imgs, generator=torch.Generator().manual_seed(seed), k=k),
+                     "label_agreement": accuracy(model, imgs, torch.from_numpy(np.asarray(labels, np.int64)))}
+    return out

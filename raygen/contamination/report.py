@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from raygen import plots
+from raygen.contamination.diversity import MIN_LABEL_AGREEMENT
 from raygen.contamination.mixing import ARMS
 
 # ResNet-50 ImageNet top-1 read off Hataya et al.'s figure (ICCV 2023), for the report's comparison.
@@ -92,12 +93,20 @@ def markdown(summary: dict[str, Any], corruptions: tuple[str, ...]) -> str:
                      + " | ".join(_pm(r, f"{c}_acc") for c in corruptions) + " |")
     checks = summary["shape"]
     yes = {True: "yes", False: "no", None: "n/a"}
+    agreement = summary["diversity"]["generated"]["label_agreement"]
     lines += [
         "",
         "![accuracy vs replaced fraction](accuracy_vs_ratio.png)",
         "",
         "## Does it show the paper's shape? (clean accuracy, means over seeds)",
         "",
+    ]
+    if agreement < MIN_LABEL_AGREEMENT:
+        lines += [f"**Warning: the generated labels look wrong.** A classifier trained on the real data agrees with "
+                  f"only {100 * agreement:.1f} % of them (threshold {100 * MIN_LABEL_AGREEMENT:.0f} %): the generated "
+                  "arm then measures label noise, not generated-image quality, and the checks below do not mean "
+                  "what they say. Check that each class folder holds the class it is named after.", ""]
+    lines += [
         f"- generated-arm accuracy never rises as r grows: **{yes[checks['monotone_drop']]}**",
         f"- generated below control at every r > 0: **{yes[checks['generated_below_control']]}**",
         f"- gap (control − generated) never shrinks as r grows: **{yes[checks['gap_widens']]}**",
@@ -111,11 +120,12 @@ def markdown(summary: dict[str, Any], corruptions: tuple[str, ...]) -> str:
         f"{summary['diversity_images']} images per set (a seeded subset); features: a CNN trained on those real "
         f"training images; k = {summary['pr_k']}. The held-back real images are the yardstick.",
         "",
-        "| images | precision | recall | Fréchet distance | KID |",
-        "|---|---|---|---|---|",
+        "| images | precision | recall | Fréchet distance | KID | label agreement |",
+        "|---|---|---|---|---|---|",
     ]
     for name, d in summary["diversity"].items():
-        lines.append(f"| {name} | {d['precision']:.3f} | {d['recall']:.3f} | {d['fd']:.3f} | {d['kid']:.4f} |")
+        lines.append(f"| {name} | {d['precision']:.3f} | {d['recall']:.3f} | {d['fd']:.3f} | {d['kid']:.4f} | "
+                     f"{d['label_agreement']:.3f} |")
     lines += ["", "![real vs generated](samples.png)", "",
               f"Per-trial curves: TensorBoard (`tensorboard --logdir {summary['run_dir']}`).", ""]
     return "\n".join(lines)

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from raygen import parts, storage
-from raygen.data.real import decode_image, image_channels, image_files, read_image_files, stack_images
+from raygen.data.real import (decode_image, image_channels, image_class_names, image_files, read_image_files,
+                              stack_images)
 from raygen.errors import UserError
 from raygen.parts import PartStore
 
@@ -61,6 +62,13 @@ def _shape(store: PartStore) -> list[int]:
     if len(shape) != 3:
         raise UserError(f"samples in {store.uri!r} have shape {shape}, not images [C, H, W]")
     return shape
+
+
+def class_names(source: str) -> list[str] | None:
+    """An image folder's class folder names (class-index order); None for sample parts, whose labels
+    are the class indices of the data the model was trained on."""
+    kind, where = _resolve(source)
+    return image_class_names(where) if kind == "folder" else None
 
 
 def labelled_ids(source: str) -> tuple[np.ndarray, np.ndarray]:

@@ -67,20 +67,33 @@ def _check_channels(channels: int | None) -> None:
         raise UserError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
 
 
+def _class_dirs(loc: storage.Location) -> list:
+    import pyarrow.fs as pafs
+
+    entries = loc.fs.get_file_info(pafs.FileSelector(loc.path, allow_not_found=True))
+    class_dirs = sorted((e for e in entries if e.type == pafs.FileType.Directory and not e.base_name.startswith(".")),
+                        key=lambda e: e.path)
+    if not class_dirs:
+        where = storage.display(loc.uri)
+        raise UserError(f"image folder {where!r} has no class subfolders; expected {where}/<class>/<image>.png")
+    return class_dirs
+
+
+def image_class_names(loc: storage.Location) -> list[str]:
+    """The class folder names of an ImageFolder tree, in class-index order (sorted)."""
+    return [e.base_name for e in _class_dirs(loc)]
+
+
 def image_files(loc: storage.Location) -> tuple[list[str], np.ndarray]:
     """An ImageFolder tree (`root/<class>/.../<image>.png`): image paths sorted within sorted class
     folders, and their class indices (class = index of its folder in sorted order; hidden folders
     skipped). The one scanner for real and generated image folders, local or in a bucket."""
     import pyarrow.fs as pafs
 
-    entries = loc.fs.get_file_info(pafs.FileSelector(loc.path, allow_not_found=True))
-    class_dirs = sorted(e.path for e in entries if e.type == pafs.FileType.Directory and not e.base_name.startswith("."))
     where = storage.display(loc.uri)
-    if not class_dirs:
-        raise UserError(f"image folder {where!r} has no class subfolders; expected {where}/<class>/<image>.png")
     paths, labels = [], []
-    for index, class_dir in enumerate(class_dirs):
-        found = sorted(e.path for e in loc.fs.get_file_info(pafs.FileSelector(class_dir, recursive=True))
+    for index, class_dir in enumerate(_class_dirs(loc)):
+        found = sorted(e.path for e in loc.fs.get_file_info(pafs.FileSelector(class_dir.path, recursive=True))
                        if e.type == pafs.FileType.File and e.extension.lower() in IMAGE_EXTENSIONS)
         paths += found
         labels += [index] * len(found)

@@ -118,7 +118,7 @@ def run(config: StudyConfig, *, verbose: bool = False) -> dict[str, Any]:
 
     from raygen import runtime
     from raygen.contamination.corruptions import CORRUPTIONS, corrupted_sets
-    from raygen.contamination.diversity import diversity
+    from raygen.contamination.diversity import MIN_LABEL_AGREEMENT, diversity
     from raygen.contamination.mixing import plan_study, split_real, write_mixes
     from raygen.contamination.report import accuracy_figure, markdown, shape_checks, summarise
     from raygen.contamination.sources import open_source
@@ -128,7 +128,7 @@ def run(config: StudyConfig, *, verbose: bool = False) -> dict[str, Any]:
 
     runtime.init(verbose=verbose)
     real = open_source(config.real, "real")
-    generated = open_source(config.generated, "generated")
+    generated = open_source(config.generated, "generated").matched_to(real)
     missing = sorted(set(np.unique(real.labels).tolist()) - set(np.unique(generated.labels).tolist()))
     if missing:
         raise UserError(f"generated data {config.generated!r} has no images of classes {missing}; sample every class")
@@ -172,9 +172,13 @@ def run(config: StudyConfig, *, verbose: bool = False) -> dict[str, Any]:
     trials = _collect(results, CORRUPTIONS)
     trained_at = time.perf_counter()
 
-    holdout_images, _ = real.read(np.sort(pick.choice(split.holdout, n_div, replace=False)))
-    div = diversity(real_train, train_labels, {"generated": gen_images, "held-back real": holdout_images},
+    holdout_images, holdout_labels = real.read(np.sort(pick.choice(split.holdout, n_div, replace=False)))
+    div = diversity(real_train, train_labels, {"generated": (gen_images, gen_labels),
+                                               "held-back real": (holdout_images, holdout_labels)},
                     seed=config.seed, steps=config.feature_steps, k=config.pr_k)
+    if div["generated"]["label_agreement"] < MIN_LABEL_AGREEMENT:
+        print(f"warning: a classifier trained on the real data agrees with only "
+              f"{100 * div['generated']['label_agreement']:.1f} % of the generated labels; see the report")
     rows = summarise(trials, CORRUPTIONS)
     for r in rows:  # TensorBoard / metrics.jsonl: accuracy against the replaced percentage
         run_dir.log(int(round(100 * r["ratio"])), **{f"{m}/{r['arm']}": r[m] for m in ("clean_acc", "ood_acc")})
