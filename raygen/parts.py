@@ -59,7 +59,7 @@ import numpy as np
 
 from raygen import storage
 from raygen.errors import UserError
-from raygen.storage import _first_line
+from raygen.storage import first_line
 
 METADATA_KEY = b"raygen"  # schema metadata key holding the workload's JSON settings
 MANIFEST = "_manifest.json"
@@ -220,7 +220,7 @@ class PartStore:
                         return None
                 ids = parquet.read(columns=[self.id_column]).column(0).to_numpy()
         except (OSError, pa.ArrowException, KeyError) as exc:  # truncated / not Parquet / no id column
-            return f"unreadable ({_first_line(exc)})"
+            return f"unreadable ({first_line(exc)})"
         expected = np.arange(start, stop)
         if np.array_equal(np.sort(ids), expected):
             return None

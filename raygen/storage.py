@@ -83,7 +83,7 @@ def resolve(location: str) -> Location:
     try:
         fs, path = pafs.FileSystem.from_uri(location)
     except Exception as exc:  # noqa: BLE001 - pyarrow raises ArrowInvalid / OSError for bad URIs
-        raise UserError(f"cannot use storage location {display(location)!r}: {_first_line(exc)}; use a local "
+        raise UserError(f"cannot use storage location {display(location)!r}: {first_line(exc)}; use a local "
                         "path or an s3://, gs:// or other pyarrow.fs URI") from None
     return Location(fs, path.rstrip("/"), location)
 
@@ -110,7 +110,7 @@ def check_reachable(loc: Location, timeout_s: float = REACH_TIMEOUT_S) -> None:
         raise UserError(f"storage {where!r} did not answer within {timeout_s:.0f} s; check the endpoint "
                         "(?endpoint_override=HOST:PORT&scheme=http for an S3-compatible server) and the network")
     if outcome["error"] is not None:
-        raise UserError(f"cannot reach storage {where!r}: {_first_line(outcome['error'])}; check the bucket "
+        raise UserError(f"cannot reach storage {where!r}: {first_line(outcome['error'])}; check the bucket "
                         "name, the endpoint and the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
                         "GOOGLE_APPLICATION_CREDENTIALS or the node's cloud identity)")
     if not outcome["bucket_found"]:
@@ -132,7 +132,7 @@ def check_writable(loc: Location) -> None:
                         "you can write")
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     # pyarrow's S3 errors append curl "Details" and repeat the bucket: keep the operation and cause
     return text.splitlines()[0].split("; Details:")[0].split(": AWS Error ")[-1]
@@ -148,14 +148,14 @@ def write_bytes(loc: Location, data: bytes) -> None:
     only becomes visible once complete, so the final name is written directly.
     """
     parent = loc.path.rsplit("/", 1)[0]
-    loc.fs.create_dir(parent, recursive=True)
     if loc.is_local:
+        loc.fs.create_dir(parent, recursive=True)
         tmp = f"{parent}/.{loc.path.rsplit('/', 1)[1]}.tmp-{os.getpid()}-{threading.get_ident()}"
         with open(tmp, "wb") as f:
             f.write(data)
         os.replace(tmp, loc.path)
         return
-    with loc.fs.open_output_stream(loc.path) as f:
+    with loc.fs.open_output_stream(loc.path) as f:  # object stores have no directories to create
         f.write(data)
 
 

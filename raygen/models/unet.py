@@ -91,7 +91,7 @@ class UNet(nn.Module):
                 self.downsample.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
         self.mid = ResBlock(c, c, emb_dim)
         self.up = nn.ModuleList()
-        for i, w in reversed(list(enumerate(widths))):
+        for w in reversed(widths):
             self.up.append(ResBlock(c + w, w, emb_dim))
             c = w
         self.out_norm = _group_norm(c)
