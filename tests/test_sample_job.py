@@ -189,3 +189,22 @@ def test_checkpoint_without_sample_shape_is_one_clear_error(tmp_path):
     assert spec["sample_shape"] is None  # as in checkpoints written before the shape was recorded
     with pytest.raises(UserError, match="config key 'model'.*does not record the shape.*sample_shape"):
         resolve_model(str(tmp_path))
+
+
+def test_label_must_be_a_class_of_a_conditional_model(tmp_path, ray_local):
+    with pytest.raises(UserError, match="config key 'label': model 'mog4' is not class-conditional"):
+        run(config(tmp_path, "lab", n_samples=8, label=3))
+    assert not (tmp_path / "lab" / "samples").exists()
+
+
+def test_a_request_no_node_can_meet_is_refused(tmp_path, ray_local):
+    with pytest.raises(UserError, match="cpus_per_actor/gpus_per_actor asks for CPU 64"):
+        run(config(tmp_path, "big", n_samples=8, cpus_per_actor=64))
+
+
+def test_label_beyond_the_classes_is_refused(tmp_path):
+    from raygen.workloads.sample import check_label
+
+    check_label(config(tmp_path, "x", label=9), 10)
+    with pytest.raises(UserError, match=r"config key 'label': 10 is not a class of 'mog4' \(classes 0..9\)"):
+        check_label(config(tmp_path, "x", label=10), 10)

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from raygen import parts, storage
+from raygen import parts, runtime, storage
 from raygen.config import Config, check
 from raygen.errors import UserError
 from raygen.parts import Chunks, PartStore
@@ -117,6 +117,18 @@ def resolve_model(model: str):
         f"config key 'model': {model!r} is neither an analytic target ({', '.join(TARGETS)}) "
         "nor a checkpoint directory written by `raygen train`"
     )
+
+
+def check_label(config: SampleConfig, num_classes: int) -> None:
+    """`label` must name a class of a class-conditional model, and only then be set."""
+    if config.label < 0:
+        return
+    if num_classes == 0:
+        raise UserError(f"config key 'label': model {config.model!r} is not class-conditional; drop label "
+                        "(or set label=-1)")
+    if config.label >= num_classes:
+        raise UserError(f"config key 'label': {config.label} is not a class of {config.model!r} (classes 0.."
+                        f"{num_classes - 1}); pick one of those, or -1 for all classes in turn")
 
 
 class SamplerActor:
@@ -228,11 +240,15 @@ def run(config: SampleConfig, *, verbose: bool = False) -> dict[str, Any]:
     from raygen.progress import Progress
     from raygen.rundir import RunDir
 
+    runtime.init(verbose=verbose)
     run_dir = RunDir(config)
     store = PartStore(run_dir.child("samples"))
     # resolve the model before writing anything into samples/: a typo must not leave a manifest
     # (a run dir with outputs) that refuses the corrected re-run
-    _, shape, target, _ = resolve_model(config.model)
+    _, shape, target, num_classes = resolve_model(config.model)
+    check_label(config, num_classes)
+    runtime.check_fits({"CPU": config.cpus_per_actor, "GPU": config.gpus_per_actor},
+                       "cpus_per_actor/gpus_per_actor")
     chunk_size = prepare_output(config, store)
     layout = Chunks(config.n_samples, chunk_size)
     scan = store.scan(layout)  # one listing + one footer read per part
@@ -245,8 +261,8 @@ def run(config: SampleConfig, *, verbose: bool = False) -> dict[str, Any]:
         print(f"resuming: {resumed}/{layout.count} chunks already written, drawing {len(pending)} more")
 
     start = time.perf_counter()
-    progress = Progress(config.n_samples, "sampled", every_s=5.0)
-    progress.update(config.n_samples - layout.rows_in(pending))
+    progress = Progress(config.n_samples, "sampled", every_s=5.0,
+                        already=config.n_samples - layout.rows_in(pending))
     psd_repairs, busy_seconds, first_result_at = 0, 0.0, None
     if pending:
         ds = ray.data.from_items([{"chunk": c} for c in pending], override_num_blocks=min(len(pending), 200))
