@@ -208,3 +208,16 @@ def test_label_beyond_the_classes_is_refused(tmp_path):
     check_label(config(tmp_path, "x", label=9), 10)
     with pytest.raises(UserError, match=r"config key 'label': 10 is not a class of 'mog4' \(classes 0..9\)"):
         check_label(config(tmp_path, "x", label=10), 10)
+
+
+def test_config_choices_are_the_registries():
+    import typing
+
+    from raygen.sampling import SAMPLERS
+    from raygen.sampling.mmdgs import COVARIANCES
+    from raygen.workloads.quickstart import QuickstartConfig
+
+    hints = typing.get_type_hints(SampleConfig)
+    assert set(typing.get_args(hints["sampler"])) == set(SAMPLERS)
+    assert set(typing.get_args(hints["covariance"])) == set(COVARIANCES)
+    assert set(typing.get_args(typing.get_type_hints(QuickstartConfig)["covariance"])) == set(COVARIANCES)
