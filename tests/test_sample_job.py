@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from raygen.errors import UserError
-from raygen.workloads.sample import SampleConfig, run, sample_seeds
+from raygen.workloads.sample import SampleConfig, run
 
 
 def config(tmp_path, name, **overrides):
@@ -35,14 +35,6 @@ def assert_same_samples(a: dict, b: dict):
     assert sorted(a) == sorted(b)
     for i in a:
         assert np.array_equal(a[i], b[i]), f"sample {i} differs"
-
-
-def test_sample_seeds_depend_only_on_seed_and_id():
-    ids = np.arange(1000)
-    seeds = sample_seeds(7, ids)
-    assert len(set(seeds.tolist())) == 1000 and (seeds >= 0).all()
-    np.testing.assert_array_equal(sample_seeds(7, ids[500:]), seeds[500:])
-    assert not np.array_equal(sample_seeds(8, ids), seeds)
 
 
 def test_output_is_identical_for_actor_counts_and_chunk_sizes(tmp_path, ray_local):

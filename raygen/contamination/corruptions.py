@@ -11,6 +11,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from raygen.seeds import Stream, torch_generator
+
 CORRUPTIONS = ("noise", "blur", "rotate")
 
 
@@ -44,7 +46,7 @@ def corrupted_sets(images: torch.Tensor, *, noise_std: float, blur_sigma: float,
                    seed: int) -> dict[str, torch.Tensor]:
     """{"noise": ..., "blur": ..., "rotate": ...} copies of `images` [N, C, H, W]."""
     return {
-        "noise": gaussian_noise(images, noise_std, torch.Generator().manual_seed(seed)),
+        "noise": gaussian_noise(images, noise_std, torch_generator(seed, Stream.CORRUPT, 0)),
         "blur": gaussian_blur(images, blur_sigma),
-        "rotate": rotate(images, rotate_degrees, torch.Generator().manual_seed(seed + 1)),
+        "rotate": rotate(images, rotate_degrees, torch_generator(seed, Stream.CORRUPT, 1)),
     }

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from raygen import storage
+from raygen.seeds import Stream, numpy_rng
 from raygen.errors import UserError
 
 ARMS = ("generated", "control")
@@ -47,7 +48,7 @@ def split_real(ids: np.ndarray, labels: np.ndarray, *, test_fraction: float, see
     parts: dict[str, list[np.ndarray]] = {"train": [], "holdout": [], "test": []}
     for c in np.unique(labels):
         rows = ids[labels == c]
-        rows = rows[np.random.default_rng([seed, int(c), 0]).permutation(len(rows))]
+        rows = rows[numpy_rng(seed, Stream.SPLIT, int(c)).permutation(len(rows))]
         n_test = int(np.floor(test_fraction * len(rows) + 0.5))
         n_train = (len(rows) - n_test) // 2
         parts["test"].append(rows[:n_test])
@@ -94,9 +95,9 @@ def plan_mix(train_ids: np.ndarray, train_labels: np.ndarray, pool_ids: np.ndarr
             raise UserError(f"ratio {ratio} needs {k} {what} of class {int(c)} but there are only {len(pool)}; "
                             f"{'draw more samples (n_samples)' if arm == 'generated' else 'lower the largest ratio'}")
         # Drop order depends on (seed, class) only: paired across arms, nested across ratios.
-        dropped = rows[np.random.default_rng([seed, int(c), 1]).permutation(len(rows))[:k]]
+        dropped = rows[numpy_rng(seed, Stream.MIX_DROP, int(c)).permutation(len(rows))[:k]]
         keep.append(np.setdiff1d(rows, dropped))
-        add.append(pool[np.random.default_rng([seed, int(c), 2 + ARMS.index(arm)]).permutation(len(pool))[:k]])
+        add.append(pool[numpy_rng(seed, Stream.MIX_ADD, int(c), ARMS.index(arm)).permutation(len(pool))[:k]])
     return MixPlan(ratio, arm, seed, np.sort(np.concatenate(keep)), np.sort(np.concatenate(add)))
 
 
@@ -145,8 +146,7 @@ def _permuter(seed: int):
         if n == 0:
             return batch
         # Seeded by the batch's content, so the order does not depend on which worker runs it.
-        key = [seed, int(np.asarray(batch["id"]).sum() % (2**31)), n]
-        order = np.random.default_rng(key).permutation(n)
+        order = numpy_rng(seed, Stream.MIX_ORDER, int(np.asarray(batch["id"]).sum() % (2**31)), n).permutation(n)
         return {k: np.asarray(v)[order] for k, v in batch.items()}
 
     return permute

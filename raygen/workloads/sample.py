@@ -27,6 +27,7 @@ import numpy as np
 from raygen import parts, runtime, storage
 from raygen.config import Config, check
 from raygen.errors import UserError
+from raygen.seeds import per_item_seeds
 from raygen.parts import Chunks, PartStore
 
 PREVIEW_POINTS = 4000
@@ -83,16 +84,6 @@ class SampleConfig(Config):
 
 
 CONFIG = SampleConfig
-
-
-def sample_seeds(seed: int, ids: np.ndarray) -> np.ndarray:
-    """Per-sample seeds: a splitmix64 hash of (run seed, sample id), in [0, 2**63)."""
-    with np.errstate(over="ignore"):
-        z = np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + ids.astype(np.uint64) + np.uint64(0x632BE59BD9B4E019)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-    return (z >> np.uint64(1)).astype(np.int64)
 
 
 def resolve_model(model: str):
@@ -165,7 +156,7 @@ class SamplerActor:
         for chunk in batch["chunk"].tolist():
             start = time.perf_counter()
             ids = self.layout.ids(chunk)
-            seeds = sample_seeds(self.config.seed, ids)
+            seeds = per_item_seeds(self.config.seed, ids)
             scale = self.config.init_scale or self.config.sigma_max
             x0 = self.initial_state(seeds.tolist(), self.shape, scale, dtype=self.dtype)
             labels = self._labels(ids)

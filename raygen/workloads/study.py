@@ -124,6 +124,7 @@ def run(config: StudyConfig, *, verbose: bool = False) -> dict[str, Any]:
     from raygen.contamination.sources import open_source
     from raygen.plots import labelled_grids
     from raygen.rundir import RunDir
+    from raygen.seeds import Stream, numpy_rng
     from raygen.workloads import tuning
 
     runtime.init(verbose=verbose)
@@ -139,7 +140,7 @@ def run(config: StudyConfig, *, verbose: bool = False) -> dict[str, Any]:
     plans = plan_study(split, real.labels_of, generated.ids, generated.labels, ratios=config.ratios,
                        seeds=config.seeds)
     # Metrics and grids use a seeded subset of equal size per set; the mixes themselves never come here.
-    pick = np.random.default_rng([config.seed, 9])
+    pick = numpy_rng(config.seed, Stream.SUBSET)
     n_div = min(len(split.train), len(generated.ids), config.diversity_images)
     real_train, train_labels = real.read(np.sort(pick.choice(split.train, n_div, replace=False)))
     gen_ids = np.sort(pick.choice(generated.ids, n_div, replace=False))

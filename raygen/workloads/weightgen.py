@@ -12,7 +12,7 @@ Stages, each writing under the run directory (re-running reuses what is finished
     diffusion/    latent EDM diffusion (+ the DeepSets dataset encoder in tasks mode), EMA
                   (`train_diffusion`, same scaffold).
     generated/    n_generate weight vectors per task as parts like the zoo; sample i is drawn
-                  from its own seed (`raygen.workloads.sample.sample_seeds`), so parts are
+                  from its own seed (`raygen.seeds.per_item_seeds`), so parts are
                   bit-identical for any actor count.
     report.md/json, accuracy histogram, memorisation and fine-tuning plots.
 
@@ -697,14 +697,14 @@ class GenerateActor:
         from raygen.weightgen.evaluate import accuracies
         from raygen.weightgen.latent import sample_latents
         from raygen.weightgen.zoo import task_splits
-        from raygen.workloads.sample import sample_seeds
+        from raygen.seeds import per_item_seeds
 
         out = {"chunk": [], "rows": [], "seconds": []}
         for chunk in batch["chunk"].tolist():
             start = time.perf_counter()
             ids = self.chunks.ids(chunk)
             task_id = self.task_ids[chunk]  # one chunk per task
-            seeds = sample_seeds(self.cfg.seed, ids)
+            seeds = per_item_seeds(self.cfg.seed, ids)
             cond = None
             with torch.no_grad():
                 if self.encoder is not None:

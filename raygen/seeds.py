@@ -1,0 +1,68 @@
+"""Every random stream in raygen comes from (run seed, stream id, indices), by one rule.
+
+Two streams never share draws, a stream's draws never depend on how work is split (batch size,
+actor count, worker count), and one table says which stream is which:
+
+| id | stream          | indices            | used for                                                 |
+|----|-----------------|--------------------|----------------------------------------------------------|
+| 0  | INIT            | rank               | a trainer's per-rank torch generator (noise, dropout)    |
+| 1  | DATA_ORDER      | epoch              | in-memory training data order (built-in digits)          |
+| 2  | SHARD_SHUFFLE   | rank, epoch        | Ray Data local shuffle of a training worker's shard      |
+| 3  | SAMPLE          | sample id          | one generated sample's noise (`per_item_seeds`)          |
+| 4  | SPLIT           | class              | the study's train / held-back / test split               |
+| 5  | MIX_DROP        | class              | which training rows a mix replaces                       |
+| 6  | MIX_ADD         | class, arm         | which generated / held-back rows replace them            |
+| 7  | MIX_ORDER       | id sum, rows       | the order of rows inside a written mix (by batch content)|
+| 8  | CORRUPT         | corruption         | the corrupted test sets                                  |
+| 9  | SUBSET          | -                  | the capped subsets read for metrics and grids            |
+
+`stream_seed` gives a 63-bit integer (numpy's SeedSequence over the key), `numpy_rng` and
+`torch_generator` wrap it. `per_item_seeds` is the vectorised form for one seed per item of a huge
+id range (10^9 samples): a splitmix64 hash of (run seed, id), so that a sample depends only on its
+own id. Algorithms take generators as arguments; only workloads and trainers derive them here.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import numpy as np
+
+
+class Stream(enum.IntEnum):
+    INIT = 0
+    DATA_ORDER = 1
+    SHARD_SHUFFLE = 2
+    SAMPLE = 3
+    SPLIT = 4
+    MIX_DROP = 5
+    MIX_ADD = 6
+    MIX_ORDER = 7
+    CORRUPT = 8
+    SUBSET = 9
+
+
+def stream_seed(seed: int, stream: Stream, *index: int) -> int:
+    """A 63-bit seed for stream `stream` of run seed `seed` at `index` (e.g. rank, epoch)."""
+    key = [int(seed), int(stream), *(int(i) for i in index)]
+    return int(np.random.SeedSequence(key).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def numpy_rng(seed: int, stream: Stream, *index: int) -> np.random.Generator:
+    return np.random.default_rng(stream_seed(seed, stream, *index))
+
+
+def torch_generator(seed: int, stream: Stream, *index: int):
+    import torch
+
+    return torch.Generator().manual_seed(stream_seed(seed, stream, *index))
+
+
+def per_item_seeds(seed: int, ids: np.ndarray) -> np.ndarray:
+    """Per-item seeds in [0, 2**63): a splitmix64 hash of (run seed, id), vectorised over ids."""
+    with np.errstate(over="ignore"):
+        z = np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + ids.astype(np.uint64) + np.uint64(0x632BE59BD9B4E019)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(1)).astype(np.int64)
