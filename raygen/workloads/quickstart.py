@@ -21,7 +21,7 @@ import re
 import time
 from typing import Any, Literal
 
-from raygen.config import Config, check
+from raygen.config import Config, bounded
 
 
 @dataclasses.dataclass
@@ -30,34 +30,30 @@ class QuickstartConfig(Config):
 
     name: str = "quickstart"
     # stage 1: SADM training (raygen train)
-    train_steps: int = 800
-    train_batch_size: int = 64
+    train_steps: int = bounded(800, ge=1)
+    train_batch_size: int = bounded(64, ge=1)
     sadm_lambda: float = 0.1
     sadm_warmup: int = 200
     label_dropout: float = 0.1
-    train_workers: int = 0  # 0: train in the driver process; >= 1: Ray Train workers
+    train_workers: int = bounded(0, ge=0)  # 0: train in the driver process; >= 1: Ray Train workers
     # stage 2: MMDGS sampling (raygen sample)
-    n_samples: int = 1000  # 100 per digit; the study needs >= ~72 per class at ratio 1.0
+    n_samples: int = bounded(1000, ge=1)  # 100 per digit; the study needs >= ~72 per class at ratio 1.0
     covariance: Literal["full", "diag", "iso", "none"] = "diag"
     sigma_max: float = 1.0
     sigma_min: float = 0.05
-    levels: int = 8
-    steps_per_level: int = 2
+    levels: int = bounded(8, ge=1)
+    steps_per_level: int = bounded(2, ge=1)
     guidance: float = 0.0
-    num_actors: int = 2
-    chunk_size: int = 100
+    num_actors: int = bounded(2, ge=1)
+    chunk_size: int = bounded(100, ge=1)
     # stage 3: contamination study (raygen study)
     ratios: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0.2, 0.4, 0.8, 1.0])
     seeds: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2])
-    epochs: int = 20
-    feature_steps: int = 400
+    epochs: int = bounded(20, ge=1)
+    feature_steps: int = bounded(400, ge=1)
 
     def validate(self) -> None:
         super().validate()
-        for key in ("train_steps", "train_batch_size", "n_samples", "chunk_size", "num_actors", "levels",
-                    "steps_per_level", "epochs", "feature_steps"):
-            check(getattr(self, key) >= 1, key, "must be >= 1")
-        check(self.train_workers >= 0, "train_workers", "must be >= 0 (0 = train in this process)")
         # the stage configs check the keys passed through unchanged; building them fails before any work
         self.train_config("/tmp"), self.sample_config("/tmp", "/tmp"), self.study_config("/tmp", "/tmp")
 

@@ -25,7 +25,7 @@ from typing import Any, Literal
 import numpy as np
 
 from raygen import parts, runtime, storage
-from raygen.config import Config, check
+from raygen.config import Config, bounded, check
 from raygen.errors import UserError
 from raygen.seeds import per_item_seeds
 from raygen.parts import Chunks, PartStore
@@ -42,32 +42,26 @@ class SampleConfig(Config):
     model: str = "mog4"  # an analytic target (raygen.sampling.TARGETS) or a `raygen train` checkpoint dir
     sampler: Literal["mmdgs", "langevin", "annealed_langevin", "tweedie"] = "mmdgs"
     covariance: Literal["full", "diag", "iso", "none"] = "full"
-    probes: int = 4  # Rademacher probes per step for covariance=diag
-    sigma_max: float = 3.0
-    sigma_min: float = 0.2
-    levels: int = 10  # geometric sigma schedule sigma_max -> sigma_min; 1 = single sigma_min (the paper)
-    steps_per_level: int = 3
-    step_size: float = 0.1  # langevin / annealed_langevin only
-    init_scale: float = 0.0  # std of the initial state; 0 = sigma_max
-    label: int = -1  # class label for class-conditional models; -1 = cycle through all classes
+    probes: int = bounded(4, ge=1)  # Rademacher probes per step for covariance=diag
+    sigma_max: float = bounded(3.0, gt=0)
+    sigma_min: float = bounded(0.2, gt=0)
+    levels: int = bounded(10, ge=1)  # geometric sigma schedule sigma_max -> sigma_min; 1 = single sigma_min (the paper)
+    steps_per_level: int = bounded(3, ge=1)
+    step_size: float = bounded(0.1, gt=0)  # langevin / annealed_langevin only
+    init_scale: float = bounded(0.0, ge=0)  # std of the initial state; 0 = sigma_max
+    label: int = bounded(-1, ge=-1)  # class label for class-conditional models; -1 = cycle through all classes
     guidance: float = 0.0  # classifier-free guidance weight for class-conditional models
-    n_samples: int = 20000
-    chunk_size: int = 500  # ids per actor call and per Parquet file
-    num_actors: int = 2
-    cpus_per_actor: float = 1.0
-    gpus_per_actor: float = 0.0
+    n_samples: int = bounded(20000, ge=1)
+    chunk_size: int = bounded(500, ge=1)  # ids per actor call and per Parquet file
+    num_actors: int = bounded(2, ge=1)
+    cpus_per_actor: float = bounded(1.0, gt=0)
+    gpus_per_actor: float = bounded(0.0, ge=0)
     dtype: Literal["float32", "float64"] = "float64"
-    stats_samples: int = 20000  # samples read back for the report's statistics
+    stats_samples: int = bounded(20000, ge=1)  # samples read back for the report's statistics
 
     def validate(self) -> None:
         super().validate()
-        check(0 < self.sigma_min <= self.sigma_max, "sigma_min", "need 0 < sigma_min <= sigma_max")
-        for key in ("levels", "steps_per_level", "probes", "n_samples", "chunk_size", "num_actors", "stats_samples"):
-            check(getattr(self, key) >= 1, key, "must be >= 1")
-        check(self.step_size > 0, "step_size", "must be > 0")
-        check(self.init_scale >= 0, "init_scale", "must be >= 0")
-        check(self.cpus_per_actor > 0, "cpus_per_actor", "must be > 0")
-        check(self.gpus_per_actor >= 0, "gpus_per_actor", "must be >= 0")
+        check(self.sigma_min <= self.sigma_max, "sigma_min", f"must be <= sigma_max ({self.sigma_max})")
 
     def sigmas(self) -> list[float]:
         if self.levels == 1:

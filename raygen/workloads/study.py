@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from raygen.config import Config, check
+from raygen.config import Config, bounded, check
 from raygen.errors import UserError
 
 EXPERIMENT = "trials"
@@ -35,17 +35,17 @@ class StudyConfig(Config):
     generated: str = ""  # a `raygen sample` run dir (class-conditional model) or an image folder
     ratios: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0.2, 0.4, 0.8, 1.0])
     seeds: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2])
-    test_fraction: float = 0.2  # of each class; the rest is halved into train and held-back real
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 2e-3
-    noise_std: float = 0.2  # corruptions of the test set
-    blur_sigma: float = 1.0
-    rotate_degrees: float = 30.0
-    feature_steps: int = 400  # training steps of the feature classifier for precision/recall
-    diversity_images: int = 2000  # images per set read into the driver for precision/recall and grids
-    pr_k: int = 3
-    cpus_per_trial: float = 1.0
+    test_fraction: float = bounded(0.2, gt=0, lt=1)  # of each class; the rest is halved into train and held-back real
+    epochs: int = bounded(30, ge=1)
+    batch_size: int = bounded(64, ge=1)
+    lr: float = bounded(2e-3, gt=0)
+    noise_std: float = bounded(0.2, ge=0)  # corruptions of the test set
+    blur_sigma: float = bounded(1.0, ge=0)
+    rotate_degrees: float = bounded(30.0, ge=0)
+    feature_steps: int = bounded(400, ge=1)  # training steps of the feature classifier for precision/recall
+    diversity_images: int = bounded(2000, ge=1)  # images per set read into the driver for precision/recall and grids
+    pr_k: int = bounded(3, ge=1)
+    cpus_per_trial: float = bounded(1.0, gt=0)
 
     def validate(self) -> None:
         super().validate()
@@ -53,13 +53,6 @@ class StudyConfig(Config):
         check(bool(self.ratios) and all(0 <= r <= 1 for r in self.ratios), "ratios", "list ratios in [0, 1]")
         check(len(set(self.ratios)) == len(self.ratios), "ratios", "must not repeat")
         check(bool(self.seeds) and len(set(self.seeds)) == len(self.seeds), "seeds", "list distinct seeds")
-        check(0 < self.test_fraction < 1, "test_fraction", "must be in (0, 1)")
-        for key in ("epochs", "batch_size", "feature_steps", "pr_k", "diversity_images"):
-            check(getattr(self, key) >= 1, key, "must be >= 1")
-        for key in ("lr", "cpus_per_trial"):
-            check(getattr(self, key) > 0, key, "must be > 0")
-        for key in ("noise_std", "blur_sigma", "rotate_degrees"):
-            check(getattr(self, key) >= 0, key, "must be >= 0")
 
 
 CONFIG = StudyConfig
