@@ -75,6 +75,7 @@ def main() -> None:
     specs = plan(config, panel)
     job = config.to_dict()
     runtime.init(num_cpus=2)
+    run_trial({"trial": specs[0]}, panel=panel, job=job)  # warm-up (imports, first-call costs), untimed
     arms = {"plain loop": lambda: plain_loop(specs, panel, job),
             "Ray Tune, 1 worker": lambda: ray_tune(specs, config, panel, 1),
             "Ray Tune, 2 workers": lambda: ray_tune(specs, config, panel, 2)}

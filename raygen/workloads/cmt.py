@@ -105,8 +105,8 @@ def plan(config: CmtConfig, panel) -> list[dict[str, Any]]:
     return specs
 
 
-def run_trial(trial: dict[str, Any], *, panel, job: dict[str, Any]) -> dict[str, Any]:
-    """One spec -> its evaluations (`on_report` gets each); shared by the Tune trainable and the benchmark."""
+def run_trial(trial: dict[str, Any], *, panel, job: dict[str, Any]) -> list[dict[str, Any]]:
+    """{"trial": spec, "on_eval": callback or absent} -> the spec's evaluations; used by Tune and the benchmark."""
     import torch
 
     from raygen.cmt.datasets import split_target
@@ -182,18 +182,23 @@ def fit_trials(specs: list[dict[str, Any]], trainable, storage: dict[str, Any], 
 
 def collect(results) -> list[dict[str, Any]]:
     """Per trial: its spec and its best-by-LOOCV evaluation; a failed trial is one UserError line."""
-    trials, errors = [], []
+    trials, errors, unfinished = [], [], 0
     for result in results:
         if result.error is not None:
             errors.append(str(result.error).strip().splitlines()[-1])
             continue
         spec, m = result.config["trial"], result.metrics
+        if "best_loocv_mse" not in m:  # never reported: the run was interrupted before this trial ran
+            unfinished += 1
+            continue
         trials.append({"target": spec["target"], "n": spec["n"], "split": spec["split"], "method": spec["method"],
                        "setting": spec["setting"], "loocv_mse": m["best_loocv_mse"], "test_mse": m["best_test_mse"],
                        "epoch": m["best_epoch"], "acceptance": m["best_acceptance"],
                        "evaluations": int(m["training_iteration"])})
     if errors:
         raise UserError(f"{len(errors)} cmt trial(s) failed; first error: {errors[0]}")
+    if unfinished:
+        raise UserError(f"{unfinished} cmt trial(s) did not finish (interrupted); run the same command again to resume")
     return trials
 
 
@@ -256,7 +261,8 @@ def summarise(config: CmtConfig, panel, trials: list[dict[str, Any]], seconds: d
         * len(config.weight_decays),
         "references": references, "table": [{**r, "cells": {m: list(c) for m, c in r["cells"].items()}} for r in rows],
         "tallies": tallies, "acceptance": acceptance,
-        "all_rejected": {m: sum(s["method"] == m and s["acceptance"] == 0 for s in selected) for m in acceptance}, "selected": selected, "seconds": seconds,
+        "all_rejected": {m: sum(s["method"] == m and s["acceptance"] == 0 for s in selected) for m in acceptance},
+        "selected": selected, "seconds": seconds,
         "plot": "relative_mse.png",
     }
     if "oracle" in config.methods and "target_only" in config.methods:
@@ -270,14 +276,13 @@ def summarise(config: CmtConfig, panel, trials: list[dict[str, Any]], seconds: d
 
 def run(config: CmtConfig, *, verbose: bool = False) -> dict[str, Any]:
     from raygen import runtime
-    from raygen.cmt.report import markdown_table, plot, table
+    from raygen.cmt.datasets import split_target
+    from raygen.cmt.report import markdown_table, plot
     from raygen.rundir import RunDir
 
     panel = load_panel(config)
     specs = plan(config, panel)
-    from raygen.cmt.datasets import split_target
-
-    for target, n in {(s["target"], s["n"]) for s in specs}:  # bad targets / n fail here, not in 100 trials
+    for target, n in sorted({(s["target"], s["n"]) for s in specs}):  # bad targets / n fail here, not in 100 trials
         split_target(panel, target, n, 0)
     runtime.init(verbose=verbose)
     run_dir = RunDir(config)
