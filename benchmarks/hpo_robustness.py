@@ -10,7 +10,8 @@ its sketch refreshed every 5 outer steps ("nystrom_pcg_reuse5"); CG over iterati
 Neumann (10 iterations) over alpha in {1e-3, 1e-2, 1e-1, 1, 10} (large alpha diverges: those outer
 steps are skipped and counted); plus "none" (hyperparameters fixed, inner training only).
 Reported: final validation loss and test accuracy, mean ± std over seeds; per method the spread
-(max − min over its settings) of the mean test accuracy; the total hypergradient time per run, wall
+(max − min over its settings) of the mean test accuracy (a run whose inner training diverges is
+counted as failed, and a setting whose runs all failed as accuracy 0); the total hypergradient time per run, wall
 and CPU (single-threaded workers on a shared machine: the load average is recorded, and CPU time is
 the figure that stands for a quiet machine's wall time) and the HVPs that sketch reuse saved.
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 from concurrent.futures import ProcessPoolExecutor
@@ -53,6 +55,7 @@ SOLVER_OF = {"nystrom_pcg_reuse5": "nystrom_pcg"}
 def one_run(job: dict) -> dict:
     import torch
 
+    from raygen.errors import UserError
     from raygen.hypergrad.bilevel import BilevelOptimizer
     from raygen.hypergrad.tasks import make_task
 
@@ -73,12 +76,18 @@ def one_run(job: dict) -> dict:
         sketch_every=sketch_every,
     )
     hypergrad_seconds = hypergrad_cpu_seconds = 0.0
-    for _ in range(job["outer_steps"]):
-        record = opt.step()
-        hypergrad_seconds += record.get("hypergrad_seconds", 0.0)
-        hypergrad_cpu_seconds += record.get("hypergrad_cpu_seconds", 0.0)
+    try:
+        for _ in range(job["outer_steps"]):
+            record = opt.step()
+            hypergrad_seconds += record.get("hypergrad_seconds", 0.0)
+            hypergrad_cpu_seconds += record.get("hypergrad_cpu_seconds", 0.0)
+    except UserError as exc:  # the inner training diverged under the learned hyperparameters: a failed run
+        return {**job, "val_loss": math.nan, "test_acc": math.nan, "skipped": opt.skipped, "failed": str(exc),
+                "hypergrad_seconds": hypergrad_seconds, "hypergrad_cpu_seconds": hypergrad_cpu_seconds,
+                "sketch_hvps_saved": opt.sketch_hvps_saved}
     return {**job, "val_loss": record["val_loss"], "test_acc": record["test_acc"], "skipped": record["skipped_steps"],
-            "hypergrad_seconds": hypergrad_seconds, "hypergrad_cpu_seconds": hypergrad_cpu_seconds, "sketch_hvps_saved": record.get("sketch_hvps_saved", 0)}
+            "failed": None, "hypergrad_seconds": hypergrad_seconds, "hypergrad_cpu_seconds": hypergrad_cpu_seconds,
+            "sketch_hvps_saved": record.get("sketch_hvps_saved", 0)}
 
 
 def main() -> None:
@@ -110,11 +119,13 @@ def main() -> None:
         for method, settings in SWEEPS.items():
             for i, (label, _, _) in enumerate(settings):
                 mine = [r for r in runs if r["imbalance"] == imb and r["method"] == method and r["index"] == i]
-                acc = [r["test_acc"] for r in mine]
+                done = [r for r in mine if r["failed"] is None]
+                acc = [r["test_acc"] for r in done]
                 table.append({
-                    "imbalance": imb, "method": method, "setting": label,
-                    "val_loss_mean": statistics.mean(r["val_loss"] for r in mine),
-                    "test_acc_mean": statistics.mean(acc), "test_acc_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+                    "imbalance": imb, "method": method, "setting": label, "failed_runs": len(mine) - len(done),
+                    "val_loss_mean": statistics.mean(r["val_loss"] for r in done) if done else math.nan,
+                    "test_acc_mean": statistics.mean(acc) if done else math.nan,
+                    "test_acc_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
                     "skipped_steps": sum(r["skipped"] for r in mine),
                     "hypergrad_seconds_mean": statistics.mean(r["hypergrad_seconds"] for r in mine),
                     "hypergrad_cpu_seconds_mean": statistics.mean(r["hypergrad_cpu_seconds"] for r in mine),
@@ -125,12 +136,13 @@ def main() -> None:
         mine = [t for t in table if t["imbalance"] == imb]
         for method in ("nystrom", "randomized_nystrom", "nystrom_pcg", "cg", "neumann"):
             rows = [t for t in mine if t["method"] == method]
-            accs = [t["test_acc_mean"] for t in rows]
+            # a setting whose runs all failed counts as accuracy 0: failing is the worst outcome
+            accs = [0.0 if math.isnan(t["test_acc_mean"]) else t["test_acc_mean"] for t in rows]
             spread[f"{imb}/{method}"] = {
                 "min": min(accs), "max": max(accs), "spread": max(accs) - min(accs),
                 "hypergrad_seconds_per_run": statistics.mean(t["hypergrad_seconds_mean"] for t in rows),
                 "hypergrad_cpu_seconds_per_run": statistics.mean(t["hypergrad_cpu_seconds_mean"] for t in rows)}
-        best = max(mine, key=lambda t: t["test_acc_mean"])
+        best = max((t for t in mine if not math.isnan(t["test_acc_mean"])), key=lambda t: t["test_acc_mean"])
         centre = next(t for t in mine if t["method"] == "nystrom_pcg" and t["setting"] == SWEEPS["nystrom_pcg"][0][0])
         verdicts[str(imb)] = {
             "pcg_spread_at_most_nystrom_and_cg": spread[f"{imb}/nystrom_pcg"]["spread"]
@@ -151,11 +163,11 @@ def main() -> None:
     print(f"task {args.task}; outer optimizer {args.outer_optimizer} lr {outer_lr}; {outer_steps} outer steps x "
           f"{unroll} inner; seeds {seeds}; load average before {load_before}, after {load_after}")
     print(f"{'imbalance':>9} {'method':<20} {'setting':<30} {'val loss':>9} {'test acc':>15} {'skipped':>8} "
-          f"{'hypergrad s/run wall':>20} {'CPU':>6} {'HVPs saved':>10}")
+          f"{'hypergrad s/run wall':>20} {'CPU':>6} {'HVPs saved':>10} {'failed':>6}")
     for t in table:
         print(f"{str(t['imbalance']):>9} {t['method']:<20} {t['setting']:<30} {t['val_loss_mean']:>9.4f} "
               f"{t['test_acc_mean']:>8.3f} ± {t['test_acc_std']:.3f} {t['skipped_steps']:>8} "
-              f"{t['hypergrad_seconds_mean']:>20.2f} {t['hypergrad_cpu_seconds_mean']:>6.2f} {t['sketch_hvps_saved_mean']:>10.0f}")
+              f"{t['hypergrad_seconds_mean']:>20.2f} {t['hypergrad_cpu_seconds_mean']:>6.2f} {t['sketch_hvps_saved_mean']:>10.0f} {t['failed_runs']:>6}")
     print("test-accuracy spread over each solver's settings (max - min of the means over seeds):")
     for key, s in spread.items():
         print(f"  {key:<28} {s['min']:.3f} .. {s['max']:.3f}  spread {s['spread']:.3f}  "

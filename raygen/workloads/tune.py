@@ -210,27 +210,26 @@ def _baseline_space(config: TuneHypergradConfig, g) -> dict[str, Any]:
     }
 
 
-def _fit(config: TuneHypergradConfig, root: Path, name: str, space: dict, search_alg, scheduler, num_samples: int):
-    """Run (or resume, when `root/name` holds an unfinished experiment) one Tuner; return (results, seconds)."""
+def _describe(trial: dict[str, Any], result: dict[str, Any]) -> str:
+    """The progress line's text for a finished trial."""
+    return f"{trial['solver']} val_loss={result['val_loss']:.4f} test_acc={result['test_acc']:.3f}"
+
+
+def _fit(config: TuneHypergradConfig, run_dir, name: str, space: dict, search_alg, scheduler, num_samples: int,
+         total: int):
+    """Run (or resume, when the run dir holds an unfinished experiment `name`) one Tuner; return (results, seconds)."""
     from ray import tune
+
+    from raygen.workloads import tuning
 
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, job=config.to_dict()), {"cpu": config.cpus_per_trial}
     )
-    start = time.perf_counter()
-    experiment = root / name
-    if tune.Tuner.can_restore(str(experiment)):
-        tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            param_space=space,
-            tune_config=tune.TuneConfig(
-                metric="val_loss", mode="min", search_alg=search_alg, scheduler=scheduler, num_samples=num_samples
-            ),
-            run_config=tune.RunConfig(storage_path=str(root), name=name, verbose=0),
-        )
-    return tuner.fit(), time.perf_counter() - start
+    tune_config = tune.TuneConfig(
+        metric="val_loss", mode="min", search_alg=search_alg, scheduler=scheduler, num_samples=num_samples
+    )
+    return tuning.fit(trainable, run_dir=run_dir, name=name, param_space=space, total=total, label=name,
+                      tune_config=tune_config, describe=_describe)
 
 
 def _collect(results, method_of) -> list[dict[str, Any]]:
@@ -312,7 +311,8 @@ def _markdown(config: TuneHypergradConfig, methods: dict[str, Any], info: dict[s
     return "\n".join(lines)
 
 
-def _plot(trials: list[dict[str, Any]], methods: dict[str, Any], path: Path) -> None:
+def _plot(trials: list[dict[str, Any]], methods: dict[str, Any]):
+    """Validation loss per outer step: every trial faint, each method's best bold."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -334,8 +334,7 @@ def _plot(trials: list[dict[str, Any]], methods: dict[str, Any], path: Path) -> 
     ax.set_ylabel("validation loss")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
 
 
 def run(config: TuneHypergradConfig, *, verbose: bool = False) -> dict[str, Any]:
@@ -363,15 +362,16 @@ def run(config: TuneHypergradConfig, *, verbose: bool = False) -> dict[str, Any]
 
     results, seconds = {}, {}
     results[EXPERIMENT], seconds[EXPERIMENT] = _fit(
-        config, run_dir.path, EXPERIMENT, _space(config), BasicVariantGenerator(random_state=config.seed),
-        scheduler(), config.num_samples,
+        config, run_dir, EXPERIMENT, _space(config), BasicVariantGenerator(random_state=config.seed),
+        scheduler(), config.num_samples, total=config.num_samples * len(config.solvers),
     )
     for baseline in config.baselines:
         space = _baseline_space(config, task.global_hparam)
         search = (BasicVariantGenerator(random_state=config.seed) if baseline == "random"
                   else OptunaSearch(metric="val_loss", mode="min", seed=config.seed))
         results[baseline], seconds[baseline] = _fit(
-            config, run_dir.path, f"baseline_{baseline}", space, search, FIFOScheduler(), config.baseline_samples
+            config, run_dir, f"baseline_{baseline}", space, search, FIFOScheduler(), config.baseline_samples,
+            total=config.baseline_samples,
         )
 
     trials = _collect(results[EXPERIMENT], lambda c: c["solver"])
@@ -390,15 +390,15 @@ def run(config: TuneHypergradConfig, *, verbose: bool = False) -> dict[str, Any]
                 run_dir.log(int(h["outer_step"]), **{f"val_loss/{method}": h["val_loss"], f"val_acc/{method}": h["val_acc"]})
 
     plot = "val_loss.png"
-    _plot(trials, methods, run_dir.path / plot)
-    (run_dir.path / "trials.json").write_text(json.dumps(trials, indent=1, default=str))
+    run_dir.save_figure(plot, _plot(trials, methods), dpi=120)
+    run_dir.write_text("trials.json", json.dumps(trials, indent=1, default=str))
     summary = {
         "task": config.task,
         "task_info": task.info,
         "methods": methods,
         "trials": len(trials),
         "plot": plot,
-        "experiments": [str(run_dir.path / name) for name in [EXPERIMENT] + [f"baseline_{b}" for b in config.baselines]],
+        "experiments": [run_dir.child_uri(name) for name in [EXPERIMENT] + [f"baseline_{b}" for b in config.baselines]],
     }
     run_dir.write_report(summary, _markdown(config, methods, task.info, plot))
     run_dir.close()
