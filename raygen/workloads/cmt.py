@@ -194,7 +194,7 @@ def collect(results) -> list[dict[str, Any]]:
         trials.append({"target": spec["target"], "n": spec["n"], "split": spec["split"], "method": spec["method"],
                        "setting": spec["setting"], "loocv_mse": m["best_loocv_mse"], "test_mse": m["best_test_mse"],
                        "epoch": m["best_epoch"], "acceptance": m["best_acceptance"],
-                       "evaluations": int(m["training_iteration"])})
+                       "evaluations": int(m["training_iteration"]), "seconds": float(m["time_total_s"])})
     if errors:
         raise UserError(f"{len(errors)} cmt trial(s) failed; first error: {errors[0]}")
     if unfinished:
@@ -208,8 +208,10 @@ def markdown(config: CmtConfig, summary: dict[str, Any], table_md: str) -> str:
     t = summary["tallies"]
     lines = [
         f"# Causal mechanism transfer: {config.data}", "",
-        f"{summary['trials']} Ray Tune trials (one per target, n, split, method, INN setting) in "
-        f"{summary['seconds']['tune']:.0f} s; {config.splits} split(s); GCL {config.epochs} epochs, evaluated every "
+        f"{summary['trials']} Ray Tune trials (one per target, n, split, method, INN setting): "
+        f"{summary['seconds']['trials']:.0f} s of trial time, {summary['seconds']['tune']:.0f} s wall-clock in this "
+        f"invocation (a resumed run reuses finished trials); {config.splits} split(s); GCL {config.epochs} epochs, "
+        f"evaluated every "
         f"{config.eval_every}; {summary['settings']} INN setting(s) per split.", "",
         "Score: target-test MSE of the selected model divided by the target's leave-one-out reference — the mean "
         "squared leave-one-out residual of RBF kernel ridge regression fitted on **all** the target's points "
@@ -289,7 +291,7 @@ def run(config: CmtConfig, *, verbose: bool = False) -> dict[str, Any]:
     start = time.perf_counter()
     print(f"cmt on {config.data}: {len(specs)} trials (Ray Tune) ...")
     trials = collect(fit_trials(specs, make_trainable(config, panel), run_dir.ray_storage()))
-    seconds = {"tune": time.perf_counter() - start}
+    seconds = {"tune": time.perf_counter() - start, "trials": sum(t["seconds"] for t in trials)}
     summary = summarise(config, panel, trials, seconds)
     rows = [{**r, "cells": {m: tuple(c) for m, c in r["cells"].items()}} for r in summary["table"]]
     for r in rows:
