@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from raygen.cmt.krr import ALPHAS, median_gamma, rbf
-from raygen.cmt.report import counts, loo_reference, markdown_table, select, table
+from raygen.cmt.report import counts, hindsight, loo_reference, markdown_table, select, table
 
 
 def _t(target, split, method, loocv, test, setting=None):
@@ -55,3 +55,15 @@ def test_loo_reference_is_the_target_only_loocv_on_all_points():
             res.append(y[i] - rbf(x[i : i + 1], x[keep], gamma)[0] @ coef)
         brute.append(np.mean(np.square(res)))
     assert loo_reference(z) == pytest.approx(min(brute), rel=1e-9)
+
+
+def test_hindsight_takes_the_best_test_mse_over_settings_and_epochs():
+    trials = [{**_t("A", 0, "cmt", 0.1, 4.0, "s1"), "hindsight_test_mse": 3.0},
+              {**_t("A", 0, "cmt", 0.2, 5.0, "s2"), "hindsight_test_mse": 1.0},
+              {**_t("A", 1, "cmt", 0.1, 2.0, "s1"), "hindsight_test_mse": 2.0},
+              {**_t("A", 0, "target_only", 0.1, 3.0), "hindsight_test_mse": 3.0},
+              {**_t("A", 1, "target_only", 0.1, 3.0), "hindsight_test_mse": 3.0}]
+    refs = {"A": 2.0}
+    rows = table(select(trials, refs), ["cmt", "target_only"])
+    assert rows[0]["cells"]["cmt"][0] == 1.5  # LOOCV-selected: (4/2 + 2/2) / 2
+    assert hindsight(trials, refs, rows, "cmt") == {"mean": 0.75, "beats_target_only": 1, "rows": 1}  # (1/2 + 2/2) / 2

@@ -26,6 +26,7 @@ def test_tiny_synthetic_run_writes_a_report_that_matches_in_process_trials(tmp_p
     assert all(cell[2] == 2 for cell in row["cells"].values())  # two splits per mean
     markdown = (run_dir / "report.md").read_text()
     assert "| target | 4 |" in markdown and "target-only / oracle MSE ratio" in markdown
+    assert report["cmt_hindsight"]["mean"] <= row["cells"]["cmt"][0]  # hindsight can only do better
 
     # a trial on Ray gives exactly what the same spec gives in-process (same split, same seed)
     panel = load_panel(config)

@@ -37,6 +37,24 @@ def select(trials: list[dict[str, Any]], references: dict[str, float]) -> list[d
     return [{**t, "relative_mse": t["test_mse"] / references[t["target"]]} for _, t in sorted(best.items())]
 
 
+def hindsight(trials: list[dict[str, Any]], references: dict[str, float], rows: list[dict[str, Any]],
+              method: str) -> dict[str, Any]:
+    """Diagnostic, not a method (it peeks at the test set): `method` with its best setting and epoch in hindsight.
+
+    Per row: the mean over splits of the lowest relative test MSE over all the method's trials and
+    evaluations; compared with the row's target-only mean.
+    """
+    per_split: dict[tuple, float] = {}
+    for t in trials:
+        if t["method"] == method:
+            key = (t["target"], t["n"], t["split"])
+            per_split[key] = min(per_split.get(key, math.inf), t["hindsight_test_mse"] / references[t["target"]])
+    means = {(r["target"], r["n"]): float(np.mean([v for k, v in per_split.items() if k[:2] == (r["target"], r["n"])]))
+             for r in rows}
+    beats = sum(means[(r["target"], r["n"])] < r["cells"]["target_only"][0] for r in rows if "target_only" in r["cells"])
+    return {"mean": float(np.mean(list(means.values()))), "beats_target_only": beats, "rows": len(rows)}
+
+
 def _mean_se(values: list[float]) -> tuple[float, float]:
     a = np.asarray(values, dtype=np.float64)
     return float(a.mean()), float(a.std(ddof=1) / math.sqrt(len(a))) if len(a) > 1 else float("nan")
