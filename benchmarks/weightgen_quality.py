@@ -17,7 +17,7 @@ D2NWG (jobs/weightgen_tasks.yaml, held-out class-subset tasks, seeds 0, 1, 2):
     SUPPORTED      if r <= 0.5 on every seed (random init needing 0 steps counts as not supported);
     NOT SUPPORTED  otherwise. Zero-shot accuracy of generated weights is shown next to chance.
 
-    .venv/bin/python benchmarks/weightgen_quality.py [--quick] [--only pdiff|tasks]
+    .venv/bin/python benchmarks/weightgen_quality.py [--quick] [--only pdiff|tasks] [--set key=value ...]
 
 `--quick` shrinks every budget (smoke test of the script, not a result). Writes
 benchmarks/results/weightgen_quality.json and prints a table.
@@ -90,6 +90,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny budgets, 2 seeds")
     parser.add_argument("--only", choices=["pdiff", "tasks"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a job key for every run (a smaller budget); recorded in the JSON")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "weightgen_quality.json"))
     args = parser.parse_args()
     seeds = args.seeds[:2] if args.quick else args.seeds
@@ -101,8 +103,9 @@ def main() -> None:
             if args.only not in (None, job):
                 continue
             start = time.perf_counter()
-            runs = [run_job(job, s, storage, QUICK[job] if args.quick else []) for s in seeds]
-            result[job] = {**summarise(runs), "seconds": time.perf_counter() - start}
+            extra = (QUICK[job] if args.quick else []) + args.set
+            runs = [run_job(job, s, storage, extra) for s in seeds]
+            result[job] = {**summarise(runs), "overrides": extra, "seconds": time.perf_counter() - start}
     out.write_text(json.dumps(result, indent=2))
     if "pdiff" in result:
         p = result["pdiff"]

@@ -471,18 +471,18 @@ def load_checkpoint_file(checkpoint_uri: str, filename: str) -> dict[str, Any]:
     return torch.load(io.BytesIO(data), weights_only=False)
 
 
-def _one_thread(train_func):
-    """The AE and the latent denoiser are small MLPs: one torch thread per process is fastest, and
-    on a loaded machine extra threads only contend (measured ~10x slower with 2 threads)."""
+def _one_thread(fn):
+    """The AE, the latent denoiser and the zoo CNNs are tiny: one torch thread per process is fastest,
+    and on a loaded machine extra threads only contend (measured ~10x slower with 2 threads)."""
 
-    @functools.wraps(train_func)
-    def wrapped(config: dict) -> dict:
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
         import torch
 
         before = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            return train_func(config)
+            return fn(*args, **kwargs)
         finally:
             torch.set_num_threads(before)
 
@@ -783,6 +783,7 @@ def _random_init(cfg: WeightgenConfig, layout, arch: dict, n: int):
                         for i in range(n)])
 
 
+@_one_thread
 def zoo_tables(cfg: WeightgenConfig, thetas, cols, gen, gcols, meta, norm) -> tuple[dict, dict]:
     """p-diff's table on the zoo tasks and the memorisation figures (per task, then pooled)."""
     from raygen.weightgen.evaluate import accuracies, accuracy_summary, memorisation
@@ -816,6 +817,7 @@ def zoo_tables(cfg: WeightgenConfig, thetas, cols, gen, gcols, meta, norm) -> tu
     return table, memo
 
 
+@_one_thread
 def heldout_tables(cfg: WeightgenConfig, thetas, cols, gen, gcols, meta) -> dict[str, Any]:
     """Zero-shot accuracy on held-out tasks and fine-tuning curves from generated / random /
     other-task init (the first `finetune_models` of each), averaged per arm."""
