@@ -139,23 +139,6 @@ def tune_trial(trial: dict[str, Any], *, panel, job: dict[str, Any]) -> None:
     run_trial({**trial, "on_eval": on_eval}, panel=panel, job=job)
 
 
-def _progress_callback(total: int):
-    from ray.tune import Callback
-
-    from raygen.progress import Progress
-
-    class TrialProgress(Callback):
-        progress = None  # made on first use: the Tuner pickles its callbacks, and a console stream does not pickle
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            self.progress = self.progress or Progress(total, "cmt trials finished", every_s=10.0)
-            self.progress.update(1)
-
-        on_trial_error = on_trial_complete
-
-    return TrialProgress()
-
-
 def make_trainable(config: CmtConfig, panel):
     from ray import tune
 
@@ -168,16 +151,12 @@ def fit_trials(specs: list[dict[str, Any]], trainable, storage: dict[str, Any], 
     """Run one Tune trial per spec in `<storage_path>/trials`, or resume an unfinished experiment there."""
     from ray import tune
 
-    experiment = f"{storage['storage_path'].rstrip('/')}/{EXPERIMENT}"
-    fs = storage.get("storage_filesystem")
-    if tune.Tuner.can_restore(experiment, storage_filesystem=fs):  # same settings (RunDir checked): resume
-        return tune.Tuner.restore(experiment, trainable=trainable, resume_errored=True, storage_filesystem=fs).fit()
-    return tune.Tuner(
-        trainable, param_space={"trial": tune.grid_search(specs)},
-        tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=max_concurrent),
-        run_config=tune.RunConfig(name=EXPERIMENT, verbose=0, callbacks=[_progress_callback(len(specs))] if progress
-                                  else None, **storage),
-    ).fit()
+    from raygen.workloads import tuning
+
+    results, _ = tuning.fit(trainable, storage=storage, name=EXPERIMENT, param_space={"trial": tune.grid_search(specs)},
+                            total=len(specs), label="cmt trials", progress=progress,
+                            tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=max_concurrent))
+    return results
 
 
 def collect(results) -> list[dict[str, Any]]:

@@ -261,7 +261,7 @@ def run(config: GradvarConfig, *, verbose: bool = False) -> dict[str, Any]:
     print(f"gradvar: {total} trials (Ray Tune), {config.iterations} iterations each ...", flush=True)
     space = {"model": tune.grid_search(list(config.models)), "estimator": tune.grid_search(list(config.estimators)),
              "lr": tune.grid_search(list(config.lrs)), "seed": tune.grid_search(list(config.seeds))}
-    results, tune_seconds = tuning.fit(trainable, run_dir=run_dir, name=EXPERIMENT, param_space=space, total=total,
+    results, tune_seconds = tuning.fit(trainable, storage=run_dir.ray_storage(), name=EXPERIMENT, param_space=space, total=total,
                             describe=_finished)
     trials, failed = collect(results)
     if not trials:

@@ -161,7 +161,7 @@ def run(config: StudyConfig, *, verbose: bool = False) -> dict[str, Any]:
     print(f"training {len(plans)} downstream classifiers (Ray Tune) ...")
     space = {"ratio": tune.grid_search(list(config.ratios)), "arm": tune.grid_search(["generated", "control"]),
              "seed": tune.grid_search(list(config.seeds))}
-    results, _ = tuning.fit(trainable, run_dir=run_dir, name=EXPERIMENT, param_space=space, total=len(plans),
+    results, _ = tuning.fit(trainable, storage=run_dir.ray_storage(), name=EXPERIMENT, param_space=space, total=len(plans),
                             label="study trials", describe=_describe)
     trials = _collect(results, CORRUPTIONS)
     trained_at = time.perf_counter()

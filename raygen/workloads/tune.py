@@ -228,7 +228,7 @@ def _fit(config: TuneHypergradConfig, run_dir, name: str, space: dict, search_al
     tune_config = tune.TuneConfig(
         metric="val_loss", mode="min", search_alg=search_alg, scheduler=scheduler, num_samples=num_samples
     )
-    return tuning.fit(trainable, run_dir=run_dir, name=name, param_space=space, total=total, label=name,
+    return tuning.fit(trainable, storage=run_dir.ray_storage(), name=name, param_space=space, total=total, label=name,
                       tune_config=tune_config, describe=_describe)
 
 

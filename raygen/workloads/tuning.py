@@ -15,7 +15,6 @@ from typing import Any
 
 from ray import tune
 
-from raygen.rundir import RunDir
 
 
 class _TrialProgress(tune.Callback):
@@ -44,20 +43,19 @@ class _TrialProgress(tune.Callback):
         self._ended(trial, "FAILED")
 
 
-def fit(trainable, *, run_dir: RunDir, name: str, param_space: dict[str, Any], total: int, label: str = "trials",
-        tune_config: tune.TuneConfig | None = None,
+def fit(trainable, *, storage: dict[str, Any], name: str, param_space: dict[str, Any], total: int,
+        label: str = "trials", tune_config: tune.TuneConfig | None = None, progress: bool = True,
         describe: Callable[[dict[str, Any], dict[str, Any]], str] | None = None):
-    """Run or resume the experiment `<run_dir>/<name>`; returns (ResultGrid, seconds).
+    """Run or resume the experiment `name` under `storage` (`run_dir.ray_storage()`); returns (ResultGrid, seconds).
 
     `total`: the number of trials, for the progress line. `describe(config, last_result)`: a short
     text about a finished trial (e.g. "ratio=0.4 arm=generated acc=0.91").
     """
-    storage = run_dir.ray_storage()
-    experiment = f"{storage['storage_path']}/{name}"
+    experiment = f"{storage['storage_path'].rstrip('/')}/{name}"
     filesystem = storage.get("storage_filesystem")
-    callbacks = [_TrialProgress(label, total, describe)]
+    callbacks = [_TrialProgress(label, total, describe)] if progress else None
     start = time.perf_counter()
-    if tune.Tuner.can_restore(experiment, storage_filesystem=filesystem):
+    if tune.Tuner.can_restore(experiment, storage_filesystem=filesystem):  # RunDir checked the settings: resume
         tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_errored=True,
                                    storage_filesystem=filesystem)
     else:
