@@ -81,14 +81,12 @@ cli.add_command(jobs)
 def main() -> None:
     try:
         cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
+    except (KeyboardInterrupt, click.exceptions.Abort):  # Ctrl-C (click turns it into Abort): work done is kept
+        live = sys.stderr.isatty()  # a live progress line may be open: end it first
+        click.echo(f"{chr(10) if live else ''}stopped; re-run the same command to resume", err=True)
         sys.exit(130)
     except Exception as exc:  # noqa: BLE001 - user mistakes become one line, bugs keep their traceback
         user_error = find_user_error(exc)

@@ -10,19 +10,22 @@ once, and behaves the same in a plain process and inside Ray Train's `TorchTrain
     TrainRun       one process's view of a run: Accelerate (devices, DDP, mixed precision,
                    gradient accumulation), rank / world size, the checkpoint store and, on rank 0,
                    the `RunDir` (metrics, TensorBoard, images) -- all chosen once, at start.
-    CheckpointStore  where checkpoints live; `TrainRun` picks one implementation at start:
-                   - `RunDirStore` (plain process): `<run dir>/checkpoint_<step>/` written through
-                     the RunDir API (`upload_dir` puts the `.complete` marker last), so a bucket
-                     works and a half-written checkpoint is never resumed; the newest `keep` stay.
-                   - `RayTrainStore` (inside TorchTrainer): every rank hands its files to
-                     `ray.train.report`, which merges and persists them under Ray's storage;
-                     resume reads `ray.train.get_checkpoint()`. Its `shard(name)` is the worker's
-                     Ray Data shard (`TorchTrainer(datasets={name: ...})`); the local store has none.
+    CheckpointStore  where checkpoints live: always `<run dir>/checkpoint_<step>/`, written by rank 0
+                   through the RunDir API (`upload_dir` puts the `.complete` marker last), so a
+                   bucket works, a half-written checkpoint is never resumed, the newest `keep` stay,
+                   and a plain run and a Ray Train run resume from each other's checkpoints.
+                   `TrainRun` picks one implementation at start:
+                   - `RunDirStore` (plain process).
+                   - `RayTrainStore` (inside TorchTrainer): the same files, the other ranks send
+                     their generator states to rank 0 and receive the restored state from it
+                     (torch.distributed); Ray Train gets metrics only. Its `shard(name)` is the
+                     worker's Ray Data shard (`TorchTrainer(datasets={name: ...})`).
     fit            the loop: gradient accumulation, NaN stop (all ranks together), throughput and
                    logging windows, image grids, checkpoints; returns the last logged metrics.
     launch         the driver side: `train_func(config)` in this process (num_workers=0) or on
-                   Ray Train workers (TorchTrainer with storage in the run dir, num_to_keep,
-                   max_failures); returns (last metrics, latest checkpoint's name in the run dir).
+                   Ray Train workers (TorchTrainer with storage in the run dir, max_failures),
+                   printing rank 0's progress lines here; returns (last metrics, latest
+                   checkpoint's name in the run dir).
 
 Checkpoint directory `checkpoint_<step:06d>/`:
 
@@ -59,9 +62,12 @@ bit-exact.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import math
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -175,7 +181,7 @@ class CheckpointStore(Protocol):
         """The latest checkpoint's state dict for this rank (generator included if it has one), or None."""
 
     def save(self, step: int, directory: Path, metrics: dict[str, Any]) -> None:
-        """Persist this rank's checkpoint files in `directory` as checkpoint `step` (all ranks call it)."""
+        """Persist checkpoint `step` from this rank's `directory` (all ranks call it)."""
 
     def shard(self, name: str) -> Any | None:
         """This worker's Ray Data shard of dataset `name`, or None when data are loaded in-process."""
@@ -198,12 +204,19 @@ class RunDirStore:
         complete = self._complete()
         return complete[-1] if complete else None
 
-    def load(self, rank: int) -> dict[str, Any] | None:
+    @contextlib.contextmanager
+    def fetched(self) -> Iterator[Path | None]:
+        """A local copy of the newest complete checkpoint (a directory named like it), or None."""
         latest = self.latest()
         if latest is None:
-            return None
+            yield None
+            return
         with tempfile.TemporaryDirectory(prefix=f"raygen-{latest}-") as tmp:
-            return _read_checkpoint(self.run_dir.download_dir(latest, Path(tmp) / latest), rank)
+            yield self.run_dir.download_dir(latest, Path(tmp) / latest)
+
+    def load(self, rank: int) -> dict[str, Any] | None:
+        with self.fetched() as directory:
+            return None if directory is None else _read_checkpoint(directory, rank)
 
     def save(self, step: int, directory: Path, metrics: dict[str, Any]) -> None:
         name = checkpoint_name(step)
@@ -218,22 +231,49 @@ class RunDirStore:
 
 
 class RayTrainStore:
-    """Checkpoints handed to Ray Train (`ray.train.report`), which keeps `CheckpointConfig(num_to_keep)`."""
+    """Inside TorchTrainer: rank 0 keeps the checkpoints exactly as a plain run does (`RunDirStore`);
+    the other ranks exchange their files with it over torch.distributed, so only rank 0 touches storage.
+
+    Ray Train is not handed the checkpoints (`ray.train.report(checkpoint=...)`): it lists one for
+    the next `fit()` only once its controller has collected every worker's report and rewritten
+    checkpoint_manager_snapshot.json, seconds after the files are in place. A Ctrl-C in between left
+    e.g. checkpoint_000050/ that the re-run did not see (it restarted from step 0), and a plain
+    re-run never saw Ray's checkpoints at all (they have no `.complete` marker). Here a checkpoint
+    is complete when its marker is written, and the next run of either kind resumes from it.
+    """
+
+    def __init__(self, local: RunDirStore | None):
+        self.local = local  # rank 0's; None on the other ranks
 
     def load(self, rank: int) -> dict[str, Any] | None:
-        import ray.train
+        from accelerate.utils import broadcast_object_list
 
-        checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None:
+        payload = None
+        if self.local is not None:
+            with self.local.fetched() as directory:
+                if directory is not None:  # the weights and every rank's generator; not the export
+                    payload = (directory.name, {p.name: p.read_bytes() for p in directory.iterdir()
+                                                if p.name == STATE_FILE or p.name.startswith("rng_rank")})
+        payload = broadcast_object_list([payload])[0]
+        if payload is None:
             return None
-        with checkpoint.as_directory() as directory:
-            return _read_checkpoint(Path(directory), rank)
+        name, files = payload
+        with tempfile.TemporaryDirectory(prefix=f"raygen-{name}-") as tmp:
+            directory = Path(tmp) / name
+            directory.mkdir()
+            for file, data in files.items():
+                (directory / file).write_bytes(data)
+            return _read_checkpoint(directory, rank)
 
     def save(self, step: int, directory: Path, metrics: dict[str, Any]) -> None:
-        import ray.train
+        from accelerate.utils import gather_object
 
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(directory)),
-                         checkpoint_dir_name=checkpoint_name(step))
+        mine = {} if self.local is not None else {p.name: p.read_bytes() for p in directory.iterdir()}
+        for files in gather_object([mine]):  # the other ranks' generator files, to rank 0
+            for file, data in files.items():
+                (directory / file).write_bytes(data)
+        if self.local is not None:
+            self.local.save(step, directory, metrics)
 
     def shard(self, name: str) -> Any:
         import ray.train
@@ -260,7 +300,8 @@ class TrainRun:
         self.device = self.accelerator.device
         self.run_dir = RunDir(config) if self.rank == 0 else None
         self.where = self.run_dir.uri if self.run_dir is not None else config.run_dir
-        self.store: CheckpointStore = RayTrainStore() if ray_train_active() else RunDirStore(self.run_dir, keep_checkpoints)
+        local = RunDirStore(self.run_dir, keep_checkpoints) if self.run_dir is not None else None
+        self.store: CheckpointStore = RayTrainStore(local) if ray_train_active() else local
 
     def prepare(self, state: TrainState) -> None:
         """Wrap the state's modules and optimisers for the devices / DDP (after restoring it)."""
@@ -277,7 +318,8 @@ class TrainRun:
 
     def save(self, state: TrainState, metrics: dict[str, Any],
              export: Callable[[TrainState, Path], None] | None = None) -> None:
-        """Write checkpoint `state.step`: every rank its generator, rank 0 the state and the export."""
+        """Write checkpoint `state.step`: every rank its generator, rank 0 the state and the export
+        (all ranks call it)."""
         name = checkpoint_name(state.step)
         with tempfile.TemporaryDirectory(prefix=f"raygen-{name}-") as tmp:
             directory = Path(tmp) / name
@@ -373,7 +415,7 @@ def fit(
             if log is not None:
                 log.log(done, **last)
                 shown = "  ".join(f"{label} {last[key]:.4f}" for label, key in (progress or {"loss": "loss"}).items())
-                print(f"step {done}/{schedule.steps}  {shown}  {last['images_per_s']:.0f} img/s", flush=True)
+                _say(f"step {done}/{schedule.steps}  {shown}  {last['images_per_s']:.0f} img/s")
         if (log is not None and images is not None and schedule.images_every
                 and (done % schedule.images_every == 0 or done == schedule.steps)):
             log.log_images(done, "samples", images(state, batch))
@@ -386,42 +428,122 @@ def fit(
 # ------------------------------------------------------------------ the driver
 
 
+def _say(line: str) -> None:
+    """Rank 0's progress line: printed here, or on a Ray Train worker sent to the driver (`launch`)."""
+    print(line, flush=True)
+
+
+def _on_worker(train_func: Callable[[dict], dict], outbox, config: dict) -> dict:
+    """TorchTrainer's train function: `train_func(config)`, putting rank 0's progress lines and its
+    result on the driver's queue `outbox` as ("line", text) and ("result", metrics). A worker's own
+    stdout reaches the driver only with `-v` (Ray's log_to_driver); Ray Train's Result.metrics are
+    those of its own checkpoints, which it is not given here (`RayTrainStore`)."""
+    import ray.train
+
+    def say(line: str) -> None:
+        outbox.put(("line", line))
+
+    global _say
+    _say = say
+    result = train_func(config)
+    if ray.train.get_context().get_world_rank() == 0:
+        outbox.put(("result", result))
+    return result
+
+
+def check_workers_fit(num_workers: int, use_gpu: bool) -> None:
+    """Refuse (local Ray) or announce (cluster) Ray Train workers that cannot be placed; Ray would wait forever.
+
+    One worker takes 1 CPU (+ 1 GPU with use_gpu), Ray Train's default; workers may spread over nodes."""
+    import ray
+
+    from raygen import runtime
+
+    runtime.check_fits({"CPU": 1, "GPU": 1 if use_gpu else 0}, "use_gpu" if use_gpu else "num_workers")
+    total = ray.cluster_resources()
+    if num_workers > total.get("CPU", 0) or (use_gpu and num_workers > total.get("GPU", 0)):
+        runtime.check_fits({"CPU": num_workers, "GPU": num_workers if use_gpu else 0}, "num_workers")
+
+
+def _fit_showing_progress(trainer, outbox) -> dict[str, Any]:
+    """`trainer.fit()` on a helper thread while this (main) thread prints the progress lines that
+    rank 0 puts on `outbox` (`_on_worker`); returns rank 0's result (its last metrics).
+
+    On the main thread, TorchTrainer.fit() replaces Python's SIGINT handler with its own, which aborts
+    the run and leaves the process with exit status 1 and no message (and stays installed after the
+    run). On another thread it installs none, so Ctrl-C stays a KeyboardInterrupt here, which the CLI
+    reports as "stopped; re-run ..." (exit 130); leaving the process stops Ray's controller and workers.
+    """
+    outcome: dict[str, Any] = {}
+
+    def fit() -> None:
+        try:
+            trainer.fit()
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the main thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=fit, name="raygen-train-fit", daemon=True)
+    thread.start()
+    while True:
+        running = thread.is_alive()
+        waiting = outbox.qsize()
+        for kind, item in outbox.get_nowait_batch(waiting) if waiting else ():
+            if kind == "line":
+                print(item, flush=True)
+            else:
+                outcome[kind] = item
+        if not running:
+            break
+        thread.join(timeout=0.25)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("result", {})
+
+
 def launch(train_func: Callable[[dict], dict], config: Config, run_dir, *, num_workers: int, keep_checkpoints: int,
            max_failures: int = 0, use_gpu: bool = False, datasets: Callable[[], dict[str, Any]] | None = None,
            verbose: bool = False) -> tuple[dict[str, Any], str | None]:
     """Run `train_func(config.to_dict())` here (num_workers = 0) or on `num_workers` Ray Train workers.
 
-    Ray Train's run dir is `<storage_path>/<name>`, i.e. `run_dir` itself, so its checkpoints sit
-    where a plain run's do and a re-run resumes from them. `datasets()` (called once Ray is up) gives
-    TorchTrainer's datasets: each worker reads its shard with `run.store.shard(name)`. Returns (the
-    last metrics train_func returned / rank 0 reported, the latest checkpoint's name or None).
+    Ray Train's run dir is `<storage_path>/<name>`, i.e. `run_dir` itself; checkpoints are rank 0's
+    (`RayTrainStore`), so they sit where a plain run's do and a re-run of either kind resumes from
+    them. `datasets()` (called once Ray is up) gives TorchTrainer's datasets: each worker reads its
+    shard with `run.store.shard(name)`. Returns (the last metrics train_func returned, rank 0's
+    under Ray Train; the latest complete checkpoint's name or None).
     """
+    store = RunDirStore(run_dir, keep_checkpoints)
     if num_workers == 0:
-        return train_func(config.to_dict()), RunDirStore(run_dir, keep_checkpoints).latest()
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+        return train_func(config.to_dict()), store.latest()
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
+    from ray.util.queue import Queue
 
     from raygen import runtime, storage
     from raygen.errors import find_user_error
 
     runtime.init(verbose=verbose)
+    check_workers_fit(num_workers, use_gpu)
     where = storage.resolve(config.storage_path)
+    outbox = Queue(actor_options={"num_cpus": 0})
     trainer = TorchTrainer(
-        train_func,
+        functools.partial(_on_worker, train_func, outbox),
         # workers must find the run dir whatever their cwd: an absolute path or the URI
         train_loop_config={**config.to_dict(), "storage_path": where.uri},
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
         run_config=RunConfig(name=config.name, storage_path=where.path, storage_filesystem=where.fs,
-                             checkpoint_config=CheckpointConfig(num_to_keep=keep_checkpoints),
                              failure_config=FailureConfig(max_failures=max_failures)),
         datasets=datasets() if datasets is not None else None,
     )
     try:
-        result = trainer.fit()
-    except Exception as exc:  # Ray wraps worker errors; a user mistake (NaN, bad data) stays one line
-        user_error = find_user_error(exc)
+        metrics = _fit_showing_progress(trainer, outbox)
+    except Exception as exc:
+        # Ray wraps worker errors (WorkerGroupError, its message cut short); a user mistake (NaN, a
+        # corrupt image) is in some worker's failure and stays one line
+        failures = [exc, *getattr(exc, "worker_failures", {}).values()]
+        user_error = next(filter(None, map(find_user_error, failures)), None)
         if user_error is not None:
             raise UserError(str(user_error)) from None
         raise
-    latest = result.checkpoint.path.rstrip("/").rsplit("/", 1)[-1] if result.checkpoint else None
-    return dict(result.metrics or {}), latest
+    finally:
+        outbox.shutdown()
+    return metrics, store.latest()
