@@ -81,7 +81,7 @@ def test_bad_model_leaves_no_samples_output(tmp_path):
     not refused as 'other settings' (the run dir holds no outputs)."""
     with pytest.raises(UserError, match="config key 'model'"):
         run(config(tmp_path, "typo", model=str(tmp_path / "no_such_checkpoint")))
-    assert not (tmp_path / "typo" / "samples").exists()
+    assert not (tmp_path / "typo").exists()
 
 
 def sampler_actor_pids() -> list[int]:

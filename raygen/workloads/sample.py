@@ -225,15 +225,15 @@ def run(config: SampleConfig, *, verbose: bool = False) -> dict[str, Any]:
     from raygen.progress import Progress
     from raygen.rundir import RunDir
 
-    runtime.init(verbose=verbose)
-    run_dir = RunDir(config)
-    store = PartStore(run_dir.child("samples"))
-    # resolve the model before writing anything into samples/: a typo must not leave a manifest
-    # (a run dir with outputs) that refuses the corrected re-run
+    # resolve the model before starting Ray or writing anything: a typo must fail fast and must not
+    # leave a manifest (a run dir with outputs) that refuses the corrected re-run
     _, shape, target, num_classes = resolve_model(config.model)
     check_label(config, num_classes)
+    runtime.init(verbose=verbose)
     runtime.check_fits({"CPU": config.cpus_per_actor, "GPU": config.gpus_per_actor},
                        "cpus_per_actor/gpus_per_actor")
+    run_dir = RunDir(config)
+    store = PartStore(run_dir.child("samples"))
     chunk_size = prepare_output(config, store)
     layout = Chunks(config.n_samples, chunk_size)
     scan = store.scan(layout)  # one listing + one footer read per part
