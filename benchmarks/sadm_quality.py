@@ -28,7 +28,8 @@ per-step stream, so they do not shift the denoising noise).
     frozen-0.3     gated-0.3 with the encoder frozen at its random init (is the adversary needed?)
 
 Evaluation. EMA weights; the deterministic Heun sampler (18 steps) with the same initial noise
-for every arm of a seed; SAMPLES = 500 samples (1000 before the 14:16 amendment); features of `digits_reference(seed=0, steps=400)`;
+for every arm of a seed; SAMPLES = 500 samples (1000 before the 14:16 amendment); features of
+`digits_reference(seed=0, steps=400)`;
 FD (primary), KID, improved precision/recall (k = 3). Reported beside them: the real-vs-real FD
 floor (two disjoint random halves of the real digits) and the sampler's resampling noise (|FD
 difference| of the plain@N model under two different initial-noise seeds).
@@ -45,10 +46,10 @@ is claimed. With n = 3 the interval is wide: only an effect consistent across se
 
 Cut from the issue's study, and why: the machine is 2 CPU cores shared by ~6 engineers (a step
 takes ~0.25-0.5 s) and the session has about an hour of compute, so: 3 seeds instead of 5; the base
-is 1200 steps, not "converged"; fine-tuning is 100 steps; 500 samples instead of 2000; arms dropped: ratio 0.03 (the smallest
-effect, least informative), the ungated variant (the diagnosis already measures the sigma floor),
-the distribution-level MMD variant (built and tested in raygen/diffusion/structure.py, but each step
-costs several extra sampler passes), the instance-level adversarial baseline, and best-vs-scratch;
+is 1200 steps, not "converged"; fine-tuning is 100 steps; 500 samples instead of 2000; arms
+dropped: ratio 0.03 (the smallest effect, least informative), the ungated variant (the diagnosis
+already measures the sigma floor), the distribution-level MMD variant (built and tested in
+raygen/diffusion/structure.py, but each step costs several extra sampler passes), the instance-level adversarial baseline, and best-vs-scratch;
 equal wall-clock replaced by equal denoiser rows.
 
     python benchmarks/sadm_quality.py            # the study above
@@ -225,6 +226,30 @@ def report(per_seed: list[dict], floor: float, meta: dict) -> dict:
             "decisions": decisions}
 
 
+def plot_logs(per_seed: list[dict], path: Path) -> None:
+    """d and lambda over fine-tuning (mean over seeds): the structure arms' training curves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for arm in ARMS[1:]:
+        key = "structure_distance" if arm.form == "current" else "structure_js"
+        rows = [r["logs"][arm.name] for r in per_seed]
+        steps = [row["step"] for row in rows[0]]
+        for ax, k in ((axes[0], key), (axes[1], "lambda_t")):
+            ax.plot(steps, [statistics.mean(r[i][k] for r in rows) for i in range(len(steps))], label=arm.name)
+    axes[0].set_ylabel("d (current: sq. cosine diff.; gated: JS)")
+    axes[1].set_ylabel("lambda (gated: adaptive)")
+    axes[1].set_yscale("log")
+    for ax in axes:
+        ax.set_xlabel("fine-tuning step")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
@@ -258,6 +283,7 @@ def main() -> None:
     out["runs"] = per_seed
     path = Path(__file__).parent / "results" / f"sadm_quality{'_quick' if args.quick else ''}.json"
     path.write_text(json.dumps(out, indent=1))
+    plot_logs(per_seed, path.with_suffix(".png"))
     print(f"wrote {path}")
 
 
