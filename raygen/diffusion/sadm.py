@@ -23,6 +23,11 @@ The paper publishes neither code nor its exact choices; raygen's are:
   structure spans the global batch. Its backward sums the gradient of d from every rank onto the
   owner; after DDP's gradient averaging that is exactly the gradient of
   mean(L_denoise) + lambda d(global batch) (tests check 2 gloo processes against 1 process).
+
+This is the "current" form (`sadm_form: current`). Its paired comparison has a floor at
+sigma >= sigma_data that even the exact posterior-mean denoiser does not get under
+(benchmarks/sadm_diagnosis.py); the gated, bounded form is `raygen.diffusion.structure`. Neither
+improved sample FD over plain training in benchmarks/sadm_quality.py.
 """
 
 from __future__ import annotations
