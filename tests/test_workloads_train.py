@@ -1,4 +1,5 @@
-"""`raygen.workloads.train` on Ray Train: 2 workers on 2 simulated nodes, recovery from a killed worker, a bucket."""
+"""`raygen.workloads.train` on Ray Train: 2 workers on 2 simulated nodes, recovery from a killed worker, a bucket,
+plain and Ray Train runs resuming from each other, bad data and unplaceable workers as one line."""
 
 import json
 import os
@@ -62,8 +63,7 @@ def test_killed_worker_resumes_from_last_checkpoint(two_node_cluster, tmp_path):
     thread = threading.Thread(target=lambda: out.setdefault("summary", run(config)))
     thread.start()
     deadline = time.time() + 120
-    # the controller writes its snapshot once a checkpoint is registered (a directory alone may be mid-upload)
-    while not (tmp_path / "fault" / "checkpoint_manager_snapshot.json").exists() and time.time() < deadline:
+    while not list((tmp_path / "fault").glob("checkpoint_*/.complete")) and time.time() < deadline:
         time.sleep(0.2)
     alive = _worker_actors("ALIVE")
     assert alive, "no live training worker to kill"
@@ -88,3 +88,64 @@ def test_ray_train_resumes_from_a_bucket(ray_local, bucket):
     assert load_denoiser(storage.local_dir_for(summary["checkpoint"])).sample_shape == (1, 8, 8)
     lines = storage.read_bytes(storage.resolve(storage.join(bucket, "remote", "metrics.jsonl"))).decode().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [1, 2, 3, 4]
+
+
+@pytest.fixture
+def embedded_ray():
+    """raygen's own local Ray (2 CPUs, no GPU), where a request no node can meet is an error, not a wait."""
+    import ray
+
+    from raygen import runtime
+
+    if ray.is_initialized() and not runtime._embedded:  # the two-node cluster above: a plain driver
+        ray.shutdown()
+    runtime.init(num_cpus=2)
+    yield ray
+
+
+def test_plain_and_ray_train_runs_resume_from_each_other(embedded_ray, tmp_path):
+    base = dict(name="mixed", storage_path=str(tmp_path), batch_size=8, log_every=1, sample_every=0, sadm_warmup=0,
+                checkpoint_every=2)
+    assert run(CONFIG.from_dict(dict(base, steps=2, num_workers=1)))["resumed_from"] is None
+    assert run(CONFIG.from_dict(dict(base, steps=4, num_workers=0)))["resumed_from"] == 2
+    summary = run(CONFIG.from_dict(dict(base, steps=6, num_workers=1)))
+    assert summary["resumed_from"] == 4 and summary["checkpoint"].endswith("checkpoint_000006")
+    assert summary["final"]["loss"] > 0  # rank 0's last metrics come back to the driver
+    lines = (tmp_path / "mixed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3, 4, 5, 6]
+    kept = sorted(p.name for p in (tmp_path / "mixed").glob("checkpoint_*"))
+    assert kept == ["checkpoint_000004", "checkpoint_000006"]  # keep_checkpoints=2, Ray Train runs included
+    assert all((tmp_path / "mixed" / name / ".complete").exists() for name in kept)
+
+
+def test_corrupt_image_on_ray_train_is_one_line_naming_the_file(embedded_ray, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from raygen.errors import UserError
+
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (tmp_path / "images" / c).mkdir(parents=True)
+        for i in range(8):
+            Image.fromarray((rng.random((8, 8)) * 255).astype(np.uint8)).save(tmp_path / "images" / c / f"{i}.png")
+    bad = tmp_path / "images" / "b" / "broken.png"
+    bad.write_bytes(b"not an image")
+    config = CONFIG.from_dict(dict(name="bad", storage_path=str(tmp_path / "runs"), data=str(tmp_path / "images"),
+                                   num_classes=2, batch_size=4, steps=3, sample_every=0, num_workers=1))
+    with pytest.raises(UserError, match=rf"corrupt or unreadable image {bad}") as info:
+        run(config)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("overrides, phrase", [
+    (dict(num_workers=1, use_gpu=True), "use_gpu asks for CPU 1, GPU 1"),
+    (dict(num_workers=3), "num_workers asks for CPU 3"),
+])
+def test_workers_that_cannot_be_placed_are_refused_not_waited_for(embedded_ray, tmp_path, overrides, phrase):
+    from raygen.errors import UserError
+
+    start = time.monotonic()
+    with pytest.raises(UserError, match=phrase):
+        run(CONFIG.from_dict(dict(name="big", storage_path=str(tmp_path), batch_size=6, steps=2, **overrides)))
+    assert time.monotonic() - start < 30
