@@ -92,7 +92,7 @@ def main() -> None:
     results["same_results"] = all(
         set(a) == set(reference) and all(np.isclose(a[k], reference[k], rtol=1e-9) for k in a) for a in answers.values())
     plain = max(results["arms"]["plain loop"]["trials_per_s"])
-    for arm, r in results["arms"].items():
+    for r in results["arms"].values():
         r["best"] = max(r["trials_per_s"])
         r["ratio_to_plain"] = r["best"] / plain
     results["ray_pays_off"] = results["arms"]["Ray Tune, 2 workers"]["ratio_to_plain"] > 1.0
@@ -101,7 +101,7 @@ def main() -> None:
     print(f"{len(specs)} trials ({args.targets} targets x 1 split x {len(config.methods)} methods, "
           f"{config.epochs} GCL epochs); load average {results['load_before'][0]:.1f} -> {results['load_after'][0]:.1f}")
     print(f"{'arm':<22} {'trials/s (each repeat)':<28} {'best':>7} {'x plain':>8}")
-    for arm, r in results["arms"].items():
+    for r in results["arms"].values():
         each = ", ".join(f"{v:.3f}" for v in r["trials_per_s"])
         print(f"{arm:<22} {each:<28} {r['best']:>7.3f} {r['ratio_to_plain']:>8.2f}")
     print(f"same results in every arm: {results['same_results']}; 2 Ray workers beat the plain loop: "

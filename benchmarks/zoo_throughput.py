@@ -27,7 +27,7 @@ def plain_loop(cfg) -> float:
     """Seconds to train every member in this process (the same per-member work as an actor)."""
     import torch
 
-    from raygen.train_loop import stream_seed
+    from raygen.seeds import Stream, stream_seed
     from raygen.weightgen.zoo import task_splits, train_member
     from raygen.workloads.weightgen import digit_splits, task_defs
 
@@ -38,7 +38,7 @@ def plain_loop(cfg) -> float:
     for j in range(cfg.jobs):
         t, s = cfg.job(j)
         train_member(cfg.arch(cfg.classes_per_task), task_splits(tasks[t], splits)["train"],
-                     init_seed=stream_seed(cfg.seed, 2, t, s), order_seed=stream_seed(cfg.seed, 1, t, s),
+                     init_seed=stream_seed(cfg.seed, Stream.MEMBER_INIT, t, s), order_seed=stream_seed(cfg.seed, Stream.MEMBER_ORDER, t, s),
                      steps=cfg.member_steps, lr=cfg.member_lr, batch_size=cfg.member_batch)
     return time.perf_counter() - start
 

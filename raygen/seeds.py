@@ -15,6 +15,11 @@ actor count, worker count), and one table says which stream is which:
 | 7  | MIX_ORDER       | id sum, rows       | the order of rows inside a written mix (by batch content)|
 | 8  | CORRUPT         | corruption         | the corrupted test sets                                  |
 | 9  | SUBSET          | -                  | the capped subsets read for metrics and grids            |
+| 10 | MEMBER_ORDER    | task, member seed  | a weight-zoo member's data order                         |
+| 11 | MEMBER_INIT     | task, member seed  | a weight-zoo member's initial weights                    |
+| 12 | AE_INIT         | rank               | the parameter autoencoder's trainer generator            |
+| 13 | LATENT_INIT     | rank               | the latent diffusion's trainer generator                 |
+| 14 | RANDOM_INIT     | model index        | the random-init baseline models of the weightgen report  |
 
 `stream_seed` gives a 63-bit integer (numpy's SeedSequence over the key), `numpy_rng` and
 `torch_generator` wrap it. `per_item_seeds` is the vectorised form for one seed per item of a huge
@@ -40,6 +45,11 @@ class Stream(enum.IntEnum):
     MIX_ORDER = 7
     CORRUPT = 8
     SUBSET = 9
+    MEMBER_ORDER = 10
+    MEMBER_INIT = 11
+    AE_INIT = 12
+    LATENT_INIT = 13
+    RANDOM_INIT = 14
 
 
 def stream_seed(seed: int, stream: Stream, *index: int) -> int:

@@ -1,19 +1,9 @@
 """raygen.cmt.gcl: the contrastive loss falls on a separable toy; training is seeded."""
 
-import pytest
 import torch
 
 from raygen.cmt.gcl import train_gcl, wrong_domains
 from raygen.cmt.inn import InvertibleNet
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny batches: thread hand-offs would dominate (and the trial workers run single-threaded too)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _toy(seed=0):

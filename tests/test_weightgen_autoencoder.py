@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from raygen.weightgen.autoencoder import ParamAutoencoder
-from tests.test_weightgen_params import single_thread  # noqa: F401 - autouse fixture
 
 
 def _fit(ae, data, held_out, steps=400, lr=3e-3):

@@ -6,7 +6,6 @@ import torch
 from raygen.diffusion.losses import DenoisingLoss
 from raygen.sampling import Gaussian, compare_to_truth
 from raygen.weightgen.latent import VectorDenoiser, as_rows, latent_loss, sample_latents
-from tests.test_weightgen_params import single_thread  # noqa: F401 - autouse fixture
 
 
 def _gaussian():

@@ -11,15 +11,6 @@ from raygen.weightgen.zoo import init_model, subset_names
 
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """One torch thread: on the shared 2-core machine more threads only contend (10x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 ARCH = dict(in_channels=1, num_classes=10, width=4, feature_dim=16)
 
 

@@ -12,7 +12,6 @@ from raygen.weightgen.params import ParamLayout, unflatten
 from raygen.weightgen.zoo import build_classifier, task_splits
 from raygen.workloads import weightgen
 from raygen.workloads.weightgen import WeightgenConfig, params_table, read_zoo
-from tests.test_weightgen_params import single_thread  # noqa: F401 - autouse fixture
 
 TINY = dict(mode="tasks", task_family="subset", zoo_tasks=2, heldout_tasks=[7], classes_per_task=3, seeds=2,
             member_steps=40, ae_steps=30, diff_steps=30, n_generate=4, sample_steps=4, latent_dim=8, ae_hidden=32,

@@ -8,7 +8,6 @@ from raygen.weightgen.params import ParamLayout, flatten
 from raygen.weightgen.zoo import (
     apply_task, init_model, make_task, split, subset_names, support_set, train_member, trajectory,
 )
-from tests.test_weightgen_params import single_thread  # noqa: F401 - autouse fixture
 
 ARCH = dict(in_channels=1, num_classes=10, width=4, feature_dim=16)
 

@@ -234,20 +234,20 @@ class ZooActor:
     def _job(self, j: int):
         """(thetas [rows, P], steps [rows]) of zoo job j."""
 
-        from raygen.train_loop import stream_seed
+        from raygen.seeds import Stream, stream_seed
         from raygen.weightgen.params import flatten
         from raygen.weightgen.zoo import task_splits, train_member, trajectory
 
         cfg = self.cfg
         task_id, s = cfg.job(j)
         train = task_splits(self.tasks[task_id], self.splits)["train"]
-        order_seed = stream_seed(cfg.seed, 1, task_id, s)
+        order_seed = stream_seed(cfg.seed, Stream.MEMBER_ORDER, task_id, s)
         if cfg.mode == "trajectory":
             thetas = trajectory(self.model, self.layout, train, order_seed=order_seed, checkpoints=cfg.checkpoints,
                                 steps_per_checkpoint=cfg.steps_per_checkpoint, lr=cfg.trajectory_lr,
                                 batch_size=cfg.member_batch)
             return thetas, (np.arange(cfg.checkpoints) + 1) * cfg.steps_per_checkpoint
-        init_seed = cfg.seed if cfg.member_init == "shared" else stream_seed(cfg.seed, 2, task_id, s)
+        init_seed = cfg.seed if cfg.member_init == "shared" else stream_seed(cfg.seed, Stream.MEMBER_INIT, task_id, s)
         model = train_member(self.metadata["arch"], train, init_seed=init_seed, order_seed=order_seed,
                              steps=cfg.member_steps, lr=cfg.member_lr, batch_size=cfg.member_batch)
         return flatten(dict(model.named_parameters()), self.layout)[None], np.asarray([cfg.member_steps])
@@ -494,7 +494,8 @@ def train_autoencoder(config: dict) -> dict:
     """p-diff's parameter autoencoder on the per-tensor-normalised zoo (a Ray Train `train_func`)."""
     import torch
 
-    from raygen.train_loop import Schedule, TrainRun, TrainState, fit, seeded, stream_seed
+    from raygen.seeds import Stream, torch_generator
+    from raygen.train_loop import Schedule, TrainRun, TrainState, fit, seeded
     from raygen.weightgen.autoencoder import ParamAutoencoder
     from raygen.weightgen.normalize import TensorNorm
     from raygen.weightgen.params import ParamLayout
@@ -510,7 +511,7 @@ def train_autoencoder(config: dict) -> dict:
         ae = seeded(cfg.seed, lambda: ParamAutoencoder(layout.numel, cfg.latent_dim, cfg.ae_kind, cfg.hidden,
                                                        input_noise=cfg.input_noise, latent_noise=cfg.latent_noise))
         state = TrainState(modules={"ae": ae}, optimizers={"opt": torch.optim.AdamW(ae.parameters(), lr=cfg.lr)},
-                           generator=torch.Generator().manual_seed(stream_seed(cfg.seed, 3, run.rank)))
+                           generator=torch_generator(cfg.seed, Stream.AE_INIT, run.rank))
         if restored is not None:
             state.load_state_dict(restored)
         run.prepare(state)
@@ -575,7 +576,8 @@ def train_diffusion(config: dict) -> dict:
 
     from raygen.diffusion.ema import EMA
     from raygen.diffusion.losses import DenoisingLoss
-    from raygen.train_loop import Schedule, TrainRun, TrainState, fit, seeded, stream_seed
+    from raygen.seeds import Stream, torch_generator
+    from raygen.train_loop import Schedule, TrainRun, TrainState, fit, seeded
     from raygen.weightgen.latent import VectorDenoiser, latent_loss
     from raygen.weightgen.set_encoder import SetEncoder
 
@@ -601,7 +603,7 @@ def train_diffusion(config: dict) -> dict:
         params = [p for m in modules.values() for p in m.parameters()]
         state = TrainState(modules=modules, optimizers={"opt": torch.optim.AdamW(params, lr=cfg.lr)},
                            emas={k: EMA(m, cfg.ema_decay) for k, m in modules.items()},
-                           generator=torch.Generator().manual_seed(stream_seed(cfg.seed, 4, run.rank)))
+                           generator=torch_generator(cfg.seed, Stream.LATENT_INIT, run.rank))
         if restored is not None:
             state.load_state_dict(restored)
         run.prepare(state)
@@ -775,11 +777,11 @@ def _noise_perturbed(thetas, norm, sigma: float, seed: int):
 def _random_init(cfg: WeightgenConfig, layout, arch: dict, n: int):
     import torch
 
-    from raygen.train_loop import stream_seed
+    from raygen.seeds import Stream, stream_seed
     from raygen.weightgen.params import flatten
     from raygen.weightgen.zoo import init_model
 
-    return torch.stack([flatten(dict(init_model(arch, stream_seed(cfg.seed, 5, i)).named_parameters()), layout)
+    return torch.stack([flatten(dict(init_model(arch, stream_seed(cfg.seed, Stream.RANDOM_INIT, i)).named_parameters()), layout)
                         for i in range(n)])
 
 
