@@ -127,10 +127,13 @@ def test_train_interrupted_after_a_checkpoint_then_killed_resumes_each_time(tmp_
     assert names and all((run_dir / n / ".complete").exists() for n in names), names  # never a half one
     interrupted_at = _complete(run_dir)[-1]
 
-    # SIGKILL (no chance to clean up) once a later checkpoint is complete
+    # the re-run resumes from it (its first step is the next one); SIGKILL it (no chance to clean up)
+    # once a later checkpoint is complete
     second = Raygen(tmp_path, "train", "train_sadm_digits.yaml", [*sets, "steps=100000"])
-    second.wait_for(lambda: _complete(run_dir)[-1] > interrupted_at, "later checkpoint")
+    second.wait_for(lambda: _progress(second.stdout(), 100000) and _complete(run_dir)[-1] > interrupted_at,
+                    "progress and a later checkpoint")
     second.proc.kill()
+    assert _progress(second.stdout(), 100000)[0] == interrupted_at + 1, second.output()
     second.finish()
     killed_at = _complete(run_dir)[-1]
 
