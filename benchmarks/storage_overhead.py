@@ -44,8 +44,10 @@ def _free_port() -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run (small N, one repeat)")
+    parser.add_argument("--n", type=int, default=20000, help="samples per run")
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    n, repeats = (2000, 1) if args.quick else (20000, 3)
+    n, repeats = (2000, 1) if args.quick else (args.n, args.repeats)
 
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
