@@ -15,6 +15,7 @@ import pytest
 
 from raygen.errors import UserError
 from raygen.workloads.sample import SampleConfig, run
+from tests.helpers import actor_pids
 
 
 def config(tmp_path, name, **overrides):
@@ -84,15 +85,6 @@ def test_bad_model_leaves_no_samples_output(tmp_path):
     assert not (tmp_path / "typo").exists()
 
 
-def sampler_actor_pids() -> list[int]:
-    pids = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmdline = " ".join(proc.info["cmdline"] or [])
-        if "SamplerActor" in cmdline and proc.info["pid"] != os.getpid():
-            pids.append(proc.info["pid"])
-    return pids
-
-
 def test_killed_actor_still_gives_every_id_exactly_once(tmp_path, ray_local):
     settings = dict(n_samples=1200, levels=10, steps_per_level=3)
     reference = read_all(Path(run(config(tmp_path, "ref", chunk_size=200, num_actors=1, **settings))["run_dir"]))
@@ -104,8 +96,8 @@ def test_killed_actor_still_gives_every_id_exactly_once(tmp_path, ray_local):
     deadline = time.time() + 120
     killed = None
     while time.time() < deadline and killed is None:
-        if len(list(samples_dir.glob("part-*.parquet"))) >= 2 and sampler_actor_pids():
-            killed = sampler_actor_pids()[0]
+        if len(list(samples_dir.glob("part-*.parquet"))) >= 2 and actor_pids("SamplerActor"):
+            killed = actor_pids("SamplerActor")[0]
             os.kill(killed, signal.SIGKILL)
         time.sleep(0.05)
     written_at_kill = len(list(samples_dir.glob("part-*.parquet")))
@@ -213,3 +205,16 @@ def test_config_choices_are_the_registries():
     assert set(typing.get_args(hints["sampler"])) == set(SAMPLERS)
     assert set(typing.get_args(hints["covariance"])) == set(COVARIANCES)
     assert set(typing.get_args(typing.get_type_hints(QuickstartConfig)["covariance"])) == set(COVARIANCES)
+
+
+@pytest.mark.ray
+def test_a_default_run_prints_only_raygen_lines(tmp_path):
+    """Fewer chunks than actors used to print Ray Data's concurrency UserWarning, and every actor
+    pool the C++ core_worker line about constructor arguments (ray#53727)."""
+    job = Path(__file__).resolve().parents[1] / "jobs" / "sample_mog.yaml"
+    result = raygen("sample", str(job), "--set", "n_samples=50", "--set", "levels=2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    noisy = [line for line in (result.stdout + result.stderr).splitlines()
+             if any(w in line for w in ("Warning", "INFO", "core_worker", "WARN"))]
+    assert not noisy, noisy
+    assert "done: sample run 'sample_mog'" in result.stdout
