@@ -204,3 +204,66 @@ def test_gated_and_mmd_forms_two_gloo_workers_match_one_process(tmp_path):
         assert torch.allclose(g2, g1, rtol=1e-8, atol=1e-12)
     half = _new_forms(*(t[:4] for t in _batch()))
     assert not torch.allclose(half[0][0], one[0][0]) and not torch.allclose(half[1][0], one[1][0])
+
+
+# --- the gated form in the trainer's step; init_from --------------------------------------------
+
+def test_gated_form_lambda_zero_is_plain_and_nonzero_trains_differently():
+    from accelerate import Accelerator
+
+    from raygen.diffusion.structure import SpectralEncoder
+
+    def run(ratio):
+        model = _seeded(0, lambda: Denoiser("tiny"))
+        enc = _seeded(1, lambda: SpectralEncoder(1, width=8, embed_dim=8))
+        gen = torch.Generator().manual_seed(123)
+        state = TrainState(modules={"denoiser": model, "encoder": enc},
+                           optimizers={"opt": torch.optim.Adam(model.parameters(), lr=1e-3),
+                                       "opt_phi": torch.optim.Adam(enc.parameters(), lr=1e-3)},
+                           emas={"denoiser": EMA(model, 0.9)}, generator=gen)
+        step = SADMStep(Accelerator(cpu=True), DenoisingLoss(), ratio, 0, grad_clip=1.0, sadm_form="gated")
+        x0 = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(7))
+        logs = [step(state, (x0, None), i) for i in range(3)]
+        return torch.cat([p.detach().flatten() for p in model.parameters()]), gen.get_state(), logs
+
+    w_plain, rng_plain = _run(0.0, 3, with_disc=False)
+    w0, rng0, _ = run(0.0)
+    assert torch.equal(w_plain, w0) and torch.equal(rng_plain, rng0)
+    w1, rng1, logs = run(0.3)
+    assert torch.equal(rng_plain, rng1)  # the structure batches draw from their own stream
+    assert not torch.allclose(w_plain, w1)
+    assert all(0.02 <= row["structure_sigma"] <= 0.5 and row["lambda_t"] > 0 for row in logs)
+
+
+def test_init_from_loads_denoiser_ema_and_optimizer_exactly(tmp_path):
+    from raygen.diffusion.train import init_from, train_func
+    from raygen.errors import UserError
+
+    train_func(dict(name="base", storage_path=str(tmp_path), steps=2, batch_size=8, sadm_lambda=0.0,
+                    sample_every=0, log_every=1, checkpoint_every=2))
+    ckpt = tmp_path / "base" / "checkpoint_000002"
+    saved = torch.load(ckpt / "state.pt", weights_only=True)
+    model = _seeded(5, lambda: Denoiser("tiny", sample_shape=(1, 8, 8)))
+    enc = _seeded(6, lambda: StructureEncoder(1))
+    opt = torch.optim.Adam(model.parameters(), lr=2e-4)
+    state = TrainState(modules={"denoiser": model, "encoder": enc},
+                       optimizers={"opt": opt, "opt_phi": torch.optim.Adam(enc.parameters())},
+                       emas={"denoiser": EMA(model, 0.999)}, generator=torch.Generator())
+    init_from(state, str(ckpt))
+    for k, v in saved["modules"]["denoiser"].items():
+        assert torch.equal(model.state_dict()[k], v)
+    for k, v in saved["emas"]["denoiser"]["model"].items():
+        assert torch.equal(state.emas["denoiser"].model.state_dict()[k], v)
+    assert state.emas["denoiser"].num_updates == saved["emas"]["denoiser"]["num_updates"] == 2
+    for i, s in saved["optimizers"]["opt"]["state"].items():
+        assert torch.equal(opt.state_dict()["state"][i]["exp_avg"], s["exp_avg"])
+    # the discriminator and the step start fresh
+    assert not torch.equal(enc.state_dict()["net.0.weight"], saved["modules"]["encoder"]["net.0.weight"])
+    assert state.step == 0
+    with pytest.raises(UserError, match="init_from"):
+        init_from(state, str(tmp_path / "missing"))
+    with pytest.raises(UserError, match="does not fit"):
+        small = _seeded(0, lambda: Denoiser("small"))
+        init_from(TrainState(modules={"denoiser": small, "encoder": enc},
+                             optimizers={"opt": torch.optim.Adam(small.parameters()), "opt_phi": opt},
+                             emas={"denoiser": EMA(small)}, generator=torch.Generator()), str(ckpt))

@@ -1,7 +1,10 @@
 """SADM diffusion training: its config, its step, and `train_func(config)` on `raygen.train_loop`.
 
 One optimiser step (`sadm_step`) = denoising loss -> discriminator update(s) -> denoiser update with
-L_denoise + lambda_t d (see `raygen.diffusion.sadm` for the SADM choices) -> EMA update. The rest
+L_denoise + lambda_t d (see `raygen.diffusion.sadm` for the SADM choices) -> EMA update; with
+`sadm_form: gated` the term is the gated, bounded one of `raygen.diffusion.structure` and
+`sadm_lambda` is its gradient ratio. `init_from: <checkpoint dir>` fine-tunes: the run starts from
+that checkpoint's denoiser, EMA and Adam state (discriminator, step and random streams fresh). The rest
 (checkpoint store and resume, Ray Train or a plain process, NaN stop, throughput windows, metrics,
 TensorBoard and sample grids through the run directory) is the shared scaffold's.
 
@@ -28,11 +31,12 @@ from raygen.config import Config, bounded, check
 from raygen.diffusion.ema import EMA
 from raygen.diffusion.losses import DenoisingLoss
 from raygen.diffusion.sadm import StructureEncoder, adversarial_loss, discriminator_loss, lambda_at
+from raygen.diffusion.structure import SpectralEncoder, gated_structure_term, js_critic_loss, structure_noise
 from raygen.diffusion.sample import heun_sample
 from raygen.errors import UserError
 from raygen.models.denoiser import PIXEL_RANGE, build_denoiser, save_denoiser
 from raygen.models.unet import SIZES
-from raygen.train_loop import Schedule, TrainRun, TrainState, fit, seeded, stream_seed
+from raygen.train_loop import STATE_FILE, Schedule, TrainRun, TrainState, _read_checkpoint, fit, seeded, stream_seed
 
 
 @dataclasses.dataclass
@@ -62,7 +66,11 @@ class TrainSADMConfig(Config):
     grad_clip: float = bounded(1.0, ge=0)  # 0: no clipping
     ema_decay: float = bounded(0.999, ge=0, lt=1)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
-    sadm_lambda: float = bounded(0.1, ge=0)  # 0: plain denoising training
+    sadm_lambda: float = bounded(0.1, ge=0)  # 0: plain denoising training; "gated": the gradient ratio
+    # "current": cosine affinities, squared difference, mixed sigma, fixed lambda; "gated": the
+    # bounded term of raygen.diffusion.structure (low-sigma gate, JS of softmax structures, adaptive lambda)
+    sadm_form: Literal["current", "gated"] = "current"
+    init_from: str | None = None  # a checkpoint_* directory: start from its denoiser, EMA and Adam state
     sadm_warmup: int = bounded(200, ge=0)
     disc_steps: int = bounded(1, ge=1)
     disc_lr: float = bounded(2e-4, gt=0)
@@ -95,10 +103,15 @@ class SADMStep:
     sadm_warmup: int = 0
     disc_steps: int = 1
     grad_clip: float = 0.0
+    sadm_form: str = "current"
+    seed: int = 0  # keys the gated form's structure batches (sigma shared by all ranks, noise per rank)
+    rank: int = 0
 
     def __call__(self, state: TrainState, batch: tuple, step: int) -> dict[str, Any]:
         x0, labels = batch
         lam = lambda_at(step, self.sadm_lambda, self.sadm_warmup)
+        if self.sadm_form == "gated":
+            return gated_step(self, state, x0, labels, lam, step)
         return {**sadm_step(self, state, x0, labels, lam), "lambda_t": lam}
 
 
@@ -109,7 +122,7 @@ def sadm_step(ctx: SADMStep, state: TrainState, x0: torch.Tensor, labels: torch.
     out of DDP's gradient hooks; with lam = 0 it is not computed at all (plain training, exactly)."""
     accelerator = ctx.accelerator
     denoiser, encoder = state.modules["denoiser"], state.modules["encoder"]
-    opt, opt_phi = state.optimizers["opt"], state.optimizers["opt_phi"]
+    opt_phi = state.optimizers["opt_phi"]
     loss_denoise, x_hat = ctx.loss_fn(denoiser, x0, state.generator, labels)
     for _ in range(ctx.disc_steps):
         opt_phi.zero_grad(set_to_none=True)
@@ -121,15 +134,47 @@ def sadm_step(ctx: SADMStep, state: TrainState, x0: torch.Tensor, labels: torch.
     if lam > 0:
         loss_adv = adversarial_loss(state.module("encoder"), x0, x_hat)
         total = loss_denoise + lam * loss_adv
+    _update_denoiser(ctx, state, total)
+    return {"loss": total.detach(), "loss_denoise": loss_denoise.detach(), "loss_adv": loss_adv.detach(),
+            "structure_distance": -loss_disc.detach()}
+
+
+def _update_denoiser(ctx: SADMStep, state: TrainState, total: torch.Tensor) -> None:
+    accelerator, opt = ctx.accelerator, state.optimizers["opt"]
     opt.zero_grad(set_to_none=True)
     accelerator.backward(total)
     if accelerator.sync_gradients and ctx.grad_clip > 0:
-        accelerator.clip_grad_norm_(denoiser.parameters(), ctx.grad_clip)
+        accelerator.clip_grad_norm_(state.modules["denoiser"].parameters(), ctx.grad_clip)
     opt.step()
     if accelerator.sync_gradients:
         state.emas["denoiser"].update(state.module("denoiser"))
-    return {"loss": total.detach(), "loss_denoise": loss_denoise.detach(), "loss_adv": loss_adv.detach(),
-            "structure_distance": -loss_disc.detach()}
+
+
+def gated_step(ctx: SADMStep, state: TrainState, x0: torch.Tensor, labels: torch.Tensor | None, ratio: float,
+               step: int) -> dict[str, Any]:
+    """One micro-step with the gated structure term (`raygen.diffusion.structure`): `ratio` is the
+    structure / denoise gradient ratio at the output layer; 0 computes nothing (plain training, exactly).
+    The structure batch's sigma and noise come from their own stream keyed by (seed, step)."""
+    loss_denoise, _ = ctx.loss_fn(state.modules["denoiser"], x0, state.generator, labels)
+    total, logs = loss_denoise, {"lambda_t": 0.0}
+    if ratio > 0:
+        encoder, opt_phi = state.modules["encoder"], state.optimizers["opt_phi"]
+
+        def critic(x_real: torch.Tensor, x_hat: torch.Tensor) -> None:
+            for _ in range(ctx.disc_steps):
+                opt_phi.zero_grad(set_to_none=True)
+                ctx.accelerator.backward(js_critic_loss(encoder, x_real, x_hat))
+                opt_phi.step()
+
+        sigma_data = ctx.loss_fn.sigma_data
+        sigma, eps = structure_noise((ctx.seed, 3, step), ctx.rank, x0.shape, 0.02, sigma_data, x0.dtype)
+        term, logs = gated_structure_term(
+            state.modules["denoiser"], state.module("encoder"), x0, labels, loss_denoise,
+            state.module("denoiser").net.out.weight, sigma=sigma, eps=eps, sigma_data=sigma_data, ratio=ratio,
+            critic=critic)
+        total = loss_denoise + term
+    _update_denoiser(ctx, state, total)
+    return {"loss": total.detach(), "loss_denoise": loss_denoise.detach(), **logs}
 
 
 def _digit_batches(seed: int, per_worker: int, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -194,6 +239,24 @@ def _sample_grid(cfg: TrainSADMConfig):
     return draw
 
 
+def init_from(state: TrainState, checkpoint: str) -> None:
+    """Fine-tuning start: the checkpoint's denoiser weights, EMA and Adam state; the discriminator,
+    the step count (so `steps` counts fine-tuning steps and the warm-up restarts) and the random
+    streams start fresh."""
+    directory = Path(checkpoint)
+    if not (directory / STATE_FILE).exists():
+        raise UserError(f"init_from {checkpoint!r} is not a raygen training checkpoint (no {STATE_FILE}); "
+                        "pass a checkpoint_* directory of a `raygen train` run")
+    saved = _read_checkpoint(directory, 0)
+    try:
+        state.module("denoiser").load_state_dict(saved["modules"]["denoiser"])
+        state.emas["denoiser"].load_state_dict(saved["emas"]["denoiser"])
+        state.optimizers["opt"].load_state_dict(saved["optimizers"]["opt"])
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise UserError(f"init_from {checkpoint!r} does not fit this model ({type(exc).__name__}); "
+                        "use the model_size, channels, num_classes and energy it was trained with") from None
+
+
 def train_func(config: dict) -> dict:
     """Train a SADM denoiser; returns the last logged metrics (rank 0's under Ray Train)."""
     cfg = TrainSADMConfig.from_dict(config)
@@ -214,7 +277,8 @@ def train_func(config: dict) -> dict:
         denoiser = seeded(cfg.seed, lambda: build_denoiser(
             cfg.model_size, cfg.channels, cfg.num_classes, cfg.energy, cfg.sigma_data, cfg.data_mean,
             sample_shape=sample_shape, data_range=PIXEL_RANGE))  # raygen.data yields [0, 1]
-        encoder = seeded(cfg.seed + 1, lambda: StructureEncoder(cfg.channels, embed_dim=cfg.embed_dim))
+        critic = SpectralEncoder if cfg.sadm_form == "gated" else StructureEncoder
+        encoder = seeded(cfg.seed + 1, lambda: critic(cfg.channels, embed_dim=cfg.embed_dim))
         state = TrainState(
             modules={"denoiser": denoiser, "encoder": encoder},
             optimizers={"opt": torch.optim.Adam(denoiser.parameters(), lr=cfg.lr),
@@ -224,14 +288,18 @@ def train_func(config: dict) -> dict:
         )
         if restored is not None:
             state.load_state_dict(restored)  # before prepare(): plain modules/optimisers load their own dicts
+        elif cfg.init_from:
+            init_from(state, cfg.init_from)
         run.prepare(state)
         step = SADMStep(run.accelerator, DenoisingLoss(cfg.sigma_data, cfg.p_mean, cfg.p_std, cfg.num_classes,
                                                        cfg.label_dropout),
-                        cfg.sadm_lambda, cfg.sadm_warmup, cfg.disc_steps, cfg.grad_clip)
+                        cfg.sadm_lambda, cfg.sadm_warmup, cfg.disc_steps, cfg.grad_clip, cfg.sadm_form, cfg.seed,
+                        run.rank)
         schedule = Schedule(cfg.steps, cfg.log_every, cfg.checkpoint_every, cfg.sample_every, cfg.grad_accum)
         return fit(run, state, itertools.chain([first], batches), step, schedule, export=_export,
                    images=_sample_grid(cfg),
-                   progress={"loss": "loss", "denoise": "loss_denoise", "structure": "structure_distance"},
+                   progress={"loss": "loss", "denoise": "loss_denoise",
+                             **({"lambda": "lambda_t"} if cfg.sadm_form == "gated" else {"structure": "structure_distance"})},
                    diverged_hint=f"lower lr (now {cfg.lr}) or grad_clip")
     finally:
         run.close()
