@@ -39,8 +39,8 @@ def test_tiny_quickstart_runs_end_to_end_and_reuses_stages(tmp_path, ray_local):
 
     # other settings: refused, naming the key, and the finished run is left as it was
     report = (run_dir / "report.md").read_text()
-    changed = load_job("jobs/quickstart.yaml", TINY + [f"storage_path={tmp_path}", "name=qs", "sadm_lambda=0.0"])
-    with pytest.raises(UserError, match=r"other settings \(sadm_lambda: 0\.1 -> 0\.0\)"):
+    changed = load_job("jobs/quickstart.yaml", TINY + [f"storage_path={tmp_path}", "name=qs", "sadm_lambda=0.1"])
+    with pytest.raises(UserError, match=r"other settings \(sadm_lambda: 0\.0 -> 0\.1\)"):
         quickstart.run(changed.config)
     assert (run_dir / "report.md").read_text() == report
 

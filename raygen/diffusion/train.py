@@ -66,7 +66,7 @@ class TrainSADMConfig(Config):
     grad_clip: float = bounded(1.0, ge=0)  # 0: no clipping
     ema_decay: float = bounded(0.999, ge=0, lt=1)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
-    sadm_lambda: float = bounded(0.1, ge=0)  # 0: plain denoising training; "gated": the gradient ratio
+    sadm_lambda: float = bounded(0.0, ge=0)  # 0: plain denoising training; "gated": the gradient ratio
     # "current": cosine affinities, squared difference, mixed sigma, fixed lambda; "gated": the
     # bounded term of raygen.diffusion.structure (low-sigma gate, JS of softmax structures, adaptive lambda)
     sadm_form: Literal["current", "gated"] = "current"

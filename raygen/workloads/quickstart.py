@@ -3,7 +3,7 @@
 Each stage is a sub-run of its own workload under the quickstart's run directory, with a config
 derived from the quickstart's flat keys:
 
-    <run_dir>/train/    class-conditional SADM denoiser on the built-in digits  (workload `train`)
+    <run_dir>/train/    class-conditional denoiser on the built-in digits  (workload `train`)
     <run_dir>/sample/   labelled digits drawn with MMDGS on Ray Data actors     (workload `sample`)
     <run_dir>/study/    contamination study with Ray Data mixing + Ray Tune     (workload `study`)
 
@@ -32,7 +32,7 @@ class QuickstartConfig(Config):
     # stage 1: SADM training (raygen train)
     train_steps: int = bounded(800, ge=1)
     train_batch_size: int = bounded(64, ge=1)
-    sadm_lambda: float = 0.1
+    sadm_lambda: float = 0.0  # plain training: no SADM form improved FD in benchmarks/sadm_quality.py
     sadm_warmup: int = 200
     label_dropout: float = 0.1
     train_workers: int = bounded(0, ge=0)  # 0: train in the driver process; >= 1: Ray Train workers
@@ -121,7 +121,8 @@ def run(config: QuickstartConfig, *, verbose: bool = False) -> dict[str, Any]:
     start = time.perf_counter()
     checkpoint = _finished_training(run_dir, config.train_config(root))
     if checkpoint is None:
-        print(f"[1/3] training a class-conditional SADM denoiser on digits ({config.train_steps} steps)")
+        what = f"SADM (lambda {config.sadm_lambda})" if config.sadm_lambda > 0 else "plain denoising"
+        print(f"[1/3] training a class-conditional denoiser on digits, {what}, {config.train_steps} steps")
         trained = train.run(config.train_config(root), verbose=verbose)
         checkpoint = trained["checkpoint"]
         if checkpoint is None:
@@ -161,7 +162,7 @@ def _markdown(config: QuickstartConfig, stages: dict[str, dict[str, Any]], study
         "",
         "| stage | what | seconds | details |",
         "|---|---|---|---|",
-        f"| 1 train | class-conditional SADM denoiser, {config.train_steps} steps on digits | {train['seconds']:.0f} | "
+        f"| 1 train | class-conditional denoiser (sadm_lambda {config.sadm_lambda}), {config.train_steps} steps on digits | {train['seconds']:.0f} | "
         + ("reused a finished training" if train["reused"] else "trained now") + ", [report](train/report.md) |",
         f"| 2 sample | {config.n_samples} labelled digits, MMDGS `{config.covariance}`, {config.num_actors} actors | "
         f"{sample['seconds']:.0f} | {sample['parts_reused']}/{sample['parts']} parts reused, "
