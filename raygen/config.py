@@ -185,8 +185,13 @@ class Config:
 
     @classmethod
     def provenance_of(cls, values: dict[str, Any]) -> dict[str, Any]:
+        """Like `provenance`, for saved values; a key the saved config lacks (it predates that key)
+        counts as the key's default, which must be the old behaviour when a key is added."""
         ignored = {"name", "storage_path", "config_class"} | cls.RESUME_FREE
-        return {k: v for k, v in values.items() if k not in ignored}
+        defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                    for f in dataclasses.fields(cls)
+                    if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+        return {k: v for k, v in {**defaults, **values}.items() if k not in ignored}
 
 
 def parse_overrides(pairs: typing.Iterable[str]) -> dict[str, Any]:

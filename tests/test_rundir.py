@@ -121,3 +121,14 @@ def test_unwritable_storage_path_is_one_line(tmp_path):
     if not os.access(locked, os.W_OK):  # root can write anywhere: nothing to check then
         with pytest.raises(UserError, match="cannot write the run directory"):
             RunDir(ToyConfig(name="r", storage_path=str(locked)))
+
+
+def test_a_key_added_later_counts_as_its_default(tmp_path):
+    _finish(RunDir(ToyConfig(name="r", storage_path=str(tmp_path))), 1.0)
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    del saved["lr"]  # a run made before `lr` existed
+    (tmp_path / "r" / "config.json").write_text(json.dumps(saved))
+    RunDir(ToyConfig(name="r", storage_path=str(tmp_path)))  # lr at its default: resumes
+    with pytest.raises(UserError, match="lr"):
+        (tmp_path / "r" / "config.json").write_text(json.dumps(saved))
+        RunDir(ToyConfig(name="r", storage_path=str(tmp_path), lr=0.3))
