@@ -1,21 +1,16 @@
 """`raygen sample` on a real local Ray: exactly-once output, resume, actor kills, determinism."""
 
-import os
-import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pyarrow.parquet as pq
 import pytest
 
 from raygen.errors import UserError
 from raygen.workloads.sample import SampleConfig, run
-from tests.helpers import actor_pids
+from tests.helpers import kill_mid_run
 
 
 def config(tmp_path, name, **overrides):
@@ -89,23 +84,12 @@ def test_killed_actor_still_gives_every_id_exactly_once(tmp_path, ray_local):
     settings = dict(n_samples=1200, levels=10, steps_per_level=3)
     reference = read_all(Path(run(config(tmp_path, "ref", chunk_size=200, num_actors=1, **settings))["run_dir"]))
     cfg = config(tmp_path, "killed", chunk_size=40, **settings)
-    result: dict = {}
-    worker = threading.Thread(target=lambda: result.update(run(cfg)))
-    worker.start()
-    samples_dir = tmp_path / "killed" / "samples"
-    deadline = time.time() + 120
-    killed = None
-    while time.time() < deadline and killed is None:
-        if len(list(samples_dir.glob("part-*.parquet"))) >= 2 and actor_pids("SamplerActor"):
-            killed = actor_pids("SamplerActor")[0]
-            os.kill(killed, signal.SIGKILL)
-        time.sleep(0.05)
-    written_at_kill = len(list(samples_dir.glob("part-*.parquet")))
-    worker.join(timeout=300)
-    assert killed is not None, "no sampler actor process found to kill"
+
+    def parts():
+        return len(list((tmp_path / "killed" / "samples").glob("part-*.parquet")))
+
+    _, _, written_at_kill = kill_mid_run(lambda: run(cfg), parts, 2, "SamplerActor")
     assert written_at_kill < 30, "the run had already finished when the actor was killed"
-    assert not psutil.pid_exists(killed) or psutil.Process(killed).status() == psutil.STATUS_ZOMBIE
-    assert result, "the run did not finish after the actor was killed"
     assert_same_samples(read_all(tmp_path / "killed"), reference)
 
 

@@ -11,7 +11,8 @@ from raygen.parts import Chunks, PartStore
 from raygen.weightgen.params import ParamLayout, unflatten
 from raygen.weightgen.zoo import build_classifier, task_splits
 from raygen.workloads import weightgen
-from raygen.workloads.weightgen import WeightgenConfig, params_table, read_zoo
+from raygen.workloads.weightgen import WeightgenConfig, read_zoo
+from tests.helpers import ZOO_ARCH, write_zoo_part
 
 TINY = dict(mode="tasks", task_family="subset", zoo_tasks=2, heldout_tasks=[7], classes_per_task=3, seeds=2,
             member_steps=40, ae_steps=30, diff_steps=30, n_generate=4, sample_steps=4, latent_dim=8, ae_hidden=32,
@@ -54,21 +55,6 @@ def test_tiny_tasks_run_end_to_end(ray_local, tmp_path):
     assert again["table"] == summary["table"]
 
 
-def _zoo_part(store, chunk, chunks, arch, layout_names=None):
-    net = build_classifier(arch)
-    layout = ParamLayout.of(net, layout_names)
-    ids = chunks.ids(chunk)
-    params = np.random.default_rng(chunk).normal(size=(len(ids), layout.numel)).astype(np.float32)
-    cols = {"model_id": ids.tolist(), "task_id": [0] * len(ids), "seed": [0] * len(ids), "step": [1] * len(ids),
-            "params": [params], "val_acc": [0.5] * len(ids),
-            "test_acc": [0.5] * len(ids)}
-    meta = {"arch": arch, "layout": layout.to_dict(), "base": None, "tasks": {"0": {"family": "digits"}}}
-    store.write(chunk, params_table(cols), chunks, meta)
-
-
-ARCH = dict(in_channels=1, num_classes=10, width=4, feature_dim=16)
-
-
 def test_bad_zoos_are_one_line_errors(ray_local, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -76,12 +62,12 @@ def test_bad_zoos_are_one_line_errors(ray_local, tmp_path):
         read_zoo(str(empty))
     mixed = PartStore.at(str(tmp_path / "mixed"), "model_id")
     chunks = Chunks(4, 2)
-    _zoo_part(mixed, 0, chunks, ARCH)
-    _zoo_part(mixed, 1, chunks, {**ARCH, "width": 8})
+    write_zoo_part(mixed, 0, chunks, ZOO_ARCH)
+    write_zoo_part(mixed, 1, chunks, {**ZOO_ARCH, "width": 8})
     with pytest.raises(UserError, match="mixes architectures"):
         read_zoo(mixed.uri)
     other = PartStore.at(str(tmp_path / "wide"), "model_id")
-    _zoo_part(other, 0, Chunks(2, 2), {**ARCH, "width": 8})
+    write_zoo_part(other, 0, Chunks(2, 2), {**ZOO_ARCH, "width": 8})
     cfg = WeightgenConfig.from_dict({"name": "x", "storage_path": str(tmp_path / "runs"), "zoo": other.uri,
                                      "param_subset": "all"})
     with pytest.raises(UserError, match="parameter layout does not match the target architecture"):
@@ -105,7 +91,7 @@ def test_autoencoder_trains_on_two_ray_train_workers(ray_local, tmp_path):
     zoo = PartStore.at(str(tmp_path / "zoo"), "model_id")
     chunks = Chunks(16, 8)
     for c in range(2):
-        _zoo_part(zoo, c, chunks, ARCH, ["head.weight", "head.bias"])
+        write_zoo_part(zoo, c, chunks, ZOO_ARCH, ["head.weight", "head.bias"])
     cfg = WeightgenConfig.from_dict({"name": "r", "latent_dim": 4, "ae_hidden": 16, "ae_steps": 4, "ae_batch": 8,
                                      "train_workers": 2, "log_every": 2})
     stage = weightgen.stage_config(cfg, "ae", str(tmp_path / "runs"), zoo.uri)

@@ -2,32 +2,16 @@
 plain and Ray Train runs resuming from each other, bad data and unplaceable workers as one line."""
 
 import json
-import os
-import signal
-import threading
 import time
 
 import pytest
 
 from raygen.workloads.train import CONFIG, run
+from tests import helpers
+from tests.helpers import kill_mid_run, ray_actors
 
 pytestmark = pytest.mark.ray
-
-
-@pytest.fixture(scope="module")
-def two_node_cluster():
-    import ray
-    from ray.cluster_utils import Cluster
-
-    if ray.is_initialized():
-        ray.shutdown()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]  # one training worker fits per node
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address)
-    yield cluster, nodes
-    ray.shutdown()
-    cluster.shutdown()
+two_node_cluster = helpers.two_node_cluster
 
 
 def _config(tmp_path, name, **kw):
@@ -36,22 +20,13 @@ def _config(tmp_path, name, **kw):
     return CONFIG.from_dict({**base, **kw})
 
 
-def _worker_actors(state=None):
-    """Training-worker actors from the GCS actor table (the state API needs a dashboard, which
-    can fail to start when other Ray instances hold its port on the same machine)."""
-    import ray._private.state
-
-    actors = ray._private.state.actors().values()
-    return [a for a in actors if a["ActorClassName"] == "RayTrainWorker" and state in (None, a["State"])]
-
-
 def test_two_workers_on_two_nodes(two_node_cluster, tmp_path):
     summary = run(_config(tmp_path, "multi", steps=4, checkpoint_every=2))
     ckpt = tmp_path / "multi" / "checkpoint_000004"
     assert summary["checkpoint"].endswith("checkpoint_000004") and ckpt.is_dir()
     # both ranks contributed to the merged checkpoint, from different nodes
     assert (ckpt / "rng_rank0.pt").exists() and (ckpt / "rng_rank1.pt").exists()
-    assert len({a["Address"]["NodeID"] for a in _worker_actors()}) == 2
+    assert len({a["Address"]["NodeID"] for a in ray_actors("RayTrainWorker")}) == 2
     steps = [json.loads(l)["step"] for l in (tmp_path / "multi" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
     assert (tmp_path / "multi" / "report.md").exists()
@@ -59,18 +34,11 @@ def test_two_workers_on_two_nodes(two_node_cluster, tmp_path):
 
 def test_killed_worker_resumes_from_last_checkpoint(two_node_cluster, tmp_path):
     config = _config(tmp_path, "fault", steps=20, checkpoint_every=4)
-    out = {}
-    thread = threading.Thread(target=lambda: out.setdefault("summary", run(config)))
-    thread.start()
-    deadline = time.time() + 120
-    while not list((tmp_path / "fault").glob("checkpoint_*/.complete")) and time.time() < deadline:
-        time.sleep(0.2)
-    alive = _worker_actors("ALIVE")
-    assert alive, "no live training worker to kill"
-    os.kill(alive[0]["Pid"], signal.SIGKILL)  # a real process death, not an exception
-    thread.join(timeout=240)
-    assert not thread.is_alive()
-    summary = out["summary"]
+
+    def checkpoints():
+        return len(list((tmp_path / "fault").glob("checkpoint_*/.complete")))
+
+    summary, _, _ = kill_mid_run(lambda: run(config), checkpoints, 1, "RayTrainWorker")
     assert 0 < summary["resumed_from"] < 20  # resumed from a checkpoint, not step 0
     lines = [json.loads(l) for l in (tmp_path / "fault" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == list(range(1, 21))  # the curve continues without gaps or repeats
