@@ -20,6 +20,7 @@ actor count, worker count), and one table says which stream is which:
 | 12 | AE_INIT         | rank               | the parameter autoencoder's trainer generator            |
 | 13 | LATENT_INIT     | rank               | the latent diffusion's trainer generator                 |
 | 14 | RANDOM_INIT     | model index        | the random-init baseline models of the weightgen report  |
+| 15 | STRUCTURE       | step (, rank)      | SADM's gated structure batch: its sigma (all ranks), noise |
 
 `stream_seed` gives a 63-bit integer (numpy's SeedSequence over the key), `numpy_rng` and
 `torch_generator` wrap it. `per_item_seeds` is the vectorised form for one seed per item of a huge
@@ -50,6 +51,7 @@ class Stream(enum.IntEnum):
     AE_INIT = 12
     LATENT_INIT = 13
     RANDOM_INIT = 14
+    STRUCTURE = 15
 
 
 def stream_seed(seed: int, stream: Stream, *index: int) -> int:

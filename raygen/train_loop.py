@@ -46,7 +46,7 @@ Writing a trainer (a sketch; see `raygen.diffusion.train.train_func` for the rea
         batches = my_batches(run.store.shard("train"), start)   # endless iterator of tensor tuples
         state = TrainState(modules={"net": seeded(cfg.seed, build_net)},
                            optimizers={"opt": ...}, emas={"net": EMA(...)},
-                           generator=torch.Generator().manual_seed(stream_seed(cfg.seed, 0, run.rank)))
+                           generator=torch_generator(cfg.seed, Stream.INIT, run.rank))
         if restored is not None:
             state.load_state_dict(restored)           # before prepare: plain modules load their dicts
         run.prepare(state)
@@ -73,7 +73,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -90,11 +89,6 @@ def checkpoint_name(step: int) -> str:
 
 def _rng_file(rank: int) -> str:
     return f"rng_rank{rank}.pt"
-
-
-def stream_seed(*key: int) -> int:
-    """A 63-bit seed for an independent stream keyed by integers (seed, stream id, rank, epoch...)."""
-    return int(np.random.SeedSequence(list(key)).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
 def seeded(seed: int, build: Callable[[], Any]) -> Any:

@@ -46,7 +46,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from raygen.diffusion.sadm import frozen, gather
-from raygen.train_loop import stream_seed
+from raygen.seeds import stream_seed
 
 LN2 = math.log(2.0)
 SATURATED = 0.9  # d / ln 2 above this: the critic separates the structures almost perfectly

@@ -36,7 +36,8 @@ from raygen.diffusion.sample import heun_sample
 from raygen.errors import UserError
 from raygen.models.denoiser import PIXEL_RANGE, build_denoiser, save_denoiser
 from raygen.models.unet import SIZES
-from raygen.train_loop import STATE_FILE, Schedule, TrainRun, TrainState, _read_checkpoint, fit, seeded, stream_seed
+from raygen.seeds import Stream, stream_seed, torch_generator
+from raygen.train_loop import STATE_FILE, Schedule, TrainRun, TrainState, _read_checkpoint, fit, seeded
 
 
 @dataclasses.dataclass
@@ -167,7 +168,7 @@ def gated_step(ctx: SADMStep, state: TrainState, x0: torch.Tensor, labels: torch
                 opt_phi.step()
 
         sigma_data = ctx.loss_fn.sigma_data
-        sigma, eps = structure_noise((ctx.seed, 3, step), ctx.rank, x0.shape, 0.02, sigma_data, x0.dtype)
+        sigma, eps = structure_noise((ctx.seed, Stream.STRUCTURE, step), ctx.rank, x0.shape, 0.02, sigma_data, x0.dtype)
         term, logs = gated_structure_term(
             state.modules["denoiser"], state.module("encoder"), x0, labels, loss_denoise,
             state.module("denoiser").net.out.weight, sigma=sigma, eps=eps, sigma_data=sigma_data, ratio=ratio,
@@ -185,7 +186,7 @@ def _digit_batches(seed: int, per_worker: int, start: int) -> Iterator[tuple[tor
     per_epoch = len(images) // per_worker
     epoch, offset = divmod(start, per_epoch)
     while True:
-        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(stream_seed(seed, 1, epoch)))
+        order = torch.randperm(len(images), generator=torch_generator(seed, Stream.DATA_ORDER, epoch))
         for b in range(offset, per_epoch):
             idx = order[b * per_worker:(b + 1) * per_worker]
             yield images[idx], labels[idx]
@@ -200,7 +201,7 @@ def _dataset_batches(cfg: TrainSADMConfig, source, rank: int, per_worker: int) -
         # prefetching keeps the next batches ready while the step runs (data wait < 5% of step time)
         for batch in source.iter_torch_batches(batch_size=per_worker, drop_last=True, prefetch_batches=4,
                                                local_shuffle_buffer_size=4 * per_worker,
-                                               local_shuffle_seed=stream_seed(cfg.seed, 2, rank, epoch)):
+                                               local_shuffle_seed=stream_seed(cfg.seed, Stream.SHARD_SHUFFLE, rank, epoch)):
             n += 1
             yield batch["image"], batch["label"]
         if n == 0:
@@ -284,7 +285,7 @@ def train_func(config: dict) -> dict:
             optimizers={"opt": torch.optim.Adam(denoiser.parameters(), lr=cfg.lr),
                         "opt_phi": torch.optim.Adam(encoder.parameters(), lr=cfg.disc_lr, betas=(0.5, 0.999))},
             emas={"denoiser": EMA(denoiser, cfg.ema_decay)},
-            generator=torch.Generator().manual_seed(stream_seed(cfg.seed, 0, run.rank)),
+            generator=torch_generator(cfg.seed, Stream.INIT, run.rank),
         )
         if restored is not None:
             state.load_state_dict(restored)  # before prepare(): plain modules/optimisers load their own dicts
