@@ -56,3 +56,18 @@ def test_checkpoint_records_the_trained_size_and_samples_at_it(tmp_path, ray_loc
     x, _ = mmdgs(model.conditioned(torch.tensor([0, 1, 0]), 0.0), initial_state(seeds, model.sample_shape, dtype=torch.float32),
                  [1.0, 0.1], covariance="iso", seeds=seeds)
     assert x.shape == (3, 1, 12, 12) and torch.isfinite(x).all()
+
+
+def test_more_class_folders_than_num_classes_is_one_line(tmp_path):
+    from raygen.workloads.train import check_classes
+
+    for c in ("a", "b", "c"):
+        (tmp_path / "data" / c).mkdir(parents=True)
+        Image.new("L", (8, 8)).save(tmp_path / "data" / c / "0.png")
+    config = TrainSADMConfig.from_dict({"data": str(tmp_path / "data"), "num_classes": 2})
+    with pytest.raises(UserError, match="config key 'num_classes': .* has 3 classes \\(a, b, c\\) but num_classes is 2"):
+        check_classes(config)
+    check_classes(config.replace(num_classes=3))
+    check_classes(config.replace(num_classes=0))
+    with pytest.raises(UserError, match="has 10 classes"):
+        check_classes(TrainSADMConfig.from_dict({"data": "digits", "num_classes": 5}))

@@ -2,9 +2,9 @@
 
 `num_workers: 0` calls `train_func` in this process (no Ray at all for the built-in digits);
 `num_workers: N` runs it on N Ray Train workers with `TorchTrainer`, data from Ray Data shards,
-checkpoints kept by Ray (`CheckpointConfig(num_to_keep)`), failed workers retried from the latest
-checkpoint (`FailureConfig(max_failures)`). Either way checkpoints are `<run dir>/checkpoint_<step>/`
-(local disk or a bucket) and re-running with the same `name` resumes.
+failed workers retried from the latest checkpoint (`FailureConfig(max_failures)`). Either way rank 0
+writes the checkpoints, `<run dir>/checkpoint_<step>/` (local disk or a bucket, complete once their
+`.complete` marker is there), and re-running with the same `name` resumes.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 from raygen.diffusion.train import TrainSADMConfig, train_func
+from raygen.errors import UserError
 from raygen.rundir import RunDir
 from raygen.train_loop import launch
 
@@ -26,6 +27,7 @@ def run(config: TrainSADMConfig, *, verbose: bool = False) -> dict[str, Any]:
         return {"train": load_dataset(config.data, image_column=config.image_column, label_column=config.label_column,
                                       image_size=config.image_size, channels=config.channels)}
 
+    check_classes(config)
     run_dir = RunDir(config)
     metrics, checkpoint = launch(train_func, config, run_dir, num_workers=config.num_workers,
                                  keep_checkpoints=config.keep_checkpoints, max_failures=config.max_failures,
@@ -44,6 +46,30 @@ def run(config: TrainSADMConfig, *, verbose: bool = False) -> dict[str, Any]:
     run_dir.write_report(summary, _markdown(config, summary, grids[-1] if grids else None))
     run_dir.close()
     return summary
+
+
+def check_classes(config: TrainSADMConfig) -> None:
+    """A class-conditional model needs as many classes as the data has (checked for the built-in
+    digits and image folders; a Parquet label column is only seen while training)."""
+    import pyarrow.fs as pafs
+
+    from raygen import storage
+    from raygen.data.real import image_class_names
+
+    if config.num_classes == 0:
+        return
+    if config.data == "digits":
+        names = [str(c) for c in range(10)]
+    else:
+        loc = storage.resolve(config.data)
+        entries = loc.fs.get_file_info(pafs.FileSelector(loc.path, allow_not_found=True))
+        if not any(e.type == pafs.FileType.Directory for e in entries):
+            return  # Parquet, or a missing / empty source: the data loader names the problem
+        names = image_class_names(loc)
+    if len(names) > config.num_classes:
+        raise UserError(f"config key 'num_classes': {config.data!r} has {len(names)} classes ({', '.join(names[:5])}"
+                        f"{', ...' if len(names) > 5 else ''}) but num_classes is {config.num_classes}; set "
+                        f"num_classes={len(names)} (or 0 for an unconditional model)")
 
 
 def _markdown(config: TrainSADMConfig, summary: dict[str, Any], grid: str | None) -> str:
