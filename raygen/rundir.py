@@ -113,14 +113,6 @@ class RunDir:
 
     # ------------------------------------------------------------------ files
 
-    @property
-    def path(self) -> Path:
-        """The run directory as a local Path, for code that needs one; refused for bucket storage."""
-        if not self.loc.is_local:
-            raise UserError(f"this workload cannot write to {storage.display(self.uri)} yet; use a local or NFS "
-                            "storage_path")
-        return Path(self.fs_path)
-
     def child(self, rel: str) -> storage.Location:
         return self.loc.child(rel)
 
