@@ -2,7 +2,7 @@
 
 Three figures, measured side by side in one process:
   1. Ray overhead: samples/s of `raygen sample` with 1 actor vs a plain loop that calls the same
-     SamplerActor code (sampling + Parquet writes) in this process, one torch thread each.
+     ChunkSampler code (sampling + Parquet writes) in this process, one torch thread each.
      Reported end to end (including starting the actor pool: each actor imports torch and builds
      the model) and in steady state (from the first written part to the last).
   2. Scaling: samples/s with 2 actors vs 1 actor (ideal 2.0 on 2 cores), steady state.
@@ -18,7 +18,6 @@ writes benchmarks/results/sampler_throughput.json and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import tempfile
 import threading
@@ -27,19 +26,17 @@ from pathlib import Path
 
 import psutil
 import torch
+from benchlib import machine, show, spread, table, write
 
 from raygen import runtime
 from raygen.parts import PartStore
-from raygen.workloads.sample import SampleConfig, SamplerActor, prepare_output, run
-
-RESULTS = Path(__file__).parent / "results"
-
+from raygen.workloads.sample import SampleConfig, ChunkSampler, prepare_output, run
 
 def plain_loop(config: SampleConfig, out_dir: str) -> float:
     torch.set_num_threads(1)
     store = PartStore.at(out_dir)
     chunk_size = prepare_output(config, store)
-    actor = SamplerActor(config.to_dict(), store.loc.uri, chunk_size)
+    actor = ChunkSampler(config.to_dict(), store.loc.uri, chunk_size)
     import numpy as np
 
     start = time.perf_counter()
@@ -75,27 +72,75 @@ class PeakRSS:
         return (self.peak - self.base) / 2**20
 
 
+def one_run(work: dict, name: str, k: int) -> dict:
+    summary = run(SampleConfig.from_dict({**work, "name": name, "num_actors": k}))
+    n, first = work["n_samples"], summary["seconds_to_first_part"]
+    # the first k parts arrive together once the workers are up; count the rest against the time after
+    return {"seconds": summary["seconds"], "first_part_s": first,
+            "steady": (n - k * work["chunk_size"]) / (summary["seconds"] - first)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smaller N for a smoke run")
+    parser.add_argument("--quick", action="store_true", help="one small repeat: a smoke run, no ratios")
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    n = 4000 if args.quick else 40000
+    n, repeats = (4000, 1) if args.quick else (40000, args.repeats)
     memory_ns = (2000, 20000) if args.quick else (10000, 100000)
-    runtime.init(num_cpus=2)
+    before = machine()
     tmp = Path(tempfile.mkdtemp(prefix="raygen-bench-"))
     work = dict(storage_path=str(tmp), model="mog4", covariance="full", levels=10, steps_per_level=3,
                 n_samples=n, chunk_size=1000)
+    start = time.perf_counter()
+    runtime.init(num_cpus=2)
+    cold = run(SampleConfig.from_dict({**work, "name": "cold", "n_samples": 2000, "num_actors": 2}))
+    cold_first_s = time.perf_counter() - start - cold["seconds"] + cold["seconds_to_first_part"]
 
-    run(SampleConfig.from_dict({**work, "name": "warmup", "n_samples": 500, "num_actors": 2}))
-    plain_s = plain_loop(SampleConfig.from_dict({**work, "name": "plain"}), str(tmp / "plain" / "samples"))
-    chunk_ms = 1000 * plain_s / math.ceil(n / work["chunk_size"])
-    ray_s, steady = {}, {}
-    for k in (1, 2):
-        summary = run(SampleConfig.from_dict({**work, "name": f"actors{k}", "num_actors": k}))
-        ray_s[k] = summary["seconds"]
-        # the first k parts arrive together once the pool is up; count the rest against the time after
-        first_rows = k * work["chunk_size"]
-        steady[k] = (n - first_rows) / (summary["seconds"] - summary["seconds_to_first_part"])
+    arms: dict[str, list] = {"plain": [], "ray1": [], "ray2": []}
+    for r in range(repeats):  # arms interleaved, so a change in background load hits all of them
+        arms["plain"].append(plain_loop(SampleConfig.from_dict({**work, "name": f"plain{r}"}),
+                                        str(tmp / f"plain{r}" / "samples")))
+        for k in (1, 2):
+            arms[f"ray{k}"].append(one_run(work, f"w{k}_{r}", k))
+    chunks = math.ceil(n / work["chunk_size"])
+    plain_s = [p for p in arms["plain"]]
+    ray1_s = [a["seconds"] for a in arms["ray1"]]
+    ray2_s = [a["seconds"] for a in arms["ray2"]]
+    result = {
+        "n_samples": n, "chunk_size": work["chunk_size"], "repeats": repeats, "quick": args.quick,
+        "machine_before": before,
+        "cold_start_first_part_s": cold_first_s,
+        "chunk_ms_plain": spread([1000 * p / chunks for p in plain_s]),
+        "plain_samples_per_s": spread([n / p for p in plain_s]),
+        "ray_1_worker_samples_per_s": spread([n / s for s in ray1_s]),
+        "ray_2_worker_samples_per_s": spread([n / s for s in ray2_s]),
+        "first_part_s_1_worker": spread([a["first_part_s"] for a in arms["ray1"]]),
+        "first_part_s_2_workers": spread([a["first_part_s"] for a in arms["ray2"]]),
+    }
+    rows = [
+        ("compute per chunk (plain loop)", show(result["chunk_ms_plain"], unit=" ms")),
+        ("cold start: Ray up to first part", f"{cold_first_s:.1f} s (a fresh Ray session, once)"),
+        ("first part, 1 / 2 workers (warm)", f"{show(result['first_part_s_1_worker'], '.2f', ' s')} / "
+                                             f"{show(result['first_part_s_2_workers'], '.2f', ' s')}"),
+        ("plain loop", show(result["plain_samples_per_s"], unit=" samples/s")),
+        ("raygen sample, 1 worker, end to end", show(result["ray_1_worker_samples_per_s"], unit=" samples/s")),
+        ("raygen sample, 2 workers, end to end", show(result["ray_2_worker_samples_per_s"], unit=" samples/s")),
+    ]
+    if not args.quick:  # ratios over a few chunks say nothing; the full run has 40 chunks
+        result.update({
+            "overhead_pct_end_to_end": spread([100 * (s - p) / p for s, p in zip(ray1_s, plain_s)]),
+            "overhead_pct_steady": spread([100 * (n / p - a["steady"]) / a["steady"]
+                                           for p, a in zip(plain_s, arms["ray1"])]),
+            "scaling_2_vs_1_end_to_end": spread([s1 / s2 for s1, s2 in zip(ray1_s, ray2_s)]),
+            "scaling_2_vs_1_steady": spread([b["steady"] / a["steady"] for a, b in zip(arms["ray1"], arms["ray2"])]),
+        })
+        rows += [
+            ("Ray overhead end to end (1 worker)", show(result["overhead_pct_end_to_end"], "+.1f", " %")
+             + "  (target < 25 %)"),
+            ("Ray overhead steady (1 worker)", show(result["overhead_pct_steady"], "+.1f", " %") + "  (target < 10 %)"),
+            ("2-worker scaling end to end", show(result["scaling_2_vs_1_end_to_end"], ".2f", "x") + "  (target >= 1.3x)"),
+            ("2-worker scaling steady", show(result["scaling_2_vs_1_steady"], ".2f", "x")),
+        ]
 
     cheap = dict(storage_path=str(tmp), model="mog4", covariance="iso", levels=1, steps_per_level=1,
                  chunk_size=1000, num_actors=2, stats_samples=1000)
@@ -104,38 +149,14 @@ def main() -> None:
         with PeakRSS() as peak:
             run(SampleConfig.from_dict({**cheap, "name": f"mem{size}", "n_samples": size}))
         memory[size] = peak.growth_mb
-
-    result = {
-        "n_samples": n, "chunk_ms_plain": chunk_ms,
-        "plain_samples_per_s": n / plain_s,
-        "ray_1_actor_samples_per_s": n / ray_s[1], "ray_2_actor_samples_per_s": n / ray_s[2],
-        "ray_overhead_pct_end_to_end": 100 * (ray_s[1] - plain_s) / plain_s,
-        "ray_1_actor_steady_samples_per_s": steady[1], "ray_2_actor_steady_samples_per_s": steady[2],
-        "ray_overhead_pct_steady": 100 * (n / plain_s - steady[1]) / steady[1],
-        "scaling_2_vs_1_end_to_end": ray_s[1] / ray_s[2],
-        "scaling_2_vs_1_steady": steady[2] / steady[1],
-        "load_average_1min_at_end": psutil.getloadavg()[0],
-        "driver_peak_rss_growth_mb": {str(k): v for k, v in memory.items()},
-        "machine_cpus": psutil.cpu_count(),
-    }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "sampler_throughput.json").write_text(json.dumps(result, indent=2))
-    rows = [
-        ("compute per chunk (plain)", f"{chunk_ms:.0f} ms"),
-        ("plain loop", f"{result['plain_samples_per_s']:.0f} samples/s"),
-        ("raygen sample, 1 actor, end to end", f"{result['ray_1_actor_samples_per_s']:.0f} samples/s"),
-        ("raygen sample, 2 actors, end to end", f"{result['ray_2_actor_samples_per_s']:.0f} samples/s"),
-        ("raygen sample, 1 actor, steady", f"{steady[1]:.0f} samples/s"),
-        ("raygen sample, 2 actors, steady", f"{steady[2]:.0f} samples/s"),
-        ("Ray overhead end to end (1 actor)", f"{result['ray_overhead_pct_end_to_end']:+.1f} %"),
-        ("Ray overhead steady (1 actor)", f"{result['ray_overhead_pct_steady']:+.1f} %  (target < 10 %)"),
-        ("2-actor scaling end to end", f"{result['scaling_2_vs_1_end_to_end']:.2f}x"),
-        ("2-actor scaling steady", f"{result['scaling_2_vs_1_steady']:.2f}x  (target >= 1.7x)"),
-        ("load average (1 min) at end", f"{result['load_average_1min_at_end']:.1f} on {psutil.cpu_count()} cpus"),
-    ] + [(f"driver peak RSS growth, N={k}", f"{v:.1f} MB") for k, v in memory.items()]
-    width = max(len(r[0]) for r in rows)
-    for name, value in rows:
-        print(f"{name:<{width}}  {value}")
+    result["driver_peak_rss_growth_mb"] = {str(k): v for k, v in memory.items()}
+    result["machine_after"] = machine()
+    rows += [(f"driver peak RSS growth, N={k}", f"{v:.1f} MB") for k, v in memory.items()]
+    rows.append(("machine", f"{before['cpus']} cpus, load {before['load_average_1_5_15'][0]} before, "
+                            f"{result['machine_after']['load_average_1_5_15'][0]} after"))
+    path = write("sampler_throughput_quick" if args.quick else "sampler_throughput", result)
+    table(rows)
+    print(f"(median and min–max of {repeats} repeats; wrote {path})")
 
 
 if __name__ == "__main__":

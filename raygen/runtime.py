@@ -12,6 +12,8 @@ import os
 import re
 import sys
 import threading
+from collections.abc import Callable
+from typing import Any
 
 from raygen.errors import UserError
 
@@ -210,3 +212,20 @@ def num_nodes() -> int:
     import ray
 
     return sum(1 for node in ray.nodes() if node.get("Alive"))
+
+
+_per_process: dict[str, Any] = {}
+
+
+def per_process(key: str, build: Callable[[], Any]) -> Any:
+    """`build()`'s result, made once in this process for `key` (a run's token) and kept for the next calls.
+
+    Why: Ray reuses a task's worker process for later tasks of the same job, and Ray Data's task
+    pool starts no new process per run, whereas an actor pool starts a fresh process (import torch,
+    build the model: about 2 CPU-seconds) for every run. A worker holds one key at a time, so a
+    finished run's model is dropped when the next run's first task arrives.
+    """
+    if key not in _per_process:
+        _per_process.clear()
+        _per_process[key] = build()
+    return _per_process[key]

@@ -51,9 +51,29 @@ def ray_actors(class_name: str, state=None):
     return [a for a in actors if class_name in a["ActorClassName"] and state in (None, a["State"])]
 
 
-def kill_mid_run(target, progress, at_least, actor_class: str, *, wait_s=120, join_s=300):
-    """Run `target()` on a thread; once `progress()` >= `at_least` and an actor of `actor_class` is
-    alive (`ray_actors`), SIGKILL its process (a real process death, mid-run) and wait for the run to finish.
+def task_workers(task_name: str):
+    """Pids of this Ray instance's worker processes now running a task whose name contains `task_name`
+    (Ray Data names a task after its operator, e.g. "MapBatches(draw_chunks)"): children of this
+    session's raylet, found by process title, so other Ray instances on the machine are not touched."""
+    import psutil
+    import ray._private.worker
+    from ray._private import ray_constants
+
+    raylet = ray._private.worker._global_node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+    found = []
+    for child in psutil.Process(raylet).children():
+        try:
+            if task_name in " ".join(child.cmdline()):
+                found.append(child.pid)
+        except psutil.Error:  # exited meanwhile
+            pass
+    return found
+
+
+def kill_mid_run(target, progress, at_least, victim, *, wait_s=120, join_s=300):
+    """Run `target()` on a thread; once `progress()` >= `at_least` and a victim process exists, SIGKILL it
+    (a real process death, mid-run) and wait for the run to finish. `victim` is an actor class name
+    (`ray_actors`) or a function returning candidate pids (e.g. `lambda: task_workers("draw_chunks")`).
     Returns (target's result, the killed pid, progress() right after the kill)."""
     import psutil
 
@@ -69,7 +89,8 @@ def kill_mid_run(target, progress, at_least, actor_class: str, *, wait_s=120, jo
     thread.start()
     deadline, killed = time.time() + wait_s, None
     while killed is None and thread.is_alive() and time.time() < deadline:
-        found = [a["Pid"] for a in ray_actors(actor_class, "ALIVE")] if progress() >= at_least else []
+        found = [] if progress() < at_least else (
+            [a["Pid"] for a in ray_actors(victim, "ALIVE")] if isinstance(victim, str) else victim())
         if found:
             killed = found[0]
             os.kill(killed, signal.SIGKILL)
@@ -89,8 +110,7 @@ def write_zoo_part(store, chunk, chunks, arch, layout_names=None):
     import numpy as np
 
     from raygen.weightgen.params import ParamLayout
-    from raygen.weightgen.zoo import build_classifier
-    from raygen.workloads.weightgen import params_table
+    from raygen.weightgen.zoo import build_classifier, params_table
 
     net = build_classifier(arch)
     layout = ParamLayout.of(net, layout_names)

@@ -10,7 +10,7 @@ import pytest
 
 from raygen.errors import UserError
 from raygen.workloads.sample import SampleConfig, run
-from tests.helpers import kill_mid_run
+from tests.helpers import kill_mid_run, task_workers
 
 
 def config(tmp_path, name, **overrides):
@@ -80,7 +80,7 @@ def test_bad_model_leaves_no_samples_output(tmp_path):
     assert not (tmp_path / "typo").exists()
 
 
-def test_killed_actor_still_gives_every_id_exactly_once(tmp_path, ray_local):
+def test_killed_worker_still_gives_every_id_exactly_once(tmp_path, ray_local):
     settings = dict(n_samples=1200, levels=10, steps_per_level=3)
     reference = read_all(Path(run(config(tmp_path, "ref", chunk_size=200, num_actors=1, **settings))["run_dir"]))
     cfg = config(tmp_path, "killed", chunk_size=40, **settings)
@@ -88,8 +88,8 @@ def test_killed_actor_still_gives_every_id_exactly_once(tmp_path, ray_local):
     def parts():
         return len(list((tmp_path / "killed" / "samples").glob("part-*.parquet")))
 
-    _, _, written_at_kill = kill_mid_run(lambda: run(cfg), parts, 2, "SamplerActor")
-    assert written_at_kill < 30, "the run had already finished when the actor was killed"
+    _, _, written_at_kill = kill_mid_run(lambda: run(cfg), parts, 2, lambda: task_workers("draw_chunks"))
+    assert written_at_kill < 30, "the run had already finished when the worker was killed"
     assert_same_samples(read_all(tmp_path / "killed"), reference)
 
 
