@@ -178,17 +178,24 @@ def gated_step(ctx: SADMStep, state: TrainState, x0: torch.Tensor, labels: torch
     return {"loss": total.detach(), "loss_denoise": loss_denoise.detach(), **logs}
 
 
-def _digit_batches(seed: int, per_worker: int, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless in-memory digit batches in a seeded order per epoch, resumed exactly at batch `start`."""
+def _digit_batches(seed: int, per_worker: int, start: int, rank: int = 0,
+                   world: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless in-memory digit batches in a seeded order per epoch, resumed exactly at batch `start`.
+
+    Every rank draws the same permutation and takes its own `per_worker` rows of each global batch,
+    so the ranks see disjoint rows, and the global batch is the plain run's for any worker count.
+    The 1,797 digits live in each worker's memory: streaming them through Ray Data would only add a
+    coordinator and a data wait to every step (`benchmarks/train_throughput.py`)."""
     from raygen.data import digits_arrays
 
     images, labels = (torch.from_numpy(a) for a in digits_arrays())
-    per_epoch = len(images) // per_worker
+    per_global = per_worker * world
+    per_epoch = len(images) // per_global
     epoch, offset = divmod(start, per_epoch)
     while True:
         order = torch.randperm(len(images), generator=torch_generator(seed, Stream.DATA_ORDER, epoch))
         for b in range(offset, per_epoch):
-            idx = order[b * per_worker:(b + 1) * per_worker]
+            idx = order[b * per_global + rank * per_worker:b * per_global + (rank + 1) * per_worker]
             yield images[idx], labels[idx]
         epoch, offset = epoch + 1, 0
 
@@ -212,9 +219,9 @@ def _dataset_batches(cfg: TrainSADMConfig, source, rank: int, per_worker: int) -
 
 def _batches(cfg: TrainSADMConfig, run: TrainRun, start: int) -> Iterator[tuple]:
     per_worker = cfg.batch_size // run.world
+    if cfg.data == "digits":
+        return _digit_batches(cfg.seed, per_worker, start, run.rank, run.world)
     shard = run.store.shard("train")
-    if shard is None and cfg.data == "digits":
-        return _digit_batches(cfg.seed, per_worker, start)
     if shard is None:
         from raygen.data import load_dataset
 

@@ -1,7 +1,8 @@
 """`workload: train` — SADM diffusion training on Ray Train (thin adapter over `raygen.diffusion.train`).
 
 `num_workers: 0` calls `train_func` in this process (no Ray at all for the built-in digits);
-`num_workers: N` runs it on N Ray Train workers with `TorchTrainer`, data from Ray Data shards,
+`num_workers: N` runs it on N Ray Train workers with `TorchTrainer`, data from Ray Data shards
+(the built-in digits are held in each worker's memory instead: they are 1,797 tiny images),
 failed workers retried from the latest checkpoint (`FailureConfig(max_failures)`). Either way rank 0
 writes the checkpoints, `<run dir>/checkpoint_<step>/` (local disk or a bucket, complete once their
 `.complete` marker is there), and re-running with the same `name` resumes.
@@ -31,7 +32,8 @@ def run(config: TrainSADMConfig, *, verbose: bool = False) -> dict[str, Any]:
     run_dir = RunDir(config)
     metrics, checkpoint = launch(train_func, config, run_dir, num_workers=config.num_workers,
                                  keep_checkpoints=config.keep_checkpoints, max_failures=config.max_failures,
-                                 use_gpu=config.use_gpu, datasets=datasets, verbose=verbose)
+                                 use_gpu=config.use_gpu, datasets=None if config.data == "digits" else datasets,
+                                 verbose=verbose)
     grids = [n for n in run_dir.listdir("samples") if n.startswith("step_")]
     summary = {
         "workload": "train",
