@@ -28,28 +28,33 @@ def plain_loop(cfg) -> float:
     import torch
 
     from raygen.seeds import Stream, stream_seed
-    from raygen.weightgen.zoo import task_splits, train_member
-    from raygen.workloads.weightgen import digit_splits, task_defs
+    from raygen.weightgen.zoo import load_source, split, task_classes, task_splits, train_member
+    from raygen.workloads.zoo import zoo_tasks
 
     torch.set_num_threads(1)
-    tasks, _ = task_defs(cfg)
-    splits = digit_splits()
+    data = load_source(cfg.source_spec())
+    tasks = zoo_tasks(cfg, data)
+    splits = split(data.images, data.labels)
+    arch = cfg.arch(data.info["shape"], task_classes(tasks[0]))
     start = time.perf_counter()
     for j in range(cfg.jobs):
         t, s = cfg.job(j)
-        train_member(cfg.arch(cfg.classes_per_task), task_splits(tasks[t], splits)["train"],
+        train_member(arch, task_splits(tasks[t], splits)["train"],
                      init_seed=stream_seed(cfg.seed, Stream.MEMBER_INIT, t, s), order_seed=stream_seed(cfg.seed, Stream.MEMBER_ORDER, t, s),
                      steps=cfg.member_steps, lr=cfg.member_lr, batch_size=cfg.member_batch)
     return time.perf_counter() - start
 
 
 def ray_arm(cfg, actors: int, root: str) -> float:
+    """Seconds of the zoo workload's collection (`raygen zoo` without its report)."""
     from raygen.rundir import RunDir
-    from raygen.workloads.weightgen import collect_zoo, task_defs
+    from raygen.weightgen.zoo import load_source
+    from raygen.workloads.zoo import collect, zoo_tasks
 
     cfg = cfg.replace(num_actors=actors, storage_path=root, name=f"zoo_{actors}_{time.monotonic_ns()}")
+    data = load_source(cfg.source_spec())
     start = time.perf_counter()
-    collect_zoo(cfg, RunDir(cfg), task_defs(cfg)[0])
+    collect(cfg, RunDir(cfg), data, zoo_tasks(cfg, data))
     return time.perf_counter() - start
 
 
@@ -65,9 +70,9 @@ def main() -> None:
         args.members, args.steps, args.repeats = 8, 50, 1
 
     from raygen import runtime
-    from raygen.workloads.weightgen import WeightgenConfig
+    from raygen.workloads.zoo import ZooConfig
 
-    cfg = WeightgenConfig.from_dict(dict(mode="tasks", task_family="subset", zoo_tasks=args.members // 2, seeds=2,
+    cfg = ZooConfig.from_dict(dict(mode="tasks", task_family="subset", zoo_tasks=args.members // 2, seeds=2,
                                          member_steps=args.steps, jobs_per_part=2))
     runtime.init(num_cpus=2)
     arms = {"plain loop": [], "ray 1 actor": [], "ray 2 actors": []}

@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from raygen.parts import Chunks, PartStore
-from raygen.rundir import RunDir
-from raygen.workloads import weightgen
+from raygen.workloads import weightgen, zoo
 from tests import helpers
 from tests.helpers import ZOO_ARCH, kill_mid_run, write_zoo_part
 
@@ -20,20 +19,19 @@ ZOO = dict(mode="tasks", task_family="subset", zoo_tasks=2, classes_per_task=3, 
 
 
 def _collect(tmp_path, name, **overrides) -> str:
-    cfg = weightgen.WeightgenConfig.from_dict({**ZOO, "name": name, "storage_path": str(tmp_path), **overrides})
-    return weightgen.collect_zoo(cfg, RunDir(cfg), weightgen.task_defs(cfg)[0])["uri"]
+    return zoo.run(zoo.ZooConfig.from_dict({**ZOO, "name": name, "storage_path": str(tmp_path), **overrides}))["uri"]
 
 
 def test_killed_zoo_actor_still_gives_every_member_exactly_once(ray_local, tmp_path):
-    reference = weightgen.read_zoo(_collect(tmp_path, "clean", num_actors=1, jobs_per_part=8))
+    reference = zoo.read_zoo(_collect(tmp_path, "clean", num_actors=1, jobs_per_part=8))
 
     def parts():
-        return len(list((tmp_path / "killed" / "zoo").glob("part-*.parquet")))
+        return len(list((tmp_path / "killed" / "parts").glob("part-*.parquet")))
 
     uri, _, written_at_kill = kill_mid_run(lambda: _collect(tmp_path, "killed", num_actors=2), parts, 1, "ZooActor")
     assert written_at_kill < 8, "the zoo was complete when the actor was killed"
     PartStore.at(uri, "model_id").verify(Chunks(8, 1), check="ids")
-    thetas, cols, _ = weightgen.read_zoo(uri)
+    thetas, cols, _ = zoo.read_zoo(uri)
     assert torch.equal(thetas, reference[0])  # bit for bit, with another chunking and actor count
     for k, v in reference[1].items():
         assert np.array_equal(cols[k], v), k

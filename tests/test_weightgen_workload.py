@@ -9,9 +9,10 @@ import torch
 from raygen.errors import UserError
 from raygen.parts import Chunks, PartStore
 from raygen.weightgen.params import ParamLayout, unflatten
-from raygen.weightgen.zoo import build_classifier, task_splits
-from raygen.workloads import weightgen
-from raygen.workloads.weightgen import WeightgenConfig, read_zoo
+from raygen.weightgen.zoo import build_classifier, task_splits, zoo_splits
+from raygen.workloads import weightgen, zoo
+from raygen.workloads.weightgen import WeightgenConfig
+from raygen.workloads.zoo import read_zoo
 from tests.helpers import ZOO_ARCH, write_zoo_part
 
 TINY = dict(mode="tasks", task_family="subset", zoo_tasks=2, heldout_tasks=[7], classes_per_task=3, seeds=2,
@@ -37,21 +38,22 @@ def test_tiny_tasks_run_end_to_end(ray_local, tmp_path):
     PartStore.at(summary["generated"]["uri"], "model_id").verify(Chunks(12, 4), check="ids")
     # a generated model's stored accuracy is its accuracy on *its own task's* test set
     gen, cols, meta = read_zoo(summary["generated"]["uri"])
-    from raygen.workloads.weightgen import digit_splits
-
     i = int(np.flatnonzero(cols["task_id"] == 7)[0])
     net = build_classifier(meta["arch"]).eval()
     net.load_state_dict(unflatten(gen[i], ParamLayout.from_dict(meta["layout"])))
-    x, y = task_splits(meta["tasks"]["7"], digit_splits())["test"]
+    x, y = task_splits(meta["tasks"]["7"], zoo_splits(meta))["test"]
     with torch.no_grad():
         assert cols["test_acc"][i] == pytest.approx(float((net(x).argmax(-1) == y).double().mean()), abs=1e-12)
     # members do not depend on the worker: the 2 Ray actors' parts == each job trained in this process
-    zoo, zcols, _ = read_zoo(summary["zoo"]["uri"])
-    here = weightgen.ZooActor(cfg.to_dict(), summary["zoo"]["uri"])
-    assert torch.equal(zoo, torch.cat([here._job(j)[0] for j in range(cfg.jobs)]))
-    # a re-run reuses every stage: nothing is trained or drawn again
+    members, _, _ = read_zoo(summary["zoo"]["uri"])
+    here = zoo.ZooActor(zoo.stage_config(cfg, str(tmp_path / "tiny")).to_dict(), summary["zoo"]["uri"])
+    assert torch.equal(members, torch.cat([here._job(j)[0] for j in range(cfg.jobs)]))
+    # a re-run reuses every stage: nothing is trained or drawn again (the zoo's parts are not rewritten)
+    parts = sorted((tmp_path / "tiny" / "zoo" / "parts").glob("part-*.parquet"))
+    mtimes = [p.stat().st_mtime_ns for p in parts]
     again = weightgen.run(cfg)
     assert again["zoo"]["written"] == 0 and again["generated"]["written"] == 0
+    assert [p.stat().st_mtime_ns for p in parts] == mtimes
     assert again["table"] == summary["table"]
 
 
@@ -74,13 +76,16 @@ def test_bad_zoos_are_one_line_errors(ray_local, tmp_path):
         weightgen.run(cfg)
 
 
-def test_heldout_task_in_zoo_is_refused():
+def test_heldout_task_in_zoo_is_refused(tmp_path):
     with pytest.raises(UserError, match="heldout_tasks.*also in the zoo"):
         WeightgenConfig.from_dict({**TINY, "heldout_tasks": [1]})
-    # a different id that defines the same task is refused too (every digits task is the same task)
-    cfg = WeightgenConfig.from_dict({**TINY, "task_family": "digits", "zoo_tasks": 1, "heldout_tasks": [5]})
+    # a different id that defines the same task is refused too (every digits task is the same task),
+    # before Ray starts or anything is written
+    cfg = WeightgenConfig.from_dict({**TINY, "task_family": "digits", "zoo_tasks": 1, "heldout_tasks": [5],
+                                     "storage_path": str(tmp_path)})
     with pytest.raises(UserError, match="held-out task 5 defines the same task as zoo task 0"):
-        weightgen.task_defs(cfg)
+        weightgen.run(cfg)
+    assert not list(tmp_path.iterdir())
     with pytest.raises(UserError, match="trajectory mode collects one task"):
         WeightgenConfig.from_dict({"zoo_tasks": 3})
 

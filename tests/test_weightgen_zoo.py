@@ -17,12 +17,28 @@ def _data(n=60):
     return torch.rand(n, 1, 8, 8, generator=g), torch.arange(n) % 10
 
 
+DIGITS = dict(num_classes=10, numel=64)
+
+
 def test_task_definitions_are_deterministic_and_distinct():
-    assert make_task("subset", 3, 0, 4) == make_task("subset", 3, 0, 4)
-    assert make_task("subset", 3, 0, 4) != make_task("subset", 4, 0, 4)
-    assert sorted(make_task("permutation", 1, 0)["perm"]) == list(range(64))
+    assert make_task("subset", 3, 0, classes_per_task=4, **DIGITS) == make_task("subset", 3, 0, classes_per_task=4, **DIGITS)
+    assert make_task("subset", 3, 0, classes_per_task=4, **DIGITS) != make_task("subset", 4, 0, classes_per_task=4, **DIGITS)
+    assert sorted(make_task("permutation", 1, 0, **DIGITS)["perm"]) == list(range(64))
+    assert sorted(make_task("permutation", 1, 0, num_classes=3, numel=2 * 3 * 5)["perm"]) == list(range(30))
     with pytest.raises(UserError, match="task_family"):
-        make_task("nope", 0, 0)
+        make_task("nope", 0, 0, **DIGITS)
+    with pytest.raises(UserError, match="classes_per_task is 4 but the data has 3 classes"):
+        make_task("subset", 0, 0, classes_per_task=4, num_classes=3, numel=64)
+
+
+def test_column_task_keeps_its_rows_and_relabels_its_classes():
+    x, y = _data()
+    t = torch.tensor([1 if int(v) in (1, 4, 7) else 0 for v in y])  # task 1 holds classes 1, 4, 7
+    task = {"family": "column", "index": 1, "value": "b", "classes": [1, 4, 7]}
+    xt, yt = apply_task(task, x, y, t)
+    keep = t == 1
+    assert torch.equal(xt, x[keep])
+    assert torch.equal(yt, torch.tensor([{1: 0, 4: 1, 7: 2}[int(v)] for v in y[keep]]))
 
 
 def test_subset_task_keeps_and_relabels_exactly():
@@ -36,7 +52,7 @@ def test_subset_task_keeps_and_relabels_exactly():
 
 def test_permutation_and_rotation_tasks():
     x, y = _data()
-    task = make_task("permutation", 0, 0)
+    task = make_task("permutation", 0, 0, **DIGITS)
     xt, yt = apply_task(task, x, y)
     assert torch.equal(yt, y) and torch.equal(xt.flatten(1), x.flatten(1)[:, torch.tensor(task["perm"])])
     xr, _ = apply_task({"family": "rotation", "angle": 0.0}, x, y)

@@ -98,6 +98,7 @@ def test_research_workloads_in_a_bucket(bucket, tmp_path, monkeypatch, ray_local
         latent_dim=8, ae_hidden=16, diff_hidden=16, diff_depth=1, cond_dim=8, support_shots=2, finetune_steps=2,
         finetune_every=1, finetune_models=1, log_every=5, jobs_per_part=2)))
     objects = _objects(storage.join(bucket, "wg"))
-    assert "report.json" in objects and any(o.startswith("zoo/part-") for o in objects)
+    assert "report.json" in objects and any(o.startswith("zoo/parts/part-") for o in objects)
+    assert {"zoo/report.json", "zoo/accuracy_hist.png"} <= set(objects)  # the zoo stage's own run
     assert any(o.startswith("generated/part-") for o in objects)
     assert not any(p.name.startswith("s3") for p in tmp_path.iterdir())

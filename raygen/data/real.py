@@ -137,50 +137,87 @@ def _image_folder(loc: storage.Location, *, channels: int | None, image_size: in
     return read_image_files(loc, paths).map_batches(decode, batch_format="numpy")
 
 
-def _parquet(loc: storage.Location, *, image_column: str, label_column: str, channels: int | None, image_size: int | None):
+def _parquet_schema(loc: storage.Location, columns: dict[str, str]):
+    """The schema of the Parquet at `loc`; a missing column (config key -> column name) is one line."""
     import pyarrow as pa
     import pyarrow.dataset as pads
-    import ray
 
     path = storage.display(loc.uri)
     try:
         schema = pads.dataset(loc.path, filesystem=loc.fs, format="parquet").schema
     except (pa.ArrowInvalid, OSError) as exc:
         raise UserError(f"cannot read Parquet at {path!r}: {exc}") from None
-    for column, key in ((image_column, "image_column"), (label_column, "label_column")):
+    for key, column in columns.items():
         if column not in schema.names:
             raise UserError(
                 f"Parquet at {path!r} has no column {column!r} (columns: {', '.join(schema.names)}); "
                 f"set {key} to the right column"
             )
-    encoded = pa.types.is_binary(schema.field(image_column).type) or pa.types.is_large_binary(
-        schema.field(image_column).type
-    )
+    return schema
+
+
+def _is_encoded(schema, image_column: str) -> bool:
+    import pyarrow as pa
+
+    kind = schema.field(image_column).type
+    return pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
+
+
+def parquet_images(raw, path: str, *, image_column: str, encoded: bool, channels: int | None,
+                   image_size: int | None) -> np.ndarray:
+    """A Parquet image column's values (encoded bytes, or [C, H, W] / [H, W] tensors, uint8 or
+    float) -> float32 [N, C, H, W] in [0, 1]."""
+    if encoded:
+        return stack_images([decode_image(b, f"row of {path}", channels=channels, image_size=image_size)
+                             for b in raw], path)
+    images = np.stack(list(raw)) if getattr(raw, "dtype", None) == np.dtype(object) else np.asarray(raw)
+    if images.dtype == np.uint8:
+        images = images.astype(np.float32) / 255.0
+    images = images.astype(np.float32)
+    if images.ndim == 3:  # [N, H, W] grayscale
+        images = images[:, None]
+    if images.ndim != 4:
+        raise UserError(
+            f"column {image_column!r} in {path!r} holds arrays of shape {images.shape[1:]}; "
+            "expected [C, H, W] or [H, W] tensors or encoded image bytes"
+        )
+    return images
+
+
+def _parquet(loc: storage.Location, *, image_column: str, label_column: str, channels: int | None, image_size: int | None):
+    import ray
+
+    path = storage.display(loc.uri)
+    schema = _parquet_schema(loc, {"image_column": image_column, "label_column": label_column})
+    encoded = _is_encoded(schema, image_column)
     if encoded and channels is None:
         channels = 3
 
     def convert(batch: dict[str, Any]) -> dict[str, np.ndarray]:
-        raw = batch[image_column]
-        if encoded:
-            images = stack_images(
-                [decode_image(b, f"row of {path}", channels=channels, image_size=image_size) for b in raw], path
-            )
-        else:
-            images = np.stack(list(raw)) if getattr(raw, "dtype", None) == np.dtype(object) else np.asarray(raw)
-            if images.dtype == np.uint8:
-                images = images.astype(np.float32) / 255.0
-            images = images.astype(np.float32)
-            if images.ndim == 3:  # [N, H, W] grayscale
-                images = images[:, None]
-            if images.ndim != 4:
-                raise UserError(
-                    f"column {image_column!r} in {path!r} holds arrays of shape {images.shape[1:]}; "
-                    "expected [C, H, W] or [H, W] tensors or encoded image bytes"
-                )
+        images = parquet_images(batch[image_column], path, image_column=image_column, encoded=encoded,
+                                channels=channels, image_size=image_size)
         return {"image": images, "label": np.asarray(batch[label_column], dtype=np.int64)}
 
     ds = ray.data.read_parquet(loc.path, filesystem=loc.fs, columns=[image_column, label_column])
     return ds.map_batches(convert, batch_format="numpy")
+
+
+def _source_kind(source: str) -> tuple[str, storage.Location]:
+    """("parquet" | "folder", location) of a data source that is not "digits"."""
+    import pyarrow.fs as pafs
+
+    loc = storage.resolve(source)
+    storage.check_reachable(loc)
+    kind = loc.fs.get_file_info(loc.path).type
+    if kind == pafs.FileType.NotFound:
+        raise UserError(f"data source {source!r} not found; use 'digits', an image folder or a Parquet path")
+    is_parquet = loc.path.endswith(".parquet") or (kind == pafs.FileType.Directory and any(
+        e.extension == "parquet" for e in loc.fs.get_file_info(pafs.FileSelector(loc.path))))
+    if is_parquet:
+        return "parquet", loc
+    if kind == pafs.FileType.Directory:
+        return "folder", loc
+    raise UserError(f"data source {source!r} is neither an image folder nor a .parquet file")
 
 
 def load_dataset(
@@ -196,21 +233,57 @@ def load_dataset(
     `source` is "digits", an ImageFolder-layout directory, or a Parquet file / directory of files,
     as a local path or a pyarrow URI (`s3://bucket/data`).
     """
-    import pyarrow.fs as pafs
-
     _check_channels(channels)
     if source == "digits":
         return digits_dataset()
-    loc = storage.resolve(source)
-    storage.check_reachable(loc)
-    kind = loc.fs.get_file_info(loc.path).type
-    if kind == pafs.FileType.NotFound:
-        raise UserError(f"data source {source!r} not found; use 'digits', an image folder or a Parquet path")
-    is_parquet = loc.path.endswith(".parquet") or (kind == pafs.FileType.Directory and any(
-        e.extension == "parquet" for e in loc.fs.get_file_info(pafs.FileSelector(loc.path))))
-    if is_parquet:
+    kind, loc = _source_kind(source)
+    if kind == "parquet":
         return _parquet(loc, image_column=image_column, label_column=label_column, channels=channels,
                         image_size=image_size)
-    if kind == pafs.FileType.Directory:
-        return _image_folder(loc, channels=channels, image_size=image_size)
-    raise UserError(f"data source {source!r} is neither an image folder nor a .parquet file")
+    return _image_folder(loc, channels=channels, image_size=image_size)
+
+
+def read_arrays(source: str, *, image_column: str = "image", label_column: str = "label",
+                extra_columns: dict[str, str] | None = None, image_size: int | None = None,
+                channels: int | None = None) -> tuple[np.ndarray, np.ndarray, list[str], dict[str, np.ndarray]]:
+    """A small data set read whole into this process, in a fixed order (sorted files / Parquet
+    row order): images float32 [N, C, H, W] in [0, 1], labels int64 [N] in 0..K-1, the K class
+    names (an image folder's class folders; the sorted distinct label values otherwise) and the
+    `extra_columns` (config key -> Parquet column) by key. The same sources as `load_dataset`, for
+    work that needs every row in memory (model-zoo members); extra columns need a Parquet source."""
+    import pyarrow.dataset as pads
+
+    _check_channels(channels)
+    extra_columns = extra_columns or {}
+    kind, loc = ("digits", None) if source == "digits" else _source_kind(source)
+    if extra_columns and kind != "parquet":
+        key, column = next(iter(extra_columns.items()))
+        raise UserError(f"{key} {column!r} needs a Parquet source with that column; {source!r} is "
+                        f"{'the built-in digits' if kind == 'digits' else 'an image folder'}")
+    if kind == "digits":
+        images, labels = digits_arrays()
+        return images, labels, [str(c) for c in range(10)], {}
+    where = storage.display(loc.uri)
+    if kind == "folder":
+        paths, labels = image_files(loc)
+        channels = image_channels(loc, paths[0], channels)
+        images = []
+        for path in paths:
+            with loc.fs.open_input_file(path) as f:
+                images.append(decode_image(f.read(), path, channels=channels, image_size=image_size))
+        return stack_images(images, where), labels, image_class_names(loc), {}
+    columns = {"image_column": image_column, "label_column": label_column, **extra_columns}
+    schema = _parquet_schema(loc, columns)
+    encoded = _is_encoded(schema, image_column)
+    table = pads.dataset(loc.path, filesystem=loc.fs, format="parquet").to_table(columns=list(dict.fromkeys(columns.values())))
+    raw = table.column(image_column).to_pylist()
+    if not encoded:  # nested lists -> one array per row, in the innermost type (uint8 stays uint8)
+        inner = schema.field(image_column).type
+        while hasattr(inner, "value_type"):
+            inner = inner.value_type
+        raw = stack_images([np.asarray(r, dtype=inner.to_pandas_dtype()) for r in raw], where)
+    images = parquet_images(raw, where, image_column=image_column, encoded=encoded,
+                            channels=3 if encoded and channels is None else channels, image_size=image_size)
+    names, labels = np.unique(table.column(label_column).to_numpy(zero_copy_only=False), return_inverse=True)
+    return (images, labels.astype(np.int64), [str(c) for c in names.tolist()],
+            {k: table.column(c).to_numpy(zero_copy_only=False) for k, c in extra_columns.items()})

@@ -34,6 +34,8 @@ WORKLOADS = {
                      "Tune hyperparameters with Nystrom hypergradients on Ray Tune."),
     "quickstart": Workload("raygen.workloads.quickstart", "jobs/quickstart.yaml",
                            "The main job: train -> sample -> contamination study."),
+    "zoo": Workload("raygen.workloads.zoo", "jobs/zoo_digits.yaml",
+                    "Train a model zoo (classifier weights for weight generation) on Ray Data actors."),
     "weightgen": Workload("raygen.workloads.weightgen", "jobs/weightgen_pdiff.yaml",
                           "Generate neural-network weights by diffusion (p-diff, D2NWG) on Ray."),
     "gradvar": Workload("raygen.workloads.gradvar", "jobs/gradvar_digits.yaml",

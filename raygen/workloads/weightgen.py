@@ -1,12 +1,12 @@
 """`raygen weightgen`: neural-network weight generation by diffusion (p-diff, D2NWG) on Ray.
 
-Stages, each writing under the run directory (re-running reuses what is finished and matches):
+Stages, each a run directory of its own under this run's directory (`<storage_path>/<name>/`):
+a re-run reuses every stage whose settings match and trains only what is missing.
 
-    zoo/          model zoo as Parquet parts (`model_id, task_id, seed, step, params, val_acc,
-                  test_acc`; arch, parameter layout, base weights and task definitions in the
-                  metadata), trained on a Ray Data actor pool, one part per fixed chunk of jobs,
-                  exactly once (`raygen.parts`); a job is (task, seed): a p-diff trajectory of K
-                  checkpoints or one D2NWG member trained to convergence.
+    zoo/          the model zoo: the `raygen zoo` workload (`raygen.workloads.zoo`) run with this
+                  config's zoo keys as `<run dir>/zoo` (parts in zoo/parts/, its own report); a
+                  finished zoo is reused, not recollected. With `zoo: <uri>` an existing zoo
+                  (a zoo run directory or its parts/) is used instead and nothing is collected.
     ae/           parameter autoencoder (`train_autoencoder`, a `train_func` on the shared
                   scaffold `raygen.train_loop`: in this process or on Ray Train workers).
     diffusion/    latent EDM diffusion (+ the DeepSets dataset encoder in tasks mode), EMA
@@ -17,9 +17,8 @@ Stages, each writing under the run directory (re-running reuses what is finished
     report.md/json, accuracy histogram, memorisation and fine-tuning plots.
 
 Parallel units are fixed chunks (jobs for the zoo, ids for generation), so a retried or re-run
-chunk rewrites the same part and the result does not depend on how many actors ran it. Members
-train single-threaded (`torch.set_num_threads(1)`), so a member is the same bits on any worker.
-The zoo is small (hundreds of vectors of ~10^3 floats): each training worker reads it whole
+chunk rewrites the same part and the result does not depend on how many actors ran it. The data
+of every stage is the zoo's (`raygen.weightgen.zoo.zoo_splits` of its metadata). The zoo is small (hundreds of vectors of ~10^3 floats): each training worker reads it whole
 from the parts and draws its own batches from its seeded generator (exact resume).
 """
 
@@ -37,38 +36,21 @@ import numpy as np
 
 from raygen.config import Config, check
 from raygen.errors import UserError
+from raygen.workloads.zoo import ZooConfig
 
-ZOO_COLUMNS = ("model_id", "task_id", "seed", "step", "params", "val_acc", "test_acc")
 NOISE_SIGMAS = (0.001, 0.05, 0.15)  # p-diff's noise-perturbed originals, in normalised space
 AE_FILE, DIFF_FILE = "autoencoder.pt", "diffusion.pt"
-METADATA_FILE = "_metadata.json"  # "_" files are not parts (raygen.parts ignores them)
 
 
 @dataclasses.dataclass
-class WeightgenConfig(Config):
-    RESUME_FREE = frozenset({"num_actors", "train_workers", "max_failures"})
+class WeightgenConfig(ZooConfig):
+    """The zoo keys (data source, tasks, members: `ZooConfig`) plus the later stages' keys."""
+
+    RESUME_FREE = ZooConfig.RESUME_FREE | {"train_workers", "max_failures"}
 
     name: str = "weightgen_pdiff"
-    mode: Literal["trajectory", "tasks"] = "trajectory"
-    zoo: str = ""  # an existing zoo (parts directory) to use instead of collecting one
-    # tasks and zoo
-    task_family: Literal["digits", "subset", "permutation", "rotation"] = "digits"
-    zoo_tasks: int = 1  # task ids 0..zoo_tasks-1 form the zoo
+    zoo: str = ""  # an existing zoo (a zoo run directory or its parts/) to use instead of collecting one
     heldout_tasks: list[int] = dataclasses.field(default_factory=list)  # task ids kept out of the zoo
-    classes_per_task: int = 5  # subset family
-    seeds: int = 1  # jobs per task: trajectories (trajectory) or members (tasks)
-    width: int = 4  # ConvClassifier width / feature_dim
-    feature_dim: int = 16
-    param_subset: Literal["all", "head", "last2"] = "head"
-    member_init: Literal["seed", "shared"] = "seed"  # tasks: init per member seed, or one shared init
-    member_steps: int = 400  # Adam steps of a base model / tasks member
-    member_lr: float = 0.01
-    member_batch: int = 64
-    checkpoints: int = 200  # trajectory: K checkpoints per trajectory
-    steps_per_checkpoint: int = 1
-    trajectory_lr: float = 0.01  # SGD + momentum, as p-diff
-    jobs_per_part: int = 1
-    num_actors: int = 2
     # parameter autoencoder
     ae_kind: Literal["mlp", "conv"] = "mlp"
     latent_dim: int = 32
@@ -102,22 +84,18 @@ class WeightgenConfig(Config):
 
     def validate(self) -> None:
         super().validate()
-        for key in ("zoo_tasks", "classes_per_task", "seeds", "width", "feature_dim", "member_steps",
-                    "member_batch", "checkpoints", "steps_per_checkpoint", "jobs_per_part", "num_actors",
-                    "latent_dim", "ae_hidden", "ae_steps", "ae_batch", "diff_steps", "diff_batch", "diff_hidden",
+        for key in ("latent_dim", "ae_hidden", "ae_steps", "ae_batch", "diff_steps", "diff_batch", "diff_hidden",
                     "diff_depth", "cond_dim", "support_shots", "sample_steps", "n_generate", "finetune_every",
                     "finetune_models", "keep_checkpoints", "log_every"):
             check(getattr(self, key) >= 1, key, "must be >= 1")
-        for key in ("member_lr", "trajectory_lr", "ae_lr", "diff_lr", "finetune_lr"):
+        for key in ("ae_lr", "diff_lr", "finetune_lr"):
             check(getattr(self, key) > 0, key, "must be > 0")
         check(self.input_noise >= 0 and self.latent_noise >= 0, "input_noise", "noise levels must be >= 0")
         check(0 <= self.ema_decay < 1, "ema_decay", "must be in [0, 1)")
         check(self.finetune_steps >= self.finetune_every, "finetune_steps", "must be >= finetune_every")
         check(self.train_workers >= 0, "train_workers", "must be >= 0 (0 = train in this process)")
-        check(2 <= self.classes_per_task <= 10, "classes_per_task", "must be in 2..10 (digits has 10 classes)")
         if self.mode == "trajectory":
-            check(self.zoo_tasks == 1 and not self.heldout_tasks, "zoo_tasks",
-                  "trajectory mode collects one task (zoo_tasks: 1, no heldout_tasks); use mode: tasks")
+            check(not self.heldout_tasks, "heldout_tasks", "trajectory mode has no held-out tasks; use mode: tasks")
         check(len(set(self.heldout_tasks)) == len(self.heldout_tasks), "heldout_tasks", "lists a task twice")
         inside = sorted(t for t in self.heldout_tasks if 0 <= t < self.zoo_tasks)
         check(not inside, "heldout_tasks",
@@ -125,276 +103,7 @@ class WeightgenConfig(Config):
               "hold out ids >= zoo_tasks")
         check(all(t >= 0 for t in self.heldout_tasks), "heldout_tasks", "task ids must be >= 0")
 
-    # ------------------------------------------------------------------ derived settings
-
-    def arch(self, num_classes: int) -> dict[str, int]:
-        return dict(in_channels=1, num_classes=num_classes, width=self.width, feature_dim=self.feature_dim)
-
-    @property
-    def rows_per_job(self) -> int:
-        return self.checkpoints if self.mode == "trajectory" else 1
-
-    @property
-    def jobs(self) -> int:
-        return self.zoo_tasks * self.seeds
-
-    def job(self, j: int) -> tuple[int, int]:
-        """(task id, seed index) of zoo job j."""
-        return divmod(j, self.seeds)
-
-    def zoo_settings(self) -> dict[str, Any]:
-        """What the zoo's content depends on (its manifest): a re-run with other values is refused."""
-        keys = ("mode", "task_family", "zoo_tasks", "classes_per_task", "seeds", "width", "feature_dim",
-                "param_subset", "member_init", "member_steps", "member_lr", "member_batch", "checkpoints",
-                "steps_per_checkpoint", "trajectory_lr", "jobs_per_part", "seed")
-        return {k: getattr(self, k) for k in keys}
-
-
 CONFIG = WeightgenConfig
-
-
-# ====================================================================== tasks and data
-
-
-def task_defs(cfg: WeightgenConfig) -> tuple[dict[int, dict], dict[int, dict]]:
-    """(zoo task id -> definition, held-out task id -> definition); a held-out task whose definition
-    equals a zoo task's is an error (it would not be held out)."""
-    from raygen.weightgen.zoo import make_task
-
-    zoo = {t: make_task(cfg.task_family, t, cfg.seed, cfg.classes_per_task) for t in range(cfg.zoo_tasks)}
-    held = {t: make_task(cfg.task_family, t, cfg.seed, cfg.classes_per_task) for t in cfg.heldout_tasks}
-    for t, d in held.items():
-        same = [z for z, dz in zoo.items() if dz == d]
-        if same:
-            raise UserError(f"held-out task {t} defines the same task as zoo task {same[0]} ({d}); "
-                            "choose other heldout_tasks or a larger task family")
-    return zoo, held
-
-
-def digit_splits() -> dict:
-    import torch
-
-    from raygen.data import digits_arrays
-    from raygen.weightgen.zoo import split
-
-    images, labels = digits_arrays()
-    return split(torch.from_numpy(images), torch.from_numpy(labels))
-
-
-def zoo_metadata(cfg: WeightgenConfig, layout, base: list[float] | None, tasks: dict[int, dict]) -> dict[str, Any]:
-    from raygen.weightgen.zoo import task_classes
-
-    classes = {task_classes(d) for d in tasks.values()}
-    return {"mode": cfg.mode, "arch": cfg.arch(classes.pop()), "layout": layout.to_dict(), "base": base,
-            "tasks": {str(t): d for t, d in tasks.items()}, "param_subset": cfg.param_subset}
-
-
-# ====================================================================== stage 1: the zoo
-
-
-def base_model(cfg: WeightgenConfig, splits: dict, task: dict):
-    """Trajectory mode's base: all parameters trained on the task (init and data order from the run seed)."""
-    from raygen.weightgen.zoo import task_classes, task_splits, train_member
-
-    train = task_splits(task, splits)["train"]
-    return train_member(cfg.arch(task_classes(task)), train, init_seed=cfg.seed, order_seed=cfg.seed + 1,
-                        steps=cfg.member_steps, lr=cfg.member_lr, batch_size=cfg.member_batch)
-
-
-def zoo_layout(cfg: WeightgenConfig, num_classes: int):
-    from raygen.weightgen.params import ParamLayout
-    from raygen.weightgen.zoo import init_model, subset_names
-
-    model = init_model(cfg.arch(num_classes), 0)
-    subset = cfg.param_subset if cfg.mode == "trajectory" else "all"
-    return ParamLayout.of(model, subset_names(model, subset))
-
-
-class ZooActor:
-    """Trains the jobs of a chunk (single-threaded) and writes the chunk's part."""
-
-    def __init__(self, config: dict, store_uri: str):
-        import torch
-
-        from raygen.parts import Chunks, PartStore
-        from raygen.weightgen.params import ParamLayout
-        from raygen.weightgen.zoo import build_classifier
-
-        torch.set_num_threads(1)
-        self.cfg = WeightgenConfig.from_dict(config)
-        self.store = PartStore.at(store_uri, id_column="model_id")
-        self.chunks = Chunks(self.cfg.jobs * self.cfg.rows_per_job, self.cfg.rows_per_job * self.cfg.jobs_per_part)
-        self.metadata = metadata = read_metadata(self.store)
-        self.layout = ParamLayout.from_dict(metadata["layout"])
-        self.tasks = {int(t): d for t, d in metadata["tasks"].items()}
-        self.splits = digit_splits()
-        self.model = build_classifier(metadata["arch"]).eval()
-        self.model.load_state_dict(base_from(self.model, metadata))  # trajectory: the base model
-
-    def _job(self, j: int):
-        """(thetas [rows, P], steps [rows]) of zoo job j."""
-
-        from raygen.seeds import Stream, stream_seed
-        from raygen.weightgen.params import flatten
-        from raygen.weightgen.zoo import task_splits, train_member, trajectory
-
-        cfg = self.cfg
-        task_id, s = cfg.job(j)
-        train = task_splits(self.tasks[task_id], self.splits)["train"]
-        order_seed = stream_seed(cfg.seed, Stream.MEMBER_ORDER, task_id, s)
-        if cfg.mode == "trajectory":
-            thetas = trajectory(self.model, self.layout, train, order_seed=order_seed, checkpoints=cfg.checkpoints,
-                                steps_per_checkpoint=cfg.steps_per_checkpoint, lr=cfg.trajectory_lr,
-                                batch_size=cfg.member_batch)
-            return thetas, (np.arange(cfg.checkpoints) + 1) * cfg.steps_per_checkpoint
-        init_seed = cfg.seed if cfg.member_init == "shared" else stream_seed(cfg.seed, Stream.MEMBER_INIT, task_id, s)
-        model = train_member(self.metadata["arch"], train, init_seed=init_seed, order_seed=order_seed,
-                             steps=cfg.member_steps, lr=cfg.member_lr, batch_size=cfg.member_batch)
-        return flatten(dict(model.named_parameters()), self.layout)[None], np.asarray([cfg.member_steps])
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import torch
-
-        from raygen.weightgen.evaluate import accuracies
-        from raygen.weightgen.zoo import task_splits
-
-        out = {"chunk": [], "rows": [], "seconds": []}
-        for chunk in batch["chunk"].tolist():
-            start = time.perf_counter()
-            ids = self.chunks.ids(chunk)
-            cols: dict[str, list] = {k: [] for k in ZOO_COLUMNS}
-            for j in sorted({int(i) // self.cfg.rows_per_job for i in ids}):
-                thetas, steps = self._job(j)
-                task_id, s = self.cfg.job(j)
-                splits = task_splits(self.tasks[task_id], self.splits)
-                acc = accuracies(self.model, self.layout, thetas, {"val": splits["val"], "test": splits["test"]})
-                cols["model_id"] += list(j * self.cfg.rows_per_job + np.arange(len(thetas)))
-                cols["task_id"] += [task_id] * len(thetas)
-                cols["seed"] += [s] * len(thetas)
-                cols["step"] += steps.tolist()
-                cols["params"].append(thetas.to(torch.float32).numpy())
-                cols["val_acc"] += acc["val"].tolist()
-                cols["test_acc"] += acc["test"].tolist()
-            self.store.write(chunk, params_table(cols), self.chunks, self.metadata)
-            out["chunk"].append(chunk)
-            out["rows"].append(len(ids))
-            out["seconds"].append(time.perf_counter() - start)
-        return {k: np.asarray(v) for k, v in out.items()}
-
-
-def params_table(cols: dict[str, list]):
-    """A parts table: integer/float columns plus `params` as a fixed-size float32 list."""
-    import pyarrow as pa
-
-    flat = np.concatenate(cols["params"]).astype(np.float32)
-    arrays = {k: pa.array(np.asarray(v)) for k, v in cols.items() if k != "params"}
-    arrays["params"] = pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()), flat.shape[1])
-    return pa.table({k: arrays[k] for k in cols})
-
-
-def write_parts(run_dir, store, chunks, pending: list[int], actor, kwargs: dict, what: str, num_actors: int) -> int:
-    """Run `actor` over the pending chunks on a Ray Data actor pool; returns rows written."""
-    import ray
-
-    from raygen.progress import Progress
-
-    progress = Progress(chunks.n, what, every_s=5.0)
-    progress.update(chunks.n - chunks.rows_in(pending))
-    if not pending:
-        return 0
-    ds = ray.data.from_items([{"chunk": c} for c in pending], override_num_blocks=min(len(pending), 200))
-    ds = ds.map_batches(actor, fn_constructor_kwargs=kwargs, batch_size=1,
-                        compute=ray.data.ActorPoolStrategy(size=num_actors), num_cpus=1, batch_format="numpy")
-    for row in ds.iter_rows():
-        progress.update(int(row["rows"]))
-        run_dir.log(progress.done, **{f"{what}_per_s": progress.rate(), "chunk_seconds": float(row["seconds"])})
-    store.verify(chunks)
-    return chunks.rows_in(pending)
-
-
-def write_metadata(store, metadata: dict[str, Any]) -> None:
-    """The parts' metadata as a side file too: actors read it there (large constructor arguments
-    would go through the object store)."""
-    from raygen import storage
-
-    storage.write_bytes(store.loc.child(METADATA_FILE), json.dumps(metadata).encode())
-
-
-def read_metadata(store) -> dict[str, Any]:
-    from raygen import storage
-
-    return json.loads(storage.read_bytes(store.loc.child(METADATA_FILE)))
-
-
-def _manifest(store, settings: dict[str, Any]) -> None:
-    previous = store.read_manifest()
-    if previous is not None and previous != settings:
-        changed = sorted(k for k in settings if previous.get(k) != settings[k])
-        raise UserError(f"{store.uri} holds parts made with other settings ({', '.join(changed)}); "
-                        "use a new name or --fresh")
-    if previous is None:
-        store.write_manifest(settings)
-
-
-def collect_zoo(cfg: WeightgenConfig, run_dir, zoo_tasks: dict[int, dict]) -> dict[str, Any]:
-    """Stage 1: the zoo's parts (only missing/damaged chunks are trained)."""
-    import torch
-
-    from raygen.parts import Chunks, PartStore
-    from raygen.weightgen.params import ParamLayout, flatten
-    from raygen.weightgen.zoo import task_classes
-
-    store = PartStore(run_dir.child("zoo"), id_column="model_id")
-    chunks = Chunks(cfg.jobs * cfg.rows_per_job, cfg.rows_per_job * cfg.jobs_per_part)
-    _manifest(store, cfg.zoo_settings())
-    pending = store.scan(chunks).pending
-    base = None
-    if cfg.mode == "trajectory":
-        with torch.random.fork_rng():
-            torch.set_num_threads(1)
-            model = base_model(cfg, digit_splits(), zoo_tasks[0])
-        base = flatten(dict(model.named_parameters()), ParamLayout.of(model)).tolist()
-    layout = zoo_layout(cfg, task_classes(zoo_tasks[0]))
-    metadata = zoo_metadata(cfg, layout, base, zoo_tasks)
-    start = time.perf_counter()
-    print(f"[1/4] zoo: {cfg.jobs} job(s) x {cfg.rows_per_job} checkpoint(s), {layout.numel} parameters each, "
-          f"{len(pending)}/{chunks.count} parts to write on {cfg.num_actors} actors")
-    write_metadata(store, metadata)
-    written = write_parts(run_dir, store, chunks, pending, ZooActor,
-                          {"config": cfg.to_dict(), "store_uri": store.loc.uri}, "zoo members", cfg.num_actors)
-    return {"uri": store.loc.uri, "members": chunks.n, "parts": chunks.count, "written": written,
-            "seconds": time.perf_counter() - start}
-
-
-def read_zoo(uri: str, what: str = "zoo") -> tuple[Any, dict[str, np.ndarray], dict[str, Any]]:
-    """(params [N, P] float32 tensor, other columns by name, metadata) of a zoo / generated store,
-    rows in id order. Refuses an empty store and one whose parts disagree on architecture or layout."""
-    import pyarrow.parquet as pq
-    import torch
-
-    from raygen.parts import METADATA_KEY, PartStore
-
-    store = PartStore.at(uri, id_column="model_id")
-    paths = store.part_paths()
-    if not paths:
-        raise UserError(f"the {what} at {store.uri} is empty (no part-*.parquet files); collect it first "
-                        "or point `zoo` at a directory of zoo parts")
-    metas = []
-    for path in paths:
-        with store.loc.fs.open_input_file(path) as f:
-            raw = (pq.read_schema(f).metadata or {}).get(METADATA_KEY)
-        if raw is None:
-            raise UserError(f"{path} has no raygen metadata; it is not a raygen {what} part")
-        metas.append(json.loads(raw))
-    for path, m in zip(paths, metas):
-        if (m["arch"], m["layout"]) != (metas[0]["arch"], metas[0]["layout"]):
-            raise UserError(f"the {what} at {store.uri} mixes architectures: {Path(path).name} has arch "
-                            f"{m['arch']} / {len(m['layout']['names'])} tensors, the first part {metas[0]['arch']} / "
-                            f"{len(metas[0]['layout']['names'])}; keep one architecture per zoo")
-    table = store.dataset().to_table().sort_by("model_id")
-    params = np.stack(table.column("params").to_numpy(zero_copy_only=False)).astype(np.float32)
-    cols = {k: table.column(k).to_numpy() for k in table.column_names if k != "params"}
-    return torch.from_numpy(params), cols, metas[0]
 
 
 # ====================================================================== stages 2-3: training
@@ -500,6 +209,8 @@ def train_autoencoder(config: dict) -> dict:
     from raygen.weightgen.normalize import TensorNorm
     from raygen.weightgen.params import ParamLayout
 
+    from raygen.workloads.zoo import read_zoo
+
     cfg = StageConfig.from_dict(config)
     thetas, _, meta = read_zoo(cfg.zoo)
     layout = ParamLayout.from_dict(meta["layout"])
@@ -551,9 +262,9 @@ def task_supports(meta: dict, task_ids: list[int], shots: int, splits: dict | No
     """Support sets [T, C, shots, F] of the given tasks (their training images, label order)."""
     import torch
 
-    from raygen.weightgen.zoo import support_set, task_classes, task_splits
+    from raygen.weightgen.zoo import support_set, task_classes, task_splits, zoo_splits
 
-    splits = splits or digit_splits()
+    splits = splits or zoo_splits(meta)
     out = []
     for t in task_ids:
         task = meta["tasks"][str(t)]
@@ -580,6 +291,8 @@ def train_diffusion(config: dict) -> dict:
     from raygen.train_loop import Schedule, TrainRun, TrainState, fit, seeded
     from raygen.weightgen.latent import VectorDenoiser, latent_loss
     from raygen.weightgen.set_encoder import SetEncoder
+
+    from raygen.workloads.zoo import read_zoo
 
     cfg = StageConfig.from_dict(config)
     ae, norm, meta = load_autoencoder(cfg.autoencoder)
@@ -679,7 +392,8 @@ class GenerateActor:
         import torch
 
         from raygen.parts import Chunks, PartStore
-        from raygen.weightgen.zoo import build_classifier
+        from raygen.weightgen.zoo import base_from, build_classifier, zoo_splits
+        from raygen.workloads.zoo import read_metadata
 
         torch.set_num_threads(1)
         self.cfg = WeightgenConfig.from_dict(config)
@@ -691,15 +405,15 @@ class GenerateActor:
         self.metadata = read_metadata(self.store)
         self.model = build_classifier(self.metadata["arch"]).eval()
         self.base = base_from(self.model, self.metadata)
-        self.splits = digit_splits()
+        self.splits = zoo_splits(self.metadata)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
         from raygen.weightgen.evaluate import accuracies
-        from raygen.weightgen.latent import sample_latents
-        from raygen.weightgen.zoo import task_splits
         from raygen.seeds import per_item_seeds
+        from raygen.weightgen.latent import sample_latents
+        from raygen.weightgen.zoo import params_table, task_splits
 
         out = {"chunk": [], "rows": [], "seconds": []}
         for chunk in batch["chunk"].tolist():
@@ -730,21 +444,20 @@ class GenerateActor:
         return {k: np.asarray(v) for k, v in out.items()}
 
 
-def base_from(model, metadata: dict) -> dict:
-    """The fixed part of a functional call: the zoo's base weights (trajectory) or the model's own."""
-    import torch
-
-    from raygen.weightgen.params import ParamLayout, base_state, unflatten
-
-    base = base_state(model)
-    if metadata.get("base") is not None:
-        base.update(unflatten(torch.tensor(metadata["base"], dtype=torch.float32), ParamLayout.of(model)))
-    return base
+def _manifest(store, settings: dict[str, Any]) -> None:
+    previous = store.read_manifest()
+    if previous is not None and previous != settings:
+        changed = sorted(k for k in settings if previous.get(k) != settings[k])
+        raise UserError(f"{store.uri} holds parts made with other settings ({', '.join(changed)}); "
+                        "use a new name or --fresh")
+    if previous is None:
+        store.write_manifest(settings)
 
 
 def generate(cfg: WeightgenConfig, run_dir, ae_uri: str, diff_uri: str, metadata: dict,
              task_ids: list[int]) -> dict[str, Any]:
     from raygen.parts import Chunks, PartStore
+    from raygen.workloads.zoo import write_metadata, write_parts
 
     store = PartStore(run_dir.child("generated"), id_column="model_id")
     chunks = Chunks(len(task_ids) * cfg.n_generate, cfg.n_generate)
@@ -790,9 +503,9 @@ def zoo_tables(cfg: WeightgenConfig, thetas, cols, gen, gcols, meta, norm) -> tu
     """p-diff's table on the zoo tasks and the memorisation figures (per task, then pooled)."""
     from raygen.weightgen.evaluate import accuracies, accuracy_summary, memorisation
     from raygen.weightgen.params import ParamLayout, batched_predictions
-    from raygen.weightgen.zoo import build_classifier, task_splits
+    from raygen.weightgen.zoo import base_from, build_classifier, task_splits, zoo_splits
 
-    splits = digit_splits()
+    splits = zoo_splits(meta)
     layout = ParamLayout.from_dict(meta["layout"])
     model = build_classifier(meta["arch"]).eval()
     base = base_from(model, meta)
@@ -825,9 +538,9 @@ def heldout_tables(cfg: WeightgenConfig, thetas, cols, gen, gcols, meta) -> dict
     other-task init (the first `finetune_models` of each), averaged per arm."""
     from raygen.weightgen.evaluate import accuracies, finetune_curve, steps_to_fraction
     from raygen.weightgen.params import ParamLayout
-    from raygen.weightgen.zoo import build_classifier, task_classes, task_splits
+    from raygen.weightgen.zoo import build_classifier, task_classes, task_splits, zoo_splits
 
-    splits = digit_splits()
+    splits = zoo_splits(meta)
     layout = ParamLayout.from_dict(meta["layout"])
     model = build_classifier(meta["arch"]).eval()
     n = cfg.finetune_models
@@ -933,31 +646,56 @@ def _markdown(cfg: WeightgenConfig, summary: dict[str, Any], plots: list[str]) -
 # ====================================================================== the workload
 
 
+def task_defs(spec: dict[str, Any], family: str, seed: int, classes_per_task: int, zoo_ids,
+              heldout_ids) -> tuple[dict[int, dict], dict[int, dict]]:
+    """(zoo task id -> definition, held-out task id -> definition) over the data of `spec`; a
+    held-out task whose definition equals a zoo task's is an error (it would not be held out)."""
+    from raygen.weightgen.zoo import define_tasks, load_source
+
+    defs = define_tasks(load_source(spec), family, sorted(set(zoo_ids) | set(heldout_ids)), seed, classes_per_task)
+    zoo, held = {t: defs[t] for t in zoo_ids}, {t: defs[t] for t in heldout_ids}
+    for t, d in held.items():
+        same = [z for z, dz in zoo.items() if dz == d]
+        if same:
+            raise UserError(f"held-out task {t} defines the same task as zoo task {same[0]} ({d}); "
+                            "choose other heldout_tasks or a larger task family")
+    return zoo, held
+
+
 def run(config: WeightgenConfig, *, verbose: bool = False) -> dict[str, Any]:
     import torch
 
     from raygen import runtime
     from raygen.rundir import RunDir
-    from raygen.weightgen.zoo import task_classes
+    from raygen.workloads import zoo
+    from raygen.workloads.zoo import read_zoo, zoo_layout
 
+    if not config.zoo:  # bad tasks fail before anything is collected
+        task_defs(config.source_spec(), config.task_family, config.seed, config.classes_per_task,
+                  range(config.zoo_tasks), config.heldout_tasks)
     runtime.init(verbose=verbose)
-    zoo_tasks, held_tasks = task_defs(config)
     run_dir = RunDir(config)
     root = run_dir.uri
     started = time.perf_counter()
     if config.zoo:
         print(f"[1/4] zoo: using {config.zoo}")
-        zoo_uri, zoo_stage = config.zoo, {"uri": config.zoo, "written": 0}
+        zoo_stage = {"uri": config.zoo, "written": 0}
     else:
-        zoo_stage = collect_zoo(config, run_dir, zoo_tasks)
-        zoo_uri = zoo_stage["uri"]
+        zoo_config = zoo.stage_config(config, root)
+        print(f"[1/4] zoo stage in {zoo_config.run_dir}")
+        zoo_stage = {k: v for k, v in zoo.run(zoo_config, verbose=verbose).items()
+                     if k in ("run_dir", "uri", "parts", "written", "seconds")}
+    zoo_uri = zoo_stage["uri"]
     thetas, cols, meta = read_zoo(zoo_uri)
-    target = zoo_layout(config, task_classes(next(iter(zoo_tasks.values()))))
+    target = zoo_layout(config, {**meta["arch"], "width": config.width, "feature_dim": config.feature_dim})
     target.check_matches(type(target).from_dict(meta["layout"]), f"zoo {zoo_uri}")
-    meta["tasks"].update({str(t): d for t, d in held_tasks.items()})
     overlap = sorted(set(config.heldout_tasks) & set(cols["task_id"].tolist()))
     if overlap:
         raise UserError(f"held-out task {overlap[0]} is in the zoo at {zoo_uri}; hold out a task the zoo lacks")
+    if config.heldout_tasks:  # defined like the zoo's tasks: its data, family and seed
+        _, held_tasks = task_defs(meta["source"], meta["task_family"], meta["seed"], meta["classes_per_task"],
+                                  [int(t) for t in meta["tasks"]], config.heldout_tasks)
+        meta["tasks"].update({str(t): d for t, d in held_tasks.items()})
 
     print(f"[2/4] parameter autoencoder ({config.ae_kind}, latent {config.latent_dim}, {config.ae_steps} steps)")
     ae_uri = _train_stage(stage_config(config, "ae", root, zoo_uri), train_autoencoder, verbose)

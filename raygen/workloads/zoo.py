@@ -1,0 +1,420 @@
+"""`raygen zoo`: a model zoo trained on Ray, the first stage of weight generation (`raygen weightgen`).
+
+Members are (task, seed, checkpoint) rows: a job is (task, seed), either a p-diff trajectory of K
+checkpoints (`mode: trajectory`) or one D2NWG member trained to convergence (`mode: tasks`); see
+`raygen.weightgen.zoo` for the tasks, the data sources and member training. Jobs are trained on a
+Ray Data actor pool, single-threaded, one part per fixed chunk of jobs, so a retried or re-run
+chunk rewrites the same part and the zoo is bit-identical for any number of actors.
+
+The run directory `<storage_path>/<name>/`:
+
+    parts/            the zoo (`raygen.parts`, exactly once, resumable): `model_id, task_id, seed,
+                      step, params` (fixed-size float32 list), `val_acc, test_acc`; architecture,
+                      parameter layout, base weights, task definitions and the data source in
+                      each part's metadata and in `parts/_metadata.json`.
+    report.json/md    members, parameters, per-task test accuracy (mean / min / max, %).
+    accuracy_hist.png histogram of the members' test accuracies.
+
+A re-run with the same settings trains only missing or damaged parts (a finished zoo: none);
+other settings are refused by the run directory. `raygen weightgen` runs this workload as its zoo
+stage in `<its run dir>/zoo/`; `read_zoo` accepts a zoo run directory or its `parts/`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from raygen.config import Config, bounded, check
+from raygen.errors import UserError
+
+ZOO_COLUMNS = ("model_id", "task_id", "seed", "step", "params", "val_acc", "test_acc")
+PARTS = "parts"
+METADATA_FILE = "_metadata.json"  # "_" files are not parts (raygen.parts ignores them)
+
+
+@dataclasses.dataclass
+class ZooConfig(Config):
+    RESUME_FREE = frozenset({"num_actors"})
+
+    name: str = "zoo_digits"
+    # data: "digits" (built in), an image folder (root/<class>/<image>) or Parquet, local or a URI
+    source: str = "digits"
+    image_column: str = "image"  # Parquet: encoded image bytes or [C, H, W] / [H, W] tensors
+    label_column: str = "label"
+    task_column: str = ""  # Parquet: its sorted distinct values are the tasks 0..T-1
+    image_size: int = bounded(0, ge=0)  # 0: as stored (all images one size); N: resize to N x N
+    # tasks and members
+    mode: Literal["trajectory", "tasks"] = "trajectory"
+    task_family: Literal["digits", "subset", "permutation", "rotation"] = "digits"  # digits: the whole source
+    zoo_tasks: int = bounded(1, ge=1)  # task ids 0..zoo_tasks-1 form the zoo
+    classes_per_task: int = bounded(5, ge=2)  # subset family
+    seeds: int = bounded(1, ge=1)  # jobs per task: trajectories (trajectory) or members (tasks)
+    width: int = bounded(4, ge=1)  # ConvClassifier width / feature_dim
+    feature_dim: int = bounded(16, ge=1)
+    param_subset: Literal["all", "head", "last2"] = "head"
+    member_init: Literal["seed", "shared"] = "seed"  # tasks: init per member seed, or one shared init
+    member_steps: int = bounded(400, ge=1)  # Adam steps of a base model / tasks member
+    member_lr: float = bounded(0.01, gt=0)
+    member_batch: int = bounded(64, ge=1)
+    checkpoints: int = bounded(200, ge=1)  # trajectory: K checkpoints per trajectory
+    steps_per_checkpoint: int = bounded(1, ge=1)
+    trajectory_lr: float = bounded(0.01, gt=0)  # SGD + momentum, as p-diff
+    jobs_per_part: int = bounded(1, ge=1)
+    num_actors: int = bounded(2, ge=1)
+
+    def validate(self) -> None:
+        super().validate()
+        check(bool(self.source), "source", "must be 'digits', an image folder or a Parquet path")
+        if self.mode == "trajectory":
+            check(self.zoo_tasks == 1, "zoo_tasks", "trajectory mode collects one task (zoo_tasks: 1); use mode: tasks")
+        check(not self.task_column or self.task_family == "digits", "task_family",
+              f"task_column {self.task_column!r} defines the tasks itself; leave task_family unset")
+
+    def source_spec(self) -> dict[str, Any]:
+        from raygen.weightgen.zoo import source_spec
+
+        return source_spec(self.source, image_column=self.image_column, label_column=self.label_column,
+                           task_column=self.task_column, image_size=self.image_size)
+
+    def arch(self, data_shape: list[int], num_classes: int) -> dict[str, int]:
+        return dict(in_channels=data_shape[0], num_classes=num_classes, width=self.width, feature_dim=self.feature_dim)
+
+    @property
+    def rows_per_job(self) -> int:
+        return self.checkpoints if self.mode == "trajectory" else 1
+
+    @property
+    def jobs(self) -> int:
+        return self.zoo_tasks * self.seeds
+
+    def job(self, j: int) -> tuple[int, int]:
+        """(task id, seed index) of zoo job j."""
+        return divmod(j, self.seeds)
+
+    def chunks(self):
+        from raygen.parts import Chunks
+
+        return Chunks(self.jobs * self.rows_per_job, self.rows_per_job * self.jobs_per_part)
+
+
+CONFIG = ZooConfig
+
+
+def stage_config(config: ZooConfig, storage_path: str, name: str = "zoo") -> ZooConfig:
+    """The zoo part of a config that extends ZooConfig (weightgen), as a zoo run `<storage_path>/<name>`."""
+    keys = {f.name for f in dataclasses.fields(ZooConfig)}
+    return ZooConfig.from_dict({**{k: getattr(config, k) for k in keys}, "name": name, "storage_path": storage_path})
+
+
+def zoo_tasks(config: ZooConfig, data) -> dict[int, dict]:
+    from raygen.weightgen.zoo import define_tasks
+
+    return define_tasks(data, config.task_family, range(config.zoo_tasks), config.seed, config.classes_per_task)
+
+
+def zoo_layout(config: ZooConfig, arch: dict[str, int]):
+    """The generated parameters: `param_subset` of a trajectory, every parameter of a tasks member."""
+    from raygen.weightgen.params import ParamLayout
+    from raygen.weightgen.zoo import init_model, subset_names
+
+    model = init_model(arch, 0)
+    subset = config.param_subset if config.mode == "trajectory" else "all"
+    return ParamLayout.of(model, subset_names(model, subset))
+
+
+def base_model(config: ZooConfig, splits: dict, task: dict, arch: dict[str, int]):
+    """Trajectory mode's base: all parameters trained on the task (init and data order from the run seed)."""
+    from raygen.weightgen.zoo import task_splits, train_member
+
+    train = task_splits(task, splits)["train"]
+    return train_member(arch, train, init_seed=config.seed, order_seed=config.seed + 1,
+                        steps=config.member_steps, lr=config.member_lr, batch_size=config.member_batch)
+
+
+# ====================================================================== parts on Ray Data
+
+
+class ZooActor:
+    """Trains the jobs of a chunk (single-threaded) and writes the chunk's part."""
+
+    def __init__(self, config: dict, store_uri: str):
+        import torch
+
+        from raygen.parts import PartStore
+        from raygen.weightgen.params import ParamLayout
+        from raygen.weightgen.zoo import base_from, build_classifier, zoo_splits
+
+        torch.set_num_threads(1)
+        self.cfg = ZooConfig.from_dict(config)
+        self.store = PartStore.at(store_uri, id_column="model_id")
+        self.chunks = self.cfg.chunks()
+        self.metadata = metadata = read_metadata(self.store)
+        self.layout = ParamLayout.from_dict(metadata["layout"])
+        self.tasks = {int(t): d for t, d in metadata["tasks"].items()}
+        self.splits = zoo_splits(metadata)
+        self.model = build_classifier(metadata["arch"]).eval()
+        self.model.load_state_dict(base_from(self.model, metadata))  # trajectory: the base model
+
+    def _job(self, j: int):
+        """(thetas [rows, P], steps [rows]) of zoo job j."""
+        from raygen.seeds import Stream, stream_seed
+        from raygen.weightgen.params import flatten
+        from raygen.weightgen.zoo import task_splits, train_member, trajectory
+
+        cfg = self.cfg
+        task_id, s = cfg.job(j)
+        train = task_splits(self.tasks[task_id], self.splits)["train"]
+        order_seed = stream_seed(cfg.seed, Stream.MEMBER_ORDER, task_id, s)
+        if cfg.mode == "trajectory":
+            thetas = trajectory(self.model, self.layout, train, order_seed=order_seed, checkpoints=cfg.checkpoints,
+                                steps_per_checkpoint=cfg.steps_per_checkpoint, lr=cfg.trajectory_lr,
+                                batch_size=cfg.member_batch)
+            return thetas, (np.arange(cfg.checkpoints) + 1) * cfg.steps_per_checkpoint
+        init_seed = cfg.seed if cfg.member_init == "shared" else stream_seed(cfg.seed, Stream.MEMBER_INIT, task_id, s)
+        model = train_member(self.metadata["arch"], train, init_seed=init_seed, order_seed=order_seed,
+                             steps=cfg.member_steps, lr=cfg.member_lr, batch_size=cfg.member_batch)
+        return flatten(dict(model.named_parameters()), self.layout)[None], np.asarray([cfg.member_steps])
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        from raygen.weightgen.evaluate import accuracies
+        from raygen.weightgen.zoo import params_table, task_splits
+
+        out = {"chunk": [], "rows": [], "seconds": []}
+        for chunk in batch["chunk"].tolist():
+            start = time.perf_counter()
+            ids = self.chunks.ids(chunk)
+            cols: dict[str, list] = {k: [] for k in ZOO_COLUMNS}
+            for j in sorted({int(i) // self.cfg.rows_per_job for i in ids}):
+                thetas, steps = self._job(j)
+                task_id, s = self.cfg.job(j)
+                splits = task_splits(self.tasks[task_id], self.splits)
+                acc = accuracies(self.model, self.layout, thetas, {"val": splits["val"], "test": splits["test"]})
+                cols["model_id"] += list(j * self.cfg.rows_per_job + np.arange(len(thetas)))
+                cols["task_id"] += [task_id] * len(thetas)
+                cols["seed"] += [s] * len(thetas)
+                cols["step"] += steps.tolist()
+                cols["params"].append(thetas.to(torch.float32).numpy())
+                cols["val_acc"] += acc["val"].tolist()
+                cols["test_acc"] += acc["test"].tolist()
+            self.store.write(chunk, params_table(cols), self.chunks, self.metadata)
+            out["chunk"].append(chunk)
+            out["rows"].append(len(ids))
+            out["seconds"].append(time.perf_counter() - start)
+        return {k: np.asarray(v) for k, v in out.items()}
+
+
+def write_parts(run_dir, store, chunks, pending: list[int], actor, kwargs: dict, what: str, num_actors: int) -> int:
+    """Run `actor` over the pending chunks on a Ray Data actor pool; returns rows written."""
+    import ray
+
+    from raygen.progress import Progress
+
+    progress = Progress(chunks.n, what, every_s=5.0)
+    progress.update(chunks.n - chunks.rows_in(pending))
+    if not pending:
+        return 0
+    ds = ray.data.from_items([{"chunk": c} for c in pending], override_num_blocks=min(len(pending), 200))
+    ds = ds.map_batches(actor, fn_constructor_kwargs=kwargs, batch_size=1,
+                        compute=ray.data.ActorPoolStrategy(size=num_actors), num_cpus=1, batch_format="numpy")
+    for row in ds.iter_rows():
+        progress.update(int(row["rows"]))
+        run_dir.log(progress.done, **{f"{what}_per_s": progress.rate(), "chunk_seconds": float(row["seconds"])})
+    store.verify(chunks)
+    return chunks.rows_in(pending)
+
+
+def write_metadata(store, metadata: dict[str, Any]) -> None:
+    """The parts' metadata as a side file too: actors read it there (large constructor arguments
+    would go through the object store)."""
+    from raygen import storage
+
+    storage.write_bytes(store.loc.child(METADATA_FILE), json.dumps(metadata).encode())
+
+
+def read_metadata(store) -> dict[str, Any]:
+    from raygen import storage
+
+    return json.loads(storage.read_bytes(store.loc.child(METADATA_FILE)))
+
+
+def collect(config: ZooConfig, run_dir, data, tasks: dict[int, dict]) -> dict[str, Any]:
+    """The zoo's parts (only missing or damaged chunks are trained)."""
+    import torch
+
+    from raygen import storage
+    from raygen.parts import PartStore
+    from raygen.weightgen.params import ParamLayout, flatten
+    from raygen.weightgen.zoo import split, task_classes
+
+    store = PartStore(run_dir.child(PARTS), id_column="model_id")
+    chunks = config.chunks()
+    pending = store.scan(chunks).pending
+    start = time.perf_counter()
+    source = source_name(config.source)
+    if not pending and storage.exists(store.loc.child(METADATA_FILE)):
+        print(f"zoo: all {chunks.count} parts ({chunks.n} members) are in {storage.display(store.uri)}; "
+              "reusing them, nothing to train")
+        return {"uri": store.loc.uri, "members": chunks.n, "parts": chunks.count, "written": 0,
+                "seconds": time.perf_counter() - start}
+    arch = config.arch(data.info["shape"], task_classes(tasks[0]))
+    base = None
+    if config.mode == "trajectory":
+        with torch.random.fork_rng():
+            torch.set_num_threads(1)
+            model = base_model(config, split(data.images, data.labels, data.tasks), tasks[0], arch)
+        base = flatten(dict(model.named_parameters()), ParamLayout.of(model)).tolist()
+    layout = zoo_layout(config, arch)
+    metadata = {"mode": config.mode, "arch": arch, "layout": layout.to_dict(), "base": base,
+                "tasks": {str(t): d for t, d in tasks.items()}, "param_subset": config.param_subset,
+                "source": data.info, "task_family": config.task_family,
+                "classes_per_task": config.classes_per_task, "seed": config.seed}
+    print(f"zoo: {config.jobs} job(s) x {config.rows_per_job} checkpoint(s) on {len(tasks)} task(s) of {source}, "
+          f"{layout.numel} parameters each; {len(pending)}/{chunks.count} parts to write on {config.num_actors} actors")
+    write_metadata(store, metadata)
+    written = write_parts(run_dir, store, chunks, pending, ZooActor,
+                          {"config": config.to_dict(), "store_uri": store.loc.uri}, "zoo members", config.num_actors)
+    return {"uri": store.loc.uri, "members": chunks.n, "parts": chunks.count, "written": written,
+            "seconds": time.perf_counter() - start}
+
+
+def source_name(source: str) -> str:
+    from raygen import storage
+
+    return "the built-in digits" if source == "digits" else storage.display(source)
+
+
+def zoo_store(uri: str):
+    """The part store of a zoo: a zoo run directory (its `parts/`) or the parts directory itself."""
+    from raygen import storage
+    from raygen.parts import PartStore
+
+    loc = storage.resolve(uri)
+    if storage.exists(loc.child(PARTS, METADATA_FILE)):
+        loc = loc.child(PARTS)
+    return PartStore(loc, id_column="model_id")
+
+
+def read_zoo(uri: str, what: str = "zoo") -> tuple[Any, dict[str, np.ndarray], dict[str, Any]]:
+    """(params [N, P] float32 tensor, other columns by name, metadata) of a zoo / generated store,
+    rows in id order. Refuses an empty store and one whose parts disagree on architecture or layout."""
+    import pyarrow.parquet as pq
+    import torch
+
+    from raygen.parts import METADATA_KEY
+
+    store = zoo_store(uri)
+    paths = store.part_paths()
+    if not paths:
+        raise UserError(f"the {what} at {store.uri} is empty (no part-*.parquet files); collect it first "
+                        "(raygen zoo) or point `zoo` at a zoo run directory or its parts/")
+    metas = []
+    for path in paths:
+        with store.loc.fs.open_input_file(path) as f:
+            raw = (pq.read_schema(f).metadata or {}).get(METADATA_KEY)
+        if raw is None:
+            raise UserError(f"{path} has no raygen metadata; it is not a raygen {what} part")
+        metas.append(json.loads(raw))
+    for path, m in zip(paths, metas):
+        if (m["arch"], m["layout"]) != (metas[0]["arch"], metas[0]["layout"]):
+            raise UserError(f"the {what} at {store.uri} mixes architectures: {Path(path).name} has arch "
+                            f"{m['arch']} / {len(m['layout']['names'])} tensors, the first part {metas[0]['arch']} / "
+                            f"{len(metas[0]['layout']['names'])}; keep one architecture per zoo")
+    table = store.dataset().to_table().sort_by("model_id")
+    params = np.stack(table.column("params").to_numpy(zero_copy_only=False)).astype(np.float32)
+    cols = {k: table.column(k).to_numpy() for k in table.column_names if k != "params"}
+    return torch.from_numpy(params), cols, metas[0]
+
+
+# ====================================================================== report
+
+
+def describe_task(task: dict[str, Any], class_names: list[str]) -> str:
+    """A task definition in a few words, for the report."""
+    family = task["family"]
+    if family in ("subset", "column"):
+        classes = ", ".join(class_names[c] for c in task["classes"])
+        return f"classes {classes}" if family == "subset" else f"task {task['value']!r}: classes {classes}"
+    if family == "permutation":
+        return "fixed pixel permutation"
+    if family == "rotation":
+        return f"rotation by {task['angle']:.1f} degrees"
+    return "all classes"
+
+
+def task_table(cols: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """Test accuracy (%) of the members of each task."""
+    from raygen.weightgen.evaluate import accuracy_summary
+
+    return {str(t): accuracy_summary(cols["test_acc"][cols["task_id"] == t])
+            for t in sorted(set(cols["task_id"].tolist()))}
+
+
+def _histogram(run_dir, test_acc: np.ndarray) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.hist(100 * test_acc, bins=30)
+    ax.set_xlabel("test accuracy (%)")
+    ax.set_ylabel("members")
+    ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_title(f"{len(test_acc)} zoo members")
+    run_dir.save_figure("accuracy_hist.png", fig)
+    return "accuracy_hist.png"
+
+
+def _markdown(config: ZooConfig, summary: dict[str, Any], meta: dict[str, Any], plot: str) -> str:
+    names = meta["source"]["class_names"]
+    lines = [f"# raygen zoo: {config.name} ({config.mode} mode)", "",
+             f"Data: {source_name(config.source)} ({len(names)} classes, images {meta['source']['shape']}); "
+             f"{summary['members']} members ({summary['parameters']} parameters each) from {summary['tasks']} "
+             f"task(s) x {config.seeds} seed(s); parts: {summary['uri']}.", "",
+             "## Test accuracy of the members (%)", "",
+             "| task | definition | members | mean | min | max |", "|---|---|---|---|---|---|"]
+    for t, row in summary["per_task"].items():
+        lines.append(f"| {t} | {describe_task(meta['tasks'][t], names)} | {row['n']} | {row['acc_mean']:.2f} | "
+                     f"{row['acc_min']:.2f} | {row['acc_max']:.2f} |")
+    a = summary["accuracy"]
+    lines += ["", f"All members: mean {a['acc_mean']:.2f}%, min {a['acc_min']:.2f}%, max {a['acc_max']:.2f}%.",
+              "", f"![{plot}]({plot})"]
+    return "\n".join(lines) + "\n"
+
+
+# ====================================================================== the workload
+
+
+def run(config: ZooConfig, *, verbose: bool = False) -> dict[str, Any]:
+    from raygen import runtime, storage
+    from raygen.rundir import RunDir
+    from raygen.weightgen.evaluate import accuracy_summary
+    from raygen.weightgen.zoo import load_source
+
+    data = load_source(config.source_spec())  # bad data and tasks fail before Ray starts or anything is written
+    tasks = zoo_tasks(config, data)
+    runtime.init(verbose=verbose)
+    run_dir = RunDir(config)
+    stage = collect(config, run_dir, data, tasks)
+    thetas, cols, meta = read_zoo(stage["uri"])
+    summary: dict[str, Any] = {
+        "run_dir": run_dir.uri, "report": run_dir.child_uri("report.md"), **stage, "mode": config.mode,
+        "source": config.source, "tasks": len(tasks), "parameters": int(thetas.shape[1]),
+        "accuracy": accuracy_summary(cols["test_acc"]), "per_task": task_table(cols),
+    }
+    plot = _histogram(run_dir, cols["test_acc"])
+    run_dir.write_report(summary, _markdown(config, summary, meta, plot))
+    run_dir.close()
+    a = summary["accuracy"]
+    print(f"zoo: {summary['members']} members, test accuracy mean {a['acc_mean']:.2f}% "
+          f"min {a['acc_min']:.2f}% max {a['acc_max']:.2f}%  ->  {storage.display(run_dir.uri)}")
+    return summary
