@@ -303,11 +303,19 @@ class TrainRun:
         prepared = self.accelerator.prepare(*state.modules.values(), *state.optimizers.values())
         if len(names_m) + len(names_o) == 1:
             prepared = (prepared,)
-        state.modules = dict(zip(names_m, prepared[:len(names_m)]))
+        modules = prepared[:len(names_m)]
+        if self.world == 1:
+            # Ray Train initialises torch.distributed even for one worker, and Accelerate then wraps the
+            # model in a one-rank DDP whose gradient all-reduce is pure overhead; unwrapping keeps the
+            # mixed-precision forward (keep_fp32_wrapper)
+            modules = [self.accelerator.unwrap_model(m) for m in modules]
+        state.modules = dict(zip(names_m, modules))
         state.optimizers = dict(zip(names_o, prepared[len(names_m):]))
 
     def reduce(self, value: torch.Tensor) -> float:
         """The mean over ranks: every rank gets the same number."""
+        if self.world == 1:  # no collective: a one-rank all-reduce through gloo costs ~60 us a call
+            return value.detach().item()
         return self.accelerator.reduce(value.detach().to(self.device), "mean").item()
 
     def save(self, state: TrainState, metrics: dict[str, Any],
