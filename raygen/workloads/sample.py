@@ -37,6 +37,9 @@ from raygen.seeds import per_item_seeds
 from raygen.parts import Chunks, PartStore
 
 PREVIEW_POINTS = 4000
+# a chunk costs a few ms beyond its sampling (task, part write, driver bookkeeping): under ~50 ms
+# of sampling per chunk that is > 5 % (benchmarks/sampler_throughput.py)
+MIN_CHUNK_SECONDS = 0.05
 
 
 @dataclasses.dataclass
@@ -283,6 +286,10 @@ def run(config: SampleConfig, *, verbose: bool = False) -> dict[str, Any]:
             busy_seconds += float(row["seconds"])
             run_dir.log(progress.done, samples_per_s=progress.rate(), chunk_seconds=float(row["seconds"]))
     elapsed = time.perf_counter() - start
+    if len(pending) >= 20 and busy_seconds / len(pending) < MIN_CHUNK_SECONDS:
+        print(f"note: chunks took {1000 * busy_seconds / len(pending):.0f} ms each on average, so each chunk's fixed "
+              f"cost (a task, a Parquet part) is a large share; chunk_size={chunk_size * 4} would amortise it "
+              "(for a new run)")
     store.verify(layout)
 
     ids, x, labels = read_samples(store, config.stats_samples)
