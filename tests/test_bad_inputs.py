@@ -23,6 +23,8 @@ TRAIN = "{jobs}/train_sadm_digits.yaml"
 STUDY = "{jobs}/study_digits.yaml"
 TUNE = "{jobs}/tune_hypergrad.yaml"
 QUICK = "{jobs}/quickstart.yaml"
+ZOO = "{jobs}/zoo_digits.yaml"
+WEIGHTGEN = "{jobs}/weightgen_tasks.yaml"
 LOCAL_JOB = {"job.yaml": (JOBS / "sample_mog.yaml").read_text()}  # submit uploads the cwd: the job must be in it
 
 CASES = [
@@ -67,6 +69,11 @@ CASES = [
     ("tune-solver", ["run", TUNE, "--set", "solvers=[magic]"], {}, "solvers"),
     ("quickstart-steps", ["run", QUICK, "--set", "train_steps=0"], {}, "'train_steps'"),
     ("quickstart-workers", ["run", QUICK, "--set", "train_workers=-2"], {}, "'train_workers'"),
+    # model zoo and weight generation (cases that read data: tests/test_workloads_zoo.py)
+    ("zoo-wrong-verb", ["zoo", WEIGHTGEN], {}, "is a 'weightgen' job, not 'zoo'"),
+    ("zoo-task-column-and-family", ["zoo", ZOO, "--set", "task_column=t"], {}, "task_column 't' defines the tasks"),
+    ("zoo-trajectory-many-tasks", ["zoo", ZOO, "--set", "mode=trajectory"], {}, "trajectory mode collects one task"),
+    ("weightgen-heldout-in-zoo", ["weightgen", WEIGHTGEN, "--set", "heldout_tasks=[3]"], {}, "also in the zoo"),
     # names and storage
     ("name-dotdot", ["run", SAMPLE, "--set", "name=.."], {}, "config key 'name'"),
     ("name-dot", ["run", SAMPLE, "--set", "name=."], {}, "config key 'name'"),
