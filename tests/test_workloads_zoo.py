@@ -207,3 +207,10 @@ def test_bad_zoo_data_is_one_clear_line(case, tmp_path):
         workload_module(job.workload).run(job.config)
     assert phrase in str(info.value) and "\n" not in str(info.value), str(info.value)
     assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_image_size_resizes_a_folder_of_mixed_sizes(tmp_path):
+    _image_folder(tmp_path / "imgs", sizes=(6, 8))
+    cfg = ZooConfig.from_dict({"source": str(tmp_path / "imgs"), "image_size": 5})
+    data = load_source(cfg.source_spec())
+    assert data.images.shape == (36, 1, 5, 5) and data.info["shape"] == [1, 5, 5]
