@@ -229,3 +229,27 @@ def per_process(key: str, build: Callable[[], Any]) -> Any:
         _per_process.clear()
         _per_process[key] = build()
     return _per_process[key]
+
+
+def run_chunk(batch: dict, *, worker: Callable[..., Callable[[dict], dict]], kwargs: dict, token: str) -> dict:
+    """A Ray Data task: hand the batch of chunk ids to this process's `worker(**kwargs)` for the run `token`."""
+    return per_process(token, lambda: worker(**kwargs))(batch)
+
+
+def chunk_results(pending: list[int], worker: Callable[..., Callable[[dict], dict]], kwargs: dict, *,
+                  workers: int, num_cpus: float = 1, num_gpus: float = 0):
+    """Rows returned by `worker(**kwargs)(batch)` for every pending chunk id, streamed as they finish.
+
+    Chunks run as Ray Data tasks (`run_chunk`), at most `workers` at once, one chunk per task; each
+    worker process builds its `worker` once per call of this function (see `per_process`). A task
+    whose process dies is retried by Ray Data, so a worker must make a chunk's output depend on the
+    chunk only (parts are deterministic and written atomically)."""
+    import uuid
+
+    import ray
+
+    ds = ray.data.from_items([{"chunk": c} for c in pending], override_num_blocks=min(len(pending), 200))
+    ds = ds.map_batches(run_chunk, fn_kwargs={"worker": worker, "kwargs": kwargs, "token": uuid.uuid4().hex},
+                        batch_size=1, concurrency=min(workers, len(pending)), num_cpus=num_cpus, num_gpus=num_gpus,
+                        batch_format="numpy")
+    return ds.iter_rows()

@@ -53,7 +53,7 @@ def ray_actors(class_name: str, state=None):
 
 def task_workers(task_name: str):
     """Pids of this Ray instance's worker processes now running a task whose name contains `task_name`
-    (Ray Data names a task after its operator, e.g. "MapBatches(draw_chunks)"): children of this
+    (Ray Data names a task after its operator, e.g. "MapBatches(run_chunk)"): children of this
     session's raylet, found by process title, so other Ray instances on the machine are not touched."""
     import psutil
     import ray._private.worker
@@ -73,7 +73,7 @@ def task_workers(task_name: str):
 def kill_mid_run(target, progress, at_least, victim, *, wait_s=120, join_s=300):
     """Run `target()` on a thread; once `progress()` >= `at_least` and a victim process exists, SIGKILL it
     (a real process death, mid-run) and wait for the run to finish. `victim` is an actor class name
-    (`ray_actors`) or a function returning candidate pids (e.g. `lambda: task_workers("draw_chunks")`).
+    (`ray_actors`) or a function returning candidate pids (e.g. `lambda: task_workers("run_chunk")`).
     Returns (target's result, the killed pid, progress() right after the kill)."""
     import psutil
 

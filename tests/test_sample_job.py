@@ -88,7 +88,7 @@ def test_killed_worker_still_gives_every_id_exactly_once(tmp_path, ray_local):
     def parts():
         return len(list((tmp_path / "killed" / "samples").glob("part-*.parquet")))
 
-    _, _, written_at_kill = kill_mid_run(lambda: run(cfg), parts, 2, lambda: task_workers("draw_chunks"))
+    _, _, written_at_kill = kill_mid_run(lambda: run(cfg), parts, 2, lambda: task_workers("run_chunk"))
     assert written_at_kill < 30, "the run had already finished when the worker was killed"
     assert_same_samples(read_all(tmp_path / "killed"), reference)
 

@@ -1,4 +1,4 @@
-"""`raygen weightgen` under failures: a SIGKILLed zoo actor, and a SIGKILLed Ray Train worker of the
+"""`raygen weightgen` under failures: a SIGKILLed zoo worker process, and a SIGKILLed Ray Train worker of the
 autoencoder stage on 2 simulated nodes (tiny budgets)."""
 
 import json
@@ -10,7 +10,7 @@ import torch
 from raygen.parts import Chunks, PartStore
 from raygen.workloads import weightgen, zoo
 from tests import helpers
-from tests.helpers import ZOO_ARCH, kill_mid_run, write_zoo_part
+from tests.helpers import ZOO_ARCH, kill_mid_run, task_workers, write_zoo_part
 
 pytestmark = pytest.mark.ray
 two_node_cluster = helpers.two_node_cluster
@@ -22,14 +22,15 @@ def _collect(tmp_path, name, **overrides) -> str:
     return zoo.run(zoo.ZooConfig.from_dict({**ZOO, "name": name, "storage_path": str(tmp_path), **overrides}))["uri"]
 
 
-def test_killed_zoo_actor_still_gives_every_member_exactly_once(ray_local, tmp_path):
+def test_killed_zoo_worker_still_gives_every_member_exactly_once(ray_local, tmp_path):
     reference = zoo.read_zoo(_collect(tmp_path, "clean", num_actors=1, jobs_per_part=8))
 
     def parts():
         return len(list((tmp_path / "killed" / "parts").glob("part-*.parquet")))
 
-    uri, _, written_at_kill = kill_mid_run(lambda: _collect(tmp_path, "killed", num_actors=2), parts, 1, "ZooActor")
-    assert written_at_kill < 8, "the zoo was complete when the actor was killed"
+    uri, _, written_at_kill = kill_mid_run(lambda: _collect(tmp_path, "killed", num_actors=2), parts, 1,
+                                           lambda: task_workers("run_chunk"))
+    assert written_at_kill < 8, "the zoo was complete when the worker was killed"
     PartStore.at(uri, "model_id").verify(Chunks(8, 1), check="ids")
     thetas, cols, _ = zoo.read_zoo(uri)
     assert torch.equal(thetas, reference[0])  # bit for bit, with another chunking and actor count

@@ -46,7 +46,7 @@ def test_tiny_tasks_run_end_to_end(ray_local, tmp_path):
         assert cols["test_acc"][i] == pytest.approx(float((net(x).argmax(-1) == y).double().mean()), abs=1e-12)
     # members do not depend on the worker: the 2 Ray actors' parts == each job trained in this process
     members, _, _ = read_zoo(summary["zoo"]["uri"])
-    here = zoo.ZooActor(zoo.stage_config(cfg, str(tmp_path / "tiny")).to_dict(), summary["zoo"]["uri"])
+    here = zoo.ZooWorker(zoo.stage_config(cfg, str(tmp_path / "tiny")).to_dict(), summary["zoo"]["uri"])
     assert torch.equal(members, torch.cat([here._job(j)[0] for j in range(cfg.jobs)]))
     # a re-run reuses every stage: nothing is trained or drawn again (the zoo's parts are not rewritten)
     parts = sorted((tmp_path / "tiny" / "zoo" / "parts").glob("part-*.parquet"))

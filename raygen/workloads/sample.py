@@ -1,9 +1,9 @@
 """`raygen sample`: parallel sample generation on Ray Data, written exactly once.
 
 Pipeline: the N sample ids are cut into fixed chunks of `chunk_size` ids; a Ray Data dataset
-with one row per pending chunk feeds `map_batches(draw_chunks, concurrency=num_actors)`; each
-worker process builds the model once per run (`ChunkSampler`, kept by `runtime.per_process`),
-draws its chunk with the chosen sampler and writes
+with one row per pending chunk runs as tasks, `num_actors` at once (`runtime.chunk_results`); each
+worker process builds the model once per run (`ChunkSampler`), draws its chunk with the chosen
+sampler and writes
 `samples/part-<chunk>.parquet` atomically through the part store (`raygen.parts`: temp file +
 rename locally, one PUT on a bucket). A chunk's file name and content depend only on the chunk,
 so a chunk retried after a worker dies rewrites the same file, and a re-run skips chunks whose
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Literal
 
@@ -194,13 +193,6 @@ class ChunkSampler:
         self.store.write(chunk, pa.table(columns), self.layout, self.metadata)
 
 
-def draw_chunks(batch: dict[str, np.ndarray], *, run_token: str, config: dict, store_uri: str,
-                chunk_size: int) -> dict[str, np.ndarray]:
-    """A Ray Data task: draw and write the batch's chunks with this worker's `ChunkSampler` for the run."""
-    sampler = runtime.per_process(run_token, lambda: ChunkSampler(config, store_uri, chunk_size))
-    return sampler(batch)
-
-
 def sampler_metadata(config: SampleConfig, shape: tuple[int, ...]) -> dict[str, Any]:
     return {
         "model": config.model, "sampler": config.sampler, "sigmas": config.sigmas(), "shape": list(shape),
@@ -238,8 +230,6 @@ def read_samples(store: PartStore, limit: int) -> tuple[np.ndarray, np.ndarray, 
 
 
 def run(config: SampleConfig, *, verbose: bool = False) -> dict[str, Any]:
-    import ray
-
     from raygen.progress import Progress
     from raygen.rundir import RunDir
 
@@ -268,18 +258,11 @@ def run(config: SampleConfig, *, verbose: bool = False) -> dict[str, Any]:
                         already=config.n_samples - layout.rows_in(pending))
     psd_repairs, busy_seconds, first_result_at = 0, 0.0, None
     if pending:
-        ds = ray.data.from_items([{"chunk": c} for c in pending], override_num_blocks=min(len(pending), 200))
-        ds = ds.map_batches(
-            draw_chunks,
-            fn_kwargs={"run_token": uuid.uuid4().hex, "config": config.to_dict(), "store_uri": store.loc.uri,
-                       "chunk_size": chunk_size},
-            batch_size=1,
-            concurrency=min(config.num_actors, len(pending)),
-            num_cpus=config.cpus_per_actor,
-            num_gpus=config.gpus_per_actor,
-            batch_format="numpy",
-        )
-        for row in ds.iter_rows():
+        rows = runtime.chunk_results(pending, ChunkSampler, {"config": config.to_dict(), "store_uri": store.loc.uri,
+                                                             "chunk_size": chunk_size},
+                                     workers=config.num_actors, num_cpus=config.cpus_per_actor,
+                                     num_gpus=config.gpus_per_actor)
+        for row in rows:
             first_result_at = first_result_at or time.perf_counter()
             progress.update(int(row["rows"]))
             psd_repairs += int(row["psd_repairs"])

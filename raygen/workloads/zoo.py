@@ -2,9 +2,10 @@
 
 Members are (task, seed, checkpoint) rows: a job is (task, seed), either a p-diff trajectory of K
 checkpoints (`mode: trajectory`) or one D2NWG member trained to convergence (`mode: tasks`); see
-`raygen.weightgen.zoo` for the tasks, the data sources and member training. Jobs are trained on a
-Ray Data actor pool, single-threaded, one part per fixed chunk of jobs, so a retried or re-run
-chunk rewrites the same part and the zoo is bit-identical for any number of actors.
+`raygen.weightgen.zoo` for the tasks, the data sources and member training. Jobs are trained as
+Ray Data tasks (`runtime.chunk_results`), single-threaded, one part per fixed chunk of jobs, so a
+retried or re-run chunk rewrites the same part and the zoo is bit-identical for any number of
+workers (`num_actors`).
 
 The run directory `<storage_path>/<name>/`:
 
@@ -140,7 +141,7 @@ def base_model(config: ZooConfig, splits: dict, task: dict, arch: dict[str, int]
 # ====================================================================== parts on Ray Data
 
 
-class ZooActor:
+class ZooWorker:
     """Trains the jobs of a chunk (single-threaded) and writes the chunk's part."""
 
     def __init__(self, config: dict, store_uri: str):
@@ -211,20 +212,16 @@ class ZooActor:
         return {k: np.asarray(v) for k, v in out.items()}
 
 
-def write_parts(run_dir, store, chunks, pending: list[int], actor, kwargs: dict, what: str, num_actors: int) -> int:
-    """Run `actor` over the pending chunks on a Ray Data actor pool; returns rows written."""
-    import ray
-
+def write_parts(run_dir, store, chunks, pending: list[int], worker, kwargs: dict, what: str, num_actors: int) -> int:
+    """Run `worker(**kwargs)` over the pending chunks as Ray Data tasks (`runtime.chunk_results`); returns rows written."""
+    from raygen import runtime
     from raygen.progress import Progress
 
     progress = Progress(chunks.n, what, every_s=5.0)
     progress.update(chunks.n - chunks.rows_in(pending))
     if not pending:
         return 0
-    ds = ray.data.from_items([{"chunk": c} for c in pending], override_num_blocks=min(len(pending), 200))
-    ds = ds.map_batches(actor, fn_constructor_kwargs=kwargs, batch_size=1,
-                        compute=ray.data.ActorPoolStrategy(size=num_actors), num_cpus=1, batch_format="numpy")
-    for row in ds.iter_rows():
+    for row in runtime.chunk_results(pending, worker, kwargs, workers=num_actors):
         progress.update(int(row["rows"]))
         run_dir.log(progress.done, **{f"{what}_per_s": progress.rate(), "chunk_seconds": float(row["seconds"])})
     store.verify(chunks)
@@ -232,7 +229,7 @@ def write_parts(run_dir, store, chunks, pending: list[int], actor, kwargs: dict,
 
 
 def write_metadata(store, metadata: dict[str, Any]) -> None:
-    """The parts' metadata as a side file too: actors read it there (large constructor arguments
+    """The parts' metadata as a side file too: workers read it there (large task arguments
     would go through the object store)."""
     from raygen import storage
 
@@ -277,9 +274,9 @@ def collect(config: ZooConfig, run_dir, data, tasks: dict[int, dict]) -> dict[st
                 "source": data.info, "task_family": config.task_family,
                 "classes_per_task": config.classes_per_task, "seed": config.seed}
     print(f"zoo: {config.jobs} job(s) x {config.rows_per_job} checkpoint(s) on {len(tasks)} task(s) of {source}, "
-          f"{layout.numel} parameters each; {len(pending)}/{chunks.count} parts to write on {config.num_actors} actors")
+          f"{layout.numel} parameters each; {len(pending)}/{chunks.count} parts to write on {config.num_actors} workers")
     write_metadata(store, metadata)
-    written = write_parts(run_dir, store, chunks, pending, ZooActor,
+    written = write_parts(run_dir, store, chunks, pending, ZooWorker,
                           {"config": config.to_dict(), "store_uri": store.loc.uri}, "zoo members", config.num_actors)
     return {"uri": store.loc.uri, "members": chunks.n, "parts": chunks.count, "written": written,
             "seconds": time.perf_counter() - start}
