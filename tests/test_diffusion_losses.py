@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from raygen.diffusion import EMA, DenoisingLoss, heun_sample, karras_sigmas
@@ -23,6 +24,31 @@ def test_edm_weighted_loss_of_exact_denoiser_is_one_per_dimension():
     # a worse denoiser (return x_tilde unchanged) has a clearly larger loss
     worse, _ = loss_fn(lambda x, sigma, labels: x, x0, g)
     assert worse.item() > 1.5
+
+
+def test_loss_on_vectors_matches_the_image_view():
+    # sigma broadcasts per sample for any data shape: [B, D] gives the loss of the [B, 1, 1, D] view
+    g0, g1 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    x0 = 0.3 + 0.4 * torch.randn(64, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    flat, _ = DenoisingLoss(sigma_data=0.4)(gaussian_denoiser(0.3, 0.4), x0, g0)
+    rows, _ = DenoisingLoss(sigma_data=0.4)(gaussian_denoiser(0.3, 0.4), x0[:, None, None, :], g1)
+    torch.testing.assert_close(flat, rows)
+
+
+def test_at_scale_makes_the_loss_invariant_to_the_data_scale():
+    # data a*x with sigma_data a*s: sigma/sigma_data has the same distribution, so with the same
+    # random draws the weighted loss of the exact denoiser is the same number
+    m, s, a = 0.2, 0.5, 4.0
+    x0 = m + s * torch.randn(256, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    base = DenoisingLoss.at_scale(s)
+    assert (base.p_mean, base.p_std) == (-1.2, 1.2)  # EDM's own values at its sigma_data = 0.5
+    small, _ = base(gaussian_denoiser(m, s), x0, torch.Generator().manual_seed(1))
+    big, _ = DenoisingLoss.at_scale(a * s)(gaussian_denoiser(a * m, a * s), a * x0, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(small, big)
+    # the unshifted EDM distribution on the scaled data is a different loss (the check can fail)
+    plain, _ = DenoisingLoss(sigma_data=a * s)(lambda x, sigma, labels: x, a * x0, torch.Generator().manual_seed(1))
+    shifted, _ = DenoisingLoss.at_scale(a * s)(lambda x, sigma, labels: x, a * x0, torch.Generator().manual_seed(1))
+    assert abs(plain.item() - shifted.item()) > 0.1
 
 
 def test_label_dropout_rate_and_unconditional_labels():
@@ -51,6 +77,17 @@ def test_heun_sampler_maps_noise_to_gaussian_data():
     expected_std = smax * s / (s**2 + smax**2) ** 0.5
     assert abs(x.mean().item() - m) < 0.01
     assert abs(x.std().item() - expected_std) < 0.01
+
+
+def test_heun_sampler_from_given_start_equals_drawn_start():
+    m, s, smax = 0.5, 0.3, 5.0
+    D = gaussian_denoiser(m, s)
+    drawn = heun_sample(D, (8, 3), torch.Generator().manual_seed(2), num_steps=6, sigma_max=smax, data_mean=m)
+    start = m + smax * torch.randn((8, 3), generator=torch.Generator().manual_seed(2))
+    given = heun_sample(D, None, None, num_steps=6, sigma_max=smax, data_mean=m, x_init=start)
+    torch.testing.assert_close(given, drawn)
+    with pytest.raises(ValueError, match="either shape and generator, or x_init"):
+        heun_sample(D, (8, 3), torch.Generator(), x_init=start)
 
 
 def test_karras_sigmas_endpoints_and_order():

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from raygen.diffusion.losses import DenoisingLoss
-from raygen.diffusion.sample import karras_sigmas
+from raygen.diffusion.sample import heun_sample
 from raygen.models.denoiser import Denoiser
 from raygen.sampling import initial_state
 
@@ -89,22 +89,9 @@ def latent_loss(loss_fn: DenoisingLoss, denoiser: Callable, h0: torch.Tensor, co
     return loss
 
 
-@torch.no_grad()
-def heun_from(denoiser: Callable, x: torch.Tensor, sigmas: Sequence[float], cond: torch.Tensor | None) -> torch.Tensor:
-    """Heun integration of dx/dsigma = (x - D(x, sigma, c)) / sigma along sigmas (decreasing, ending at 0)."""
-    for s, s_next in zip(sigmas[:-1], sigmas[1:]):
-        d = (x - denoiser(x, s, cond)) / s
-        x_next = x + (s_next - s) * d
-        if s_next > 0:  # second-order correction except on the last step (EDM Algorithm 1)
-            x_next = x + (s_next - s) * 0.5 * (d + (x_next - denoiser(x_next, s_next, cond)) / s_next)
-        x = x_next
-    return x
-
-
 def sample_latents(denoiser: Callable, dim: int, seeds: Sequence[int], cond: torch.Tensor | None = None, *,
                    data_mean: float = 0.0, num_steps: int = 32, sigma_min: float = 0.002,
                    sigma_max: float = 80.0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """One latent [D] per seed (sample i depends only on seeds[i] and cond[i]): [N, D]."""
-    sigmas = karras_sigmas(num_steps, sigma_min, sigma_max).tolist() + [0.0]
     x = data_mean + initial_state(list(seeds), (1, 1, dim), scale=sigma_max, dtype=dtype)
-    return heun_from(denoiser, x, sigmas, cond)[:, 0, 0, :]
+    return heun_sample(denoiser, None, None, num_steps, sigma_min, sigma_max, cond, x_init=x)[:, 0, 0, :]

@@ -69,6 +69,9 @@ class WeightgenConfig(ZooConfig):
     ema_decay: float = 0.999
     cond_dim: int = 64
     support_shots: int = 5
+    set_encoder: Literal["deepsets", "set_transformer"] = "deepsets"  # tasks mode's dataset encoder
+    encoder_training: Literal["joint", "contrastive"] = "joint"  # contrastive: D2NWG's pretraining, then frozen
+    contrastive_steps: int = 1000  # contrastive: the first diff_steps align the encoder to the AE latents
     sample_steps: int = 32
     # generation, evaluation
     n_generate: int = 100  # per task
@@ -88,6 +91,9 @@ class WeightgenConfig(ZooConfig):
                     "diff_depth", "cond_dim", "support_shots", "sample_steps", "n_generate", "finetune_every",
                     "finetune_models", "keep_checkpoints", "log_every"):
             check(getattr(self, key) >= 1, key, "must be >= 1")
+        if self.encoder_training == "contrastive":
+            check(0 < self.contrastive_steps < self.diff_steps, "contrastive_steps",
+                  f"must be in 1..diff_steps-1 (diff_steps is {self.diff_steps}): the rest trains the diffusion")
         for key in ("ae_lr", "diff_lr", "finetune_lr"):
             check(getattr(self, key) > 0, key, "must be > 0")
         check(self.input_noise >= 0 and self.latent_noise >= 0, "input_noise", "noise levels must be >= 0")
@@ -123,6 +129,9 @@ class StageConfig(Config):
     hidden: int = 256
     depth: int = 3
     cond_dim: int = 64
+    set_encoder: Literal["deepsets", "set_transformer"] = "deepsets"
+    encoder_training: Literal["joint", "contrastive"] = "joint"
+    contrastive_steps: int = 1000
     input_noise: float = 0.001
     latent_noise: float = 0.1
     steps: int = 1000
@@ -152,7 +161,9 @@ def stage_config(cfg: WeightgenConfig, stage: str, root: str, zoo: str, autoenco
                            checkpoint_every=max(1, cfg.ae_steps // 3), **common)
     return StageConfig(name="diffusion", stage="diffusion", autoencoder=autoencoder, hidden=cfg.diff_hidden,
                        depth=cfg.diff_depth, cond_dim=cfg.cond_dim, support_shots=cfg.support_shots,
-                       steps=cfg.diff_steps, lr=cfg.diff_lr, batch_size=cfg.diff_batch, ema_decay=cfg.ema_decay,
+                       set_encoder=cfg.set_encoder, encoder_training=cfg.encoder_training,
+                       contrastive_steps=cfg.contrastive_steps, steps=cfg.diff_steps, lr=cfg.diff_lr,
+                       batch_size=cfg.diff_batch, ema_decay=cfg.ema_decay,
                        checkpoint_every=max(1, cfg.diff_steps // 3), **common)
 
 
@@ -281,8 +292,13 @@ def encode_zoo(ae, norm, thetas):
 
 @_one_thread
 def train_diffusion(config: dict) -> dict:
-    """Latent EDM diffusion over the AE's latents of the zoo; in tasks mode conditioned on the
-    DeepSets embedding of each member's task support set, trained jointly (a Ray Train `train_func`)."""
+    """Latent EDM diffusion over the AE's latents of the zoo (a Ray Train `train_func`); in tasks mode
+    conditioned on the set-encoder embedding of each member's task support set, the encoder either
+    trained jointly by the denoising loss or (`encoder_training: contrastive`, D2NWG) aligned to the
+    AE latents by the contrastive loss for the first `contrastive_steps` and frozen afterwards.
+
+    Every step runs every module and zero-weights the unused loss, so Ray Train's DDP sees all
+    parameters used; a phase's frozen modules get zero gradients and their optimiser is not stepped."""
     import torch
 
     from raygen.diffusion.ema import EMA
@@ -290,7 +306,7 @@ def train_diffusion(config: dict) -> dict:
     from raygen.seeds import Stream, torch_generator
     from raygen.train_loop import Schedule, TrainRun, TrainState, fit, seeded
     from raygen.weightgen.latent import VectorDenoiser, latent_loss
-    from raygen.weightgen.set_encoder import SetEncoder
+    from raygen.weightgen.set_encoder import ContrastiveHeads, SetEncoder, contrastive_loss
 
     from raygen.workloads.zoo import read_zoo
 
@@ -310,31 +326,54 @@ def train_diffusion(config: dict) -> dict:
         denoiser = seeded(cfg.seed, lambda: VectorDenoiser(h.shape[1], cfg.cond_dim if conditional else 0,
                                                            cfg.hidden, cfg.depth, sigma_data=sd, data_mean=mu))
         modules = {"denoiser": denoiser}
+        optimizers = {"denoiser": torch.optim.AdamW(denoiser.parameters(), lr=cfg.lr)}
+        contrastive = conditional and cfg.encoder_training == "contrastive"
         if conditional:
             modules["encoder"] = seeded(cfg.seed + 1, lambda: SetEncoder(support.shape[-1], support.shape[1],
-                                                                         cond_dim=cfg.cond_dim))
-        params = [p for m in modules.values() for p in m.parameters()]
-        state = TrainState(modules=modules, optimizers={"opt": torch.optim.AdamW(params, lr=cfg.lr)},
-                           emas={k: EMA(m, cfg.ema_decay) for k, m in modules.items()},
+                                                                         cond_dim=cfg.cond_dim, kind=cfg.set_encoder))
+            if contrastive:
+                modules["align"] = seeded(cfg.seed + 2, lambda: ContrastiveHeads(cfg.cond_dim, h.shape[1]))
+            optimizers["encoder"] = torch.optim.AdamW([p for k in ("encoder", "align") if k in modules
+                                                       for p in modules[k].parameters()], lr=cfg.lr)
+        state = TrainState(modules=modules, optimizers=optimizers,
+                           emas={k: EMA(modules[k], cfg.ema_decay) for k in ("denoiser", "encoder") if k in modules},
                            generator=torch_generator(cfg.seed, Stream.LATENT_INIT, run.rank))
         if restored is not None:
             state.load_state_dict(restored)
         run.prepare(state)
-        loss_fn = DenoisingLoss(sigma_data=sd)
+        loss_fn = DenoisingLoss.at_scale(sd)  # EDM's noise levels relative to the latents' std (see losses.py)
 
-        def step(state, batch, _step):
+        def step(state, batch, step_index):
             h0, t = batch
-            cond = state.modules["encoder"](support[t.cpu()].to(h0.device)) if conditional else None
+            cond, stats = None, {}
+            if conditional:  # each task's support set encoded once per batch
+                u, inverse = t.cpu().unique(return_inverse=True)
+                cond = state.modules["encoder"](support[u].to(h0.device))[inverse.to(h0.device)]
+            aligning = contrastive and step_index < cfg.contrastive_steps
+            if contrastive:
+                c_loss = contrastive_loss(*state.modules["align"](cond, h0), t)
+                stats["contrastive"] = c_loss.detach()
+                cond = cond.detach()  # the denoising loss never trains a contrastively aligned encoder
             loss = latent_loss(loss_fn, state.modules["denoiser"], h0, cond, state.generator)
+            stats["diffusion"] = loss.detach()
+            if contrastive:
+                loss = c_loss + 0 * loss if aligning else loss + 0 * c_loss
             run.accelerator.backward(loss)
-            state.optimizers["opt"].step()
-            state.optimizers["opt"].zero_grad(set_to_none=True)
+            stepped = ["encoder"] if aligning else ["denoiser"] if contrastive else list(state.optimizers)
+            for k in stepped:
+                state.optimizers[k].step()
+            for opt in state.optimizers.values():
+                opt.zero_grad(set_to_none=True)
             for k, ema in state.emas.items():
                 ema.update(state.module(k))
-            return {"loss": loss.detach()}
+            return {"loss": loss.detach(), **stats}
 
         def export(state, directory: Path) -> None:
-            _save_torch({k: {"spec": e.model.spec, "weights": e.model.state_dict()} for k, e in state.emas.items()},
+            # a frozen (contrastively aligned) encoder is saved as trained: the denoiser learnt its outputs
+            saved = {k: e.model for k, e in state.emas.items()}
+            if contrastive:
+                saved["encoder"] = state.module("encoder")
+            _save_torch({k: {"spec": m.spec, "weights": m.state_dict()} for k, m in saved.items()},
                         directory / DIFF_FILE)
 
         schedule = Schedule(cfg.steps, cfg.log_every, cfg.checkpoint_every)
@@ -346,7 +385,7 @@ def train_diffusion(config: dict) -> dict:
 
 
 def load_diffusion(checkpoint_uri: str):
-    """(EMA VectorDenoiser, EMA SetEncoder or None), eval mode."""
+    """(EMA VectorDenoiser, SetEncoder or None: EMA, or as trained when frozen), eval mode."""
     from raygen.weightgen.latent import VectorDenoiser
     from raygen.weightgen.set_encoder import SetEncoder
 
