@@ -69,10 +69,13 @@ CASES = [
     ("tune-solver", ["run", TUNE, "--set", "solvers=[magic]"], {}, "solvers"),
     ("quickstart-steps", ["run", QUICK, "--set", "train_steps=0"], {}, "'train_steps'"),
     ("quickstart-workers", ["run", QUICK, "--set", "train_workers=-2"], {}, "'train_workers'"),
-    # model zoo and weight generation (cases that read data: tests/test_workloads_zoo.py)
+    # model zoo and weight generation (more cases that read data: tests/test_workloads_zoo.py); the
+    # data is checked by the workload's preflight, before Ray starts
     ("zoo-wrong-verb", ["zoo", WEIGHTGEN], {}, "is a 'weightgen' job, not 'zoo'"),
     ("zoo-task-column-and-family", ["zoo", ZOO, "--set", "task_column=t"], {}, "task_column 't' defines the tasks"),
     ("zoo-trajectory-many-tasks", ["zoo", ZOO, "--set", "mode=trajectory"], {}, "trajectory mode collects one task"),
+    ("zoo-source-missing", ["zoo", ZOO, "--set", "source={tmp}/nothere"], {}, "not found; use 'digits', an image folder or a Parquet path"),
+    ("zoo-too-many-classes", ["zoo", ZOO, "--set", "classes_per_task=11"], {}, "but the data has 10 classes"),
     ("weightgen-heldout-in-zoo", ["weightgen", WEIGHTGEN, "--set", "heldout_tasks=[3]"], {}, "also in the zoo"),
     # names and storage
     ("name-dotdot", ["run", SAMPLE, "--set", "name=.."], {}, "config key 'name'"),

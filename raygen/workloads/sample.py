@@ -229,14 +229,19 @@ def read_samples(store: PartStore, limit: int) -> tuple[np.ndarray, np.ndarray, 
     return table[parts.ID].to_numpy(), x, labels
 
 
+def preflight(config: SampleConfig):
+    """(model, sample shape, analytic target or None), checked before Ray starts or anything is written:
+    a typo must fail fast and must not leave a manifest that refuses the corrected re-run."""
+    model, shape, target, num_classes = resolve_model(config.model)
+    check_label(config, num_classes)
+    return model, shape, target
+
+
 def run(config: SampleConfig, *, verbose: bool = False) -> dict[str, Any]:
     from raygen.progress import Progress
     from raygen.rundir import RunDir
 
-    # resolve the model before starting Ray or writing anything: a typo must fail fast and must not
-    # leave a manifest (a run dir with outputs) that refuses the corrected re-run
-    _, shape, target, num_classes = resolve_model(config.model)
-    check_label(config, num_classes)
+    _, shape, target = preflight(config)
     runtime.init(verbose=verbose)
     runtime.check_fits({"CPU": config.cpus_per_actor, "GPU": config.gpus_per_actor},
                        "cpus_per_actor/gpus_per_actor")

@@ -391,14 +391,20 @@ def _markdown(config: ZooConfig, summary: dict[str, Any], meta: dict[str, Any], 
 # ====================================================================== the workload
 
 
+def preflight(config: ZooConfig):
+    """The zoo's data and tasks, checked (bad data is one line before Ray starts or anything is written)."""
+    from raygen.weightgen.zoo import load_source
+
+    data = load_source(config.source_spec())  # cached per process: run() does not read it twice
+    return data, zoo_tasks(config, data)
+
+
 def run(config: ZooConfig, *, verbose: bool = False) -> dict[str, Any]:
     from raygen import runtime, storage
     from raygen.rundir import RunDir
     from raygen.weightgen.evaluate import accuracy_summary
-    from raygen.weightgen.zoo import load_source
 
-    data = load_source(config.source_spec())  # bad data and tasks fail before Ray starts or anything is written
-    tasks = zoo_tasks(config, data)
+    data, tasks = preflight(config)
     runtime.init(verbose=verbose)
     run_dir = RunDir(config)
     stage = collect(config, run_dir, data, tasks)
