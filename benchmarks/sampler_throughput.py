@@ -105,6 +105,8 @@ def main() -> None:
     runtime.init(num_cpus=2)
     cold = run(SampleConfig.from_dict({**work, "name": "cold", "n_samples": 2000, "num_actors": 2}))
     cold_first_s = time.perf_counter() - start - cold["seconds"] + cold["seconds_to_first_part"]
+    # this process's first sampling pays one-time costs too (first torch calls): warm the plain arm up as well
+    plain_loop(SampleConfig.from_dict({**work, "name": "plainwarm", "n_samples": 2000}), str(tmp / "plainwarm" / "samples"))
 
     arms: dict[str, list] = {"plain": [], "ray1": [], "ray2": []}
     for r in range(repeats):  # arms interleaved, so a change in background load hits all of them
