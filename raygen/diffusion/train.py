@@ -28,6 +28,7 @@ from typing import Any, Iterator, Literal
 import torch
 
 from raygen.config import Config, bounded, check
+from raygen.data.batches import torch_batches
 from raygen.diffusion.ema import EMA
 from raygen.diffusion.losses import DenoisingLoss
 from raygen.diffusion.sadm import StructureEncoder, adversarial_loss, discriminator_loss, lambda_at
@@ -205,12 +206,12 @@ def _dataset_batches(cfg: TrainSADMConfig, source, rank: int, per_worker: int) -
     epoch = 0
     while True:
         n = 0
-        # prefetching keeps the next batches ready while the step runs (data wait < 5% of step time)
-        for batch in source.iter_torch_batches(batch_size=per_worker, drop_last=True, prefetch_batches=4,
-                                               local_shuffle_buffer_size=4 * per_worker,
-                                               local_shuffle_seed=stream_seed(cfg.seed, Stream.SHARD_SHUFFLE, rank, epoch)):
+        # large fetches sliced into steps, prefetched while the step runs (raygen.data.batches)
+        for batch in torch_batches(source, per_worker, ("image", "label"), prefetch_batches=2,
+                                   local_shuffle_buffer_size=max(4 * per_worker, 1024),
+                                   local_shuffle_seed=stream_seed(cfg.seed, Stream.SHARD_SHUFFLE, rank, epoch)):
             n += 1
-            yield batch["image"], batch["label"]
+            yield batch
         if n == 0:
             raise UserError(f"data source {cfg.data!r} has fewer than {per_worker} images per worker; "
                             "lower batch_size or num_workers")
