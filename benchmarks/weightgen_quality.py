@@ -22,6 +22,9 @@ D2NWG (jobs/weightgen_tasks.yaml, held-out class-subset tasks, seeds 0, 1, 2):
                       ("GENERATES ZOO WEIGHTS", else "DOES NOT");
     zero-shot         held-out generated zero-shot mean > max(chance, other-task zoo models' mean)
                       on every seed ("TRANSFERS", else "DOES NOT TRANSFER").
+    Second arm, D2NWG's "scales with zoo diversity" (`--tag zoo100 --set zoo_tasks=100`: 100 zoo
+    tasks x 2 members instead of 30, same held-out tasks and budgets): the same three rules; its
+    zero-shot mean is also printed next to the 30-task arm's (interval per arm, no verdict).
 
 What was wrong in the first session's D2NWG run (generated weights at chance even on zoo tasks),
 diagnosed on a 30-task zoo with scripts (seed 0, 10 samples per task):
@@ -125,6 +128,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a job key for every run (a smaller budget); recorded in the JSON")
+    parser.add_argument("--tag", default="", help="store the runs as '<job>:<tag>' next to the plain arm "
+                        "(another configuration of the same job, e.g. a larger zoo)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "weightgen_quality.json"))
     args = parser.parse_args()
     seeds = args.seeds[:2] if args.quick else args.seeds
@@ -138,7 +143,8 @@ def main() -> None:
             start = time.perf_counter()
             extra = (QUICK[job] if args.quick else []) + args.set
             runs = [run_job(job, s, storage, extra) for s in seeds]
-            result[job] = {**summarise(runs), "overrides": extra, "seconds": time.perf_counter() - start}
+            key = f"{job}:{args.tag}" if args.tag else job
+            result[key] = {**summarise(runs), "overrides": extra, "seconds": time.perf_counter() - start}
     out.write_text(json.dumps(result, indent=2))
     if "pdiff" in result:
         p = result["pdiff"]
@@ -151,9 +157,9 @@ def main() -> None:
                   f"per seed {['%+.2f' % x for x in v['values']]}  (target {target})")
         print(f"  distance to nearest original, generated / original: {p['distance_ratio']['mean']:.1f}x")
         print(f"  verdict: {p['verdict']}")
-    if "tasks" in result:
-        t = result["tasks"]
-        print("D2NWG (held-out class-subset tasks)")
+    for key in sorted(k for k in result if k.split(":")[0] == "tasks"):
+        t = result[key]
+        print(f"D2NWG (held-out class-subset tasks) [{key}, overrides {t['overrides']}]")
         print(f"  zero-shot generated {t['zero_shot_mean']['mean']:.1f}% (95% CI {t['zero_shot_mean']['ci95'][0]:.1f}"
               f"..{t['zero_shot_mean']['ci95'][1]:.1f}), chance {t['chance']:.1f}%, other-task zoo "
               f"{[round(v, 1) for v in t['other_task_zero_shot']]}")
