@@ -35,6 +35,13 @@ and scored l_ij = u_i . v_j / tau. Several members share a task, so the targets 
 t_ij = [task_i = task_j] / #{j : task_j = task_i}, and
 
     L = 1/2 (CE(l, t) + CE(l^T, t^T)),  CE(l, t) = -mean_i sum_j t_ij log softmax_j(l_ij).
+
+Measured (100-task digits zoo x 2 members, 4000 diffusion steps, 3 seeds of encoder + diffusion;
+held-out zero-shot accuracy of 3 tasks x 10 samples, chance 20 %; scripts, not the benchmark):
+DeepSets joint 34.9 % (95 % CI 28.9..40.9), Set Transformer joint 30.4 % (24.7..36.2, ~3x the
+training time), DeepSets contrastively aligned then frozen 29.9 % (18.6..41.2), DeepSets joint
+plus a 0.1-weighted contrastive term 34.0 % (27.2..40.7). On the zoo's own tasks all four are
+within 86-87 %, the frozen contrastive encoder highest (87.0 %). Joint DeepSets stays the default.
 """
 
 from __future__ import annotations
