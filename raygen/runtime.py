@@ -12,7 +12,7 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from raygen.errors import UserError
@@ -33,6 +33,9 @@ def init(address: str | None = None, *, verbose: bool = False, num_cpus: int | N
 
     if not verbose:
         quiet_libraries()
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is not None:  # checked even when Ray is already up in this process: a bad address is refused
+        check_reachable(address)
     if ray.is_initialized():
         return
     level = logging.INFO if verbose else logging.WARNING
@@ -43,9 +46,7 @@ def init(address: str | None = None, *, verbose: bool = False, num_cpus: int | N
     logging.getLogger("ray.data").setLevel(level if verbose else logging.CRITICAL)
     # Token auth is on by default since Ray 2.60: say so only when asked.
     logging.getLogger("ray._private.authentication").setLevel(level if verbose else logging.ERROR)
-    address = address or os.environ.get("RAY_ADDRESS") or None
     if address is not None:
-        check_reachable(address)
         use_token_auth_if_found()
     kwargs = dict(logging_level=level, log_to_driver=verbose, configure_logging=True)
     if address is None:
@@ -232,24 +233,42 @@ def per_process(key: str, build: Callable[[], Any]) -> Any:
 
 
 def run_chunk(batch: dict, *, worker: Callable[..., Callable[[dict], dict]], kwargs: dict, token: str) -> dict:
-    """A Ray Data task: hand the batch of chunk ids to this process's `worker(**kwargs)` for the run `token`."""
+    """A Ray task: hand the batch of chunk ids to this process's `worker(**kwargs)` for the run `token`."""
     return per_process(token, lambda: worker(**kwargs))(batch)
 
 
 def chunk_results(pending: list[int], worker: Callable[..., Callable[[dict], dict]], kwargs: dict, *,
-                  workers: int, num_cpus: float = 1, num_gpus: float = 0):
-    """Rows returned by `worker(**kwargs)(batch)` for every pending chunk id, streamed as they finish.
+                  workers: int, num_cpus: float = 1, num_gpus: float = 0) -> Iterator[dict]:
+    """One row (a dict) per pending chunk id, from `worker(**kwargs)({"chunk": [id]})`, as chunks finish.
 
-    Chunks run as Ray Data tasks (`run_chunk`), at most `workers` at once, one chunk per task; each
-    worker process builds its `worker` once per call of this function (see `per_process`). A task
-    whose process dies is retried by Ray Data, so a worker must make a chunk's output depend on the
-    chunk only (parts are deterministic and written atomically)."""
+    Each chunk is one Ray task (`run_chunk`), at most `workers` at a time; each worker process builds
+    its `worker` once per call of this function (`per_process`). A task whose process dies is retried
+    (`max_retries=-1`), so a worker must make a chunk's output depend on the chunk only (parts are
+    deterministic and written atomically). An error in a chunk cancels the others and is raised.
+
+    Why plain tasks and not Ray Data (`map_batches` over a dataset of chunk ids): Ray Data cost
+    ~15 ms per task of driver-side planning and bookkeeping, which on 2 cores also kept a second
+    worker from scaling (1.05x); an actor pool costs a fresh process per run (seconds before the
+    first part). See `benchmarks/sampler_throughput.py`. (Queueing each worker's next task behind
+    its running one, to skip the driver's round trip between chunks, measured no better.)"""
     import uuid
 
+    import numpy as np
     import ray
 
-    ds = ray.data.from_items([{"chunk": c} for c in pending], override_num_blocks=min(len(pending), 200))
-    ds = ds.map_batches(run_chunk, fn_kwargs={"worker": worker, "kwargs": kwargs, "token": uuid.uuid4().hex},
-                        batch_size=1, concurrency=min(workers, len(pending)), num_cpus=num_cpus, num_gpus=num_gpus,
-                        batch_format="numpy")
-    return ds.iter_rows()
+    task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=-1)(run_chunk)
+    kw = {"worker": worker, "kwargs": kwargs, "token": uuid.uuid4().hex}
+    todo, running = list(pending), {}
+    try:
+        while todo or running:
+            while todo and len(running) < workers:
+                chunk = todo.pop(0)
+                running[task.remote({"chunk": np.asarray([chunk])}, **kw)] = chunk
+            done, _ = ray.wait(list(running), num_returns=1)
+            for ref in done:
+                del running[ref]
+                out = ray.get(ref)
+                yield {k: v[0] for k, v in out.items()}
+    finally:
+        for ref in running:  # an error or an interrupt: do not leave chunks drawing in the background
+            ray.cancel(ref, force=True)

@@ -51,9 +51,13 @@ def test_tiny_tasks_run_end_to_end(ray_local, tmp_path):
     # a re-run reuses every stage: nothing is trained or drawn again (the zoo's parts are not rewritten)
     parts = sorted((tmp_path / "tiny" / "zoo" / "parts").glob("part-*.parquet"))
     mtimes = [p.stat().st_mtime_ns for p in parts]
+    stage_loss = {s: json.loads((tmp_path / "tiny" / s / "report.json").read_text())["final"]["loss"]
+                  for s in ("ae", "diffusion")}
     again = weightgen.run(cfg)
     assert again["zoo"]["written"] == 0 and again["generated"]["written"] == 0
     assert [p.stat().st_mtime_ns for p in parts] == mtimes
+    for s, loss in stage_loss.items():  # a reused stage keeps its report's final metrics
+        assert json.loads((tmp_path / "tiny" / s / "report.json").read_text())["final"]["loss"] == loss
     assert again["table"] == summary["table"]
 
 

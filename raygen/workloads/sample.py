@@ -1,9 +1,8 @@
-"""`raygen sample`: parallel sample generation on Ray Data, written exactly once.
+"""`raygen sample`: parallel sample generation on Ray, written exactly once.
 
-Pipeline: the N sample ids are cut into fixed chunks of `chunk_size` ids; a Ray Data dataset
-with one row per pending chunk runs as tasks, `num_actors` at once (`runtime.chunk_results`); each
-worker process builds the model once per run (`ChunkSampler`), draws its chunk with the chosen
-sampler and writes
+Pipeline: the N sample ids are cut into fixed chunks of `chunk_size` ids; each pending chunk is
+one Ray task, `num_actors` at once (`runtime.chunk_results`); each worker process builds the
+model once per run (`ChunkSampler`), draws its chunk with the chosen sampler and writes
 `samples/part-<chunk>.parquet` atomically through the part store (`raygen.parts`: temp file +
 rename locally, one PUT on a bucket). A chunk's file name and content depend only on the chunk,
 so a chunk retried after a worker dies rewrites the same file, and a re-run skips chunks whose
@@ -12,12 +11,12 @@ once, which the driver checks at the end from the parts' footers (O(parts), not 
 is drawn from its own seed `sample_seed(seed, i)`, so the output does not depend on the number
 of workers or on the chunk size. Samples stream to Parquet; the driver only sees chunk summaries.
 
-Deviations: rows are chunks, not ids, because Ray Data's batch boundaries are not stable across
-retries and file names must be. Chunks run as Ray Data tasks, not on an actor pool
-(`ActorPoolStrategy`): an actor pool starts fresh processes for every run (about 2 CPU-seconds
-each to import torch and build the model, seconds of wall time before the first part), while
-task workers are reused, so a second run in the same Ray session starts drawing at once
-(`benchmarks/sampler_throughput.py`). `num_actors` caps the concurrent tasks.
+Deviations from the design's Ray Data actor pool: rows are chunks, not ids (file names must be
+stable across retries), and chunks are plain Ray tasks on reused worker processes. An actor
+pool starts fresh processes for every run (about 2 CPU-seconds each to import torch and build
+the model: seconds before the first part), and Ray Data's task pool cost ~15 ms of driver-side
+work per chunk, which also kept a second worker from scaling on 2 cores
+(`benchmarks/sampler_throughput.py`).
 """
 
 from __future__ import annotations

@@ -405,14 +405,15 @@ def _train_stage(stage: StageConfig, train_func, verbose: bool) -> str:
     from raygen.rundir import RunDir
     from raygen.train_loop import checkpoint_name, launch
 
-    run_dir = RunDir(stage)
+    run_dir = RunDir(stage)  # refuses a stage dir of other settings
     done = checkpoint_name(stage.steps)
-    if run_dir.exists("report.json") and run_dir.is_complete(done):
+    if run_dir.is_complete(done):  # its last checkpoint: finished (RunDir has already dropped the old report)
         print(f"       {stage.stage}: finished already, reusing {run_dir.child_uri(done)}")
-        return run_dir.child_uri(done)
-    metrics, latest = launch(train_func, stage, run_dir, num_workers=stage.num_workers,
-                             keep_checkpoints=stage.keep_checkpoints, max_failures=stage.max_failures,
-                             verbose=verbose)
+        metrics, latest = json.loads(run_dir.read_text("metrics.jsonl").splitlines()[-1]), done
+    else:
+        metrics, latest = launch(train_func, stage, run_dir, num_workers=stage.num_workers,
+                                 keep_checkpoints=stage.keep_checkpoints, max_failures=stage.max_failures,
+                                 verbose=verbose)
     if latest is None:
         raise UserError(f"{stage.stage} training under {run_dir.uri} wrote no checkpoint; see its metrics.jsonl")
     run_dir.write_report({"stage": stage.stage, "checkpoint": run_dir.child_uri(latest), "final": metrics},
