@@ -16,9 +16,15 @@ chunk (a fresh process, `import torch`, the model built) and ~3 ms per chunk bey
 the driver ~0.13 of a core (Ray Data's executor loop, one metrics line per chunk); Ray's own
 actors little. So the per-run actor pool was the end-to-end overhead (+87 % at 40 chunks, first
 part after 3-6 s), and with 2 actors both started at once on the 2 cores (0.64x end to end).
-Change: chunks run as Ray Data tasks (`concurrency` = workers) whose worker processes Ray reuses;
-each process builds the model once per run (`runtime.per_process`). A cold start still pays the
-imports once per worker process.
+Change 1: chunks ran as Ray Data tasks on reused worker processes, each building the model once
+per run (`runtime.per_process`): first part after 0.26 s, but +18.8 % steady, 1.05x for 2 workers,
+and ~15 ms of fixed cost per chunk (Ray Data's per-task planning and bookkeeping in the driver).
+Change 2 (kept): chunks are plain Ray tasks, at most `num_actors` at once (`runtime.chunk_results`):
+first part after 0.10 s, 2 workers 1.86x. What remains at 1 worker (+12-18 % steady): the worker's
+own time per chunk is the plain loop's +2-4 % (`actor_busy_seconds`); the rest is the dispatch of
+one task per chunk (~4 ms) and the driver and Ray sharing the 2 cores with the worker; queueing a
+worker's next task behind its running one measured no better. A cold start still pays the imports
+once per worker process.
 
     .venv/bin/python benchmarks/sampler_throughput.py [--quick] [--repeats K]
 
