@@ -77,6 +77,8 @@ CASES = [
     ("zoo-source-missing", ["zoo", ZOO, "--set", "source={tmp}/nothere"], {}, "not found; use 'digits', an image folder or a Parquet path"),
     ("zoo-too-many-classes", ["zoo", ZOO, "--set", "classes_per_task=11"], {}, "but the data has 10 classes"),
     ("weightgen-heldout-in-zoo", ["weightgen", WEIGHTGEN, "--set", "heldout_tasks=[3]"], {}, "also in the zoo"),
+    ("weightgen-source-missing", ["weightgen", WEIGHTGEN, "--set", "source={tmp}/nothere"], {},
+     "not found; use 'digits', an image folder or a Parquet path"),
     # names and storage
     ("name-dotdot", ["run", SAMPLE, "--set", "name=.."], {}, "config key 'name'"),
     ("name-dot", ["run", SAMPLE, "--set", "name=."], {}, "config key 'name'"),

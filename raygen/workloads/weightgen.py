@@ -702,6 +702,13 @@ def task_defs(spec: dict[str, Any], family: str, seed: int, classes_per_task: in
     return zoo, held
 
 
+def preflight(config: WeightgenConfig) -> None:
+    """Bad data and tasks fail before Ray starts or anything is collected (an existing zoo is checked once read)."""
+    if not config.zoo:
+        task_defs(config.source_spec(), config.task_family, config.seed, config.classes_per_task,
+                  range(config.zoo_tasks), config.heldout_tasks)
+
+
 def run(config: WeightgenConfig, *, verbose: bool = False) -> dict[str, Any]:
     import torch
 
@@ -710,9 +717,7 @@ def run(config: WeightgenConfig, *, verbose: bool = False) -> dict[str, Any]:
     from raygen.workloads import zoo
     from raygen.workloads.zoo import read_zoo, zoo_layout
 
-    if not config.zoo:  # bad tasks fail before anything is collected
-        task_defs(config.source_spec(), config.task_family, config.seed, config.classes_per_task,
-                  range(config.zoo_tasks), config.heldout_tasks)
+    preflight(config)
     runtime.init(verbose=verbose)
     run_dir = RunDir(config)
     root = run_dir.uri
