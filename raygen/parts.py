@@ -288,18 +288,27 @@ class PartStore:
         return ray.data.read_parquet(self.part_paths(), filesystem=self.loc.fs, columns=columns)
 
     def read_first(self, limit: int, columns: list[str] | None = None):
-        """The first `limit` rows in id order (parts read one at a time, in chunk order)."""
+        """The first `limit` rows in id order (parts in chunk order, read 8 at a time: on an object
+        store each part costs a few requests' latency, which threads overlap)."""
+        from concurrent.futures import ThreadPoolExecutor
+
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        tables, taken = [], 0
-        for path in self.part_paths():
-            if taken >= limit:
-                break
+        def read(path: str):
             with self.loc.fs.open_input_file(path) as f:
-                table = pq.read_table(f, columns=columns)
-            tables.append(table.slice(0, limit - taken))
-            taken += len(tables[-1])
+                return pq.read_table(f, columns=columns)
+
+        paths = self.part_paths()
+        tables, taken = [], 0
+        with ThreadPoolExecutor(8) as pool:
+            for start in range(0, len(paths), 8):
+                for table in pool.map(read, paths[start:start + 8]):
+                    if taken < limit:
+                        tables.append(table.slice(0, limit - taken))
+                        taken += len(tables[-1])
+                if taken >= limit:
+                    break
         if not tables:
             raise UserError(f"{self.uri} holds no Parquet parts (part-*.parquet)")
         return pa.concat_tables(tables)
