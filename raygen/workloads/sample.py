@@ -35,8 +35,8 @@ from raygen.seeds import per_item_seeds
 from raygen.parts import Chunks, PartStore
 
 PREVIEW_POINTS = 4000
-# a chunk costs a few ms beyond its sampling (task, part write, driver bookkeeping): under ~50 ms
-# of sampling per chunk that is > 5 % (benchmarks/sampler_throughput.py)
+# a chunk costs ~10 ms beyond its sampling (task, part write, driver bookkeeping): under ~50 ms
+# of sampling per chunk that is > 20 % (benchmarks/sampler_throughput.py)
 MIN_CHUNK_SECONDS = 0.05
 
 
