@@ -25,7 +25,7 @@ class Workload(NamedTuple):
 
 WORKLOADS = {
     "sample": Workload("raygen.workloads.sample", "jobs/sample_mog.yaml",
-                       "Generate samples in parallel on Ray Data actors."),
+                       "Generate samples in parallel on Ray workers."),
     "train": Workload("raygen.workloads.train", "jobs/train_sadm_digits.yaml",
                       "Train a diffusion model with SADM on Ray Train."),
     "study": Workload("raygen.workloads.study", "jobs/study_digits.yaml",
@@ -35,7 +35,7 @@ WORKLOADS = {
     "quickstart": Workload("raygen.workloads.quickstart", "jobs/quickstart.yaml",
                            "The main job: train -> sample -> contamination study."),
     "zoo": Workload("raygen.workloads.zoo", "jobs/zoo_digits.yaml",
-                    "Train a model zoo (classifier weights for weight generation) on Ray Data actors."),
+                    "Train a model zoo (classifier weights for weight generation) on Ray workers."),
     "weightgen": Workload("raygen.workloads.weightgen", "jobs/weightgen_pdiff.yaml",
                           "Generate neural-network weights by diffusion (p-diff, D2NWG) on Ray."),
     "gradvar": Workload("raygen.workloads.gradvar", "jobs/gradvar_digits.yaml",

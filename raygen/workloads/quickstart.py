@@ -4,7 +4,7 @@ Each stage is a sub-run of its own workload under the quickstart's run directory
 derived from the quickstart's flat keys:
 
     <run_dir>/train/    class-conditional denoiser on the built-in digits  (workload `train`)
-    <run_dir>/sample/   labelled digits drawn with MMDGS on Ray Data actors     (workload `sample`)
+    <run_dir>/sample/   labelled digits drawn with MMDGS on Ray workers         (workload `sample`)
     <run_dir>/study/    contamination study with Ray Data mixing + Ray Tune     (workload `study`)
 
 Re-running reuses what is done, and only what was made with the same settings: a finished
@@ -136,7 +136,7 @@ def run(config: QuickstartConfig, *, verbose: bool = False) -> dict[str, Any]:
 
     start = time.perf_counter()
     print(f"[2/3] sampling {config.n_samples} labelled digits with MMDGS ({config.covariance}) "
-          f"on {config.num_actors} Ray Data actors")
+          f"on {config.num_actors} Ray workers")
     sampled = sample.run(config.sample_config(root, checkpoint), verbose=verbose)
     stages["sample"] = {"seconds": time.perf_counter() - start, "parts": sampled["parts"],
                         "parts_reused": sampled["chunks_resumed"], "samples_per_s": sampled["samples_per_s"],

@@ -507,7 +507,7 @@ def generate(cfg: WeightgenConfig, run_dir, ae_uri: str, diff_uri: str, metadata
     write_metadata(store, metadata)
     start = time.perf_counter()
     print(f"[4/4] generating {cfg.n_generate} weight vectors for each of {len(task_ids)} task(s) "
-          f"on {cfg.num_actors} actors")
+          f"on {cfg.num_actors} workers")
     written = write_parts(run_dir, store, chunks, pending, GenerateActor,
                           {"config": cfg.to_dict(), "store_uri": store.loc.uri, "ae_uri": ae_uri,
                            "diff_uri": diff_uri, "task_ids": task_ids},
