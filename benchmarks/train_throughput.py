@@ -17,6 +17,14 @@ Where the time went (profiled on the 2-core machine, CPU-seconds per process ove
   worker's memory, each rank taking its rows of the seeded global batch (`_digit_batches`).
 - Ray's own actors (TrainController, PlacementGroupCleaner, Ray Data's stats and autoscaling
   actors) cost about 1-3 CPU-seconds each, mostly their start-up: part of the start-up figure.
+- one Ray Train worker was wrapped by Accelerate in a one-rank DDP (Ray Train initialises
+  torch.distributed even for one worker) and paid a gloo all-reduce per step (61 us a call): now
+  unwrapped, the loss reduced by `.item()`.
+- what is left at the tiny model's short steps (+7.6 % median, +4.6..+8.7 % on the quiet machine)
+  was not found: the same step loop (the tiny U-Net with Accelerate, `accumulate`, `backward`,
+  `clip_grad_norm_`) timed in this driver and in a one-worker TorchTrainer gave 51.6 / 51.1 / 50.8
+  ms against 50.0 / 50.7 ms, and a plain torch loop 50.0 / 44.6 / 47.8 against 47.4 / 45.9 ms: no
+  difference beyond the ~5 % that one process differs from the next on this machine.
 
     python benchmarks/train_throughput.py           # 3 repeats, tiny and small U-Nets
     python benchmarks/train_throughput.py --quick   # 1 repeat, tiny, few steps: a smoke run, no ratios
