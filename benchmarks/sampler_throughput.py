@@ -121,7 +121,7 @@ def main() -> None:
         for k in (1, 2):
             arms[f"ray{k}"].append(one_run(work, f"w{k}_{r}", k))
     chunks = math.ceil(n / work["chunk_size"])
-    plain_s = [p for p in arms["plain"]]
+    plain_s = arms["plain"]
     ray1_s = [a["seconds"] for a in arms["ray1"]]
     ray2_s = [a["seconds"] for a in arms["ray2"]]
     result = {

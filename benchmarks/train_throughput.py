@@ -50,10 +50,10 @@ BATCH = 64
 
 
 def steady(run_dir: Path) -> dict:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][1:]
+    first, *rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return {"images_per_s": statistics.mean(r["images_per_s"] for r in rows),
             "data_wait_frac": statistics.mean(r["data_wait_frac"] for r in rows),
-            "steady_steps": rows[-1]["step"] - json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])["step"]}
+            "steady_steps": rows[-1]["step"] - first["step"]}
 
 
 def arm(tmp: str, base: dict, name: str, workers: int | None) -> dict:

@@ -258,15 +258,14 @@ def chunk_results(pending: list[int], worker: Callable[..., Callable[[dict], dic
 
     task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=-1)(run_chunk)
     kw = {"worker": worker, "kwargs": kwargs, "token": uuid.uuid4().hex}
-    todo, running = list(pending), {}
+    todo, running = list(pending), []
     try:
         while todo or running:
             while todo and len(running) < workers:
-                chunk = todo.pop(0)
-                running[task.remote({"chunk": np.asarray([chunk])}, **kw)] = chunk
-            done, _ = ray.wait(list(running), num_returns=1)
+                running.append(task.remote({"chunk": np.asarray([todo.pop(0)])}, **kw))
+            done, _ = ray.wait(running, num_returns=1)
             for ref in done:
-                del running[ref]
+                running.remove(ref)
                 out = ray.get(ref)
                 yield {k: v[0] for k, v in out.items()}
     finally:
