@@ -193,6 +193,16 @@ load_state() {
     source "$STATE_FILE"
 }
 
+# the pids given on stdin that are still running (a zombie is gone for every purpose here)
+running() {
+    local pid state
+    while read -r pid; do
+        state=$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) || continue
+        [[ -n $state && $state != Z ]] && echo "$pid"
+    done
+    return 0
+}
+
 cmd_down() {
     load_state || return 0
     local pids pid
@@ -200,11 +210,19 @@ cmd_down() {
     for pgid in $PGIDS; do kill -TERM -- "-$pgid" 2>/dev/null || true; done
     for _ in $(seq 1 20); do
         # `|| true`: under set -e a dead last pid made this loop, and so `down`, exit 1 silently
-        pids=$( (for pid in $pids; do kill -0 "$pid" 2>/dev/null && echo "$pid"; done; cluster_pids) | sort -u || true)
+        pids=$( (for pid in $pids; do echo "$pid"; done; cluster_pids) | sort -u | running || true)
         [[ -z $pids ]] && break
         sleep 0.5
     done
-    for pid in $pids; do kill -KILL "$pid" 2>/dev/null || true; done
+    # What ignored SIGTERM is killed, and so is anything the raylets started meanwhile; a killed
+    # process lingers until the kernel has torn it down, so wait for it rather than return early.
+    for _ in $(seq 1 40); do
+        [[ -z $pids ]] && break
+        for pid in $pids; do kill -KILL "$pid" 2>/dev/null || true; done
+        sleep 0.25
+        pids=$( (for pid in $pids; do echo "$pid"; done; cluster_pids) | sort -u | running || true)
+    done
+    [[ -z $pids ]] || die "processes of the cluster in $STATE survived SIGKILL: $(echo $pids)"
     rm -f "$STATE_FILE"
     echo "Ray cluster at $ADDRESS stopped"
 }
