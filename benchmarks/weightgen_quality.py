@@ -26,6 +26,13 @@ D2NWG (jobs/weightgen_tasks.yaml, held-out class-subset tasks, seeds 0, 1, 2):
     tasks x 2 members instead of 30, same held-out tasks and budgets): the same three rules; its
     zero-shot mean is also printed next to the 30-task arm's (interval per arm, no verdict).
 
+    Added in the fourth session, before its run: the 100-task arm's zoo tasks fell 11.9 points
+    below the originals (30 tasks: 2.6). Hypothesis: the diffusion is undertrained for 100 tasks
+    (same 4,000 steps for 3.3x the members). Arm `--tag zoo100_12k --set zoo_tasks=100
+    --set diff_steps=12000`: the same three rules, and the hypothesis is SUPPORTED if its zoo-task
+    gap (mean over seeds) is less than half the 4,000-step arm's (> -5.95 points) with every
+    seed's gap above that arm's best seed's (-10.85); NOT SUPPORTED otherwise.
+
 What was wrong in the first session's D2NWG run (generated weights at chance even on zoo tasks),
 diagnosed on a 30-task zoo with scripts (seed 0, 10 samples per task):
 - the diffusion, not the conditioning: an unconditional model and one given the *true* task id
