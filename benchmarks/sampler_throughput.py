@@ -46,7 +46,7 @@ from benchlib import machine, show, spread, table, write
 
 from raygen import runtime
 from raygen.parts import PartStore
-from raygen.workloads.sample import SampleConfig, ChunkSampler, prepare_output, run
+from raygen.workloads.sample import ChunkSampler, SampleConfig, auto_chunk_size, prepare_output, run
 
 def plain_loop(config: SampleConfig, out_dir: str) -> float:
     torch.set_num_threads(1)
@@ -92,40 +92,53 @@ def one_run(work: dict, name: str, k: int) -> dict:
     summary = run(SampleConfig.from_dict({**work, "name": name, "num_actors": k}))
     n, first = work["n_samples"], summary["seconds_to_first_part"]
     # the first k parts arrive together once the workers are up; count the rest against the time after
-    return {"seconds": summary["seconds"], "first_part_s": first,
-            "steady": (n - k * work["chunk_size"]) / (summary["seconds"] - first)}
+    return {"seconds": summary["seconds"], "first_part_s": first, "chunk_size": summary["chunk_size"],
+            "steady": (n - k * summary["chunk_size"]) / (summary["seconds"] - first)}
+
+
+def timed_chunk_size(work: dict, workers: int) -> int:
+    """The chunk size `raygen sample` times for itself (chunk_size=0), for the plain loop to use too."""
+    config = SampleConfig.from_dict({**work, "name": "probe", "num_actors": workers})
+    sampler = ChunkSampler(config.to_dict(), str(Path(work["storage_path"]) / "probe"), 1)
+    return auto_chunk_size(sampler, config.n_samples, workers)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="one small repeat: a smoke run, no ratios")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--chunk-size", type=int, default=0,
+                        help="samples per chunk; 0 (the default, as in raygen sample): each run times its own")
     args = parser.parse_args()
     n, repeats = (4000, 1) if args.quick else (40000, args.repeats)
     memory_ns = (2000, 20000) if args.quick else (10000, 100000)
     before = machine()
     tmp = Path(tempfile.mkdtemp(prefix="raygen-bench-"))
     work = dict(storage_path=str(tmp), model="mog4", covariance="full", levels=10, steps_per_level=3,
-                n_samples=n, chunk_size=1000)
+                n_samples=n, chunk_size=args.chunk_size)
     start = time.perf_counter()
     runtime.init(num_cpus=2)
     cold = run(SampleConfig.from_dict({**work, "name": "cold", "n_samples": 2000, "num_actors": 2}))
     cold_first_s = time.perf_counter() - start - cold["seconds"] + cold["seconds_to_first_part"]
     # this process's first sampling pays one-time costs too (first torch calls): warm the plain arm up as well
-    plain_loop(SampleConfig.from_dict({**work, "name": "plainwarm", "n_samples": 2000}), str(tmp / "plainwarm" / "samples"))
+    plain_loop(SampleConfig.from_dict({**work, "name": "plainwarm", "n_samples": 2000, "chunk_size": 1000}),
+               str(tmp / "plainwarm" / "samples"))
 
     arms: dict[str, list] = {"plain": [], "ray1": [], "ray2": []}
+    plain_chunk = args.chunk_size or timed_chunk_size(work, 1)
     for r in range(repeats):  # arms interleaved, so a change in background load hits all of them
-        arms["plain"].append(plain_loop(SampleConfig.from_dict({**work, "name": f"plain{r}"}),
+        arms["plain"].append(plain_loop(SampleConfig.from_dict({**work, "name": f"plain{r}", "chunk_size": plain_chunk}),
                                         str(tmp / f"plain{r}" / "samples")))
         for k in (1, 2):
             arms[f"ray{k}"].append(one_run(work, f"w{k}_{r}", k))
-    chunks = math.ceil(n / work["chunk_size"])
+    chunks = math.ceil(n / plain_chunk)
     plain_s = arms["plain"]
     ray1_s = [a["seconds"] for a in arms["ray1"]]
     ray2_s = [a["seconds"] for a in arms["ray2"]]
     result = {
-        "n_samples": n, "chunk_size": work["chunk_size"], "repeats": repeats, "quick": args.quick,
+        "n_samples": n, "chunk_size_asked": args.chunk_size, "chunk_size_plain": plain_chunk,
+        "chunk_sizes_ray": {k: sorted({a["chunk_size"] for a in arms[k]}) for k in ("ray1", "ray2")},
+        "repeats": repeats, "quick": args.quick,
         "machine_before": before,
         "cold_start_first_part_s": cold_first_s,
         "chunk_ms_plain": spread([1000 * p / chunks for p in plain_s]),
@@ -136,6 +149,8 @@ def main() -> None:
         "first_part_s_2_workers": spread([a["first_part_s"] for a in arms["ray2"]]),
     }
     rows = [
+        ("samples per chunk: plain / 1 / 2 workers", f"{plain_chunk} / {result['chunk_sizes_ray']['ray1']} / "
+                                                    f"{result['chunk_sizes_ray']['ray2']}"),
         ("compute per chunk (plain loop)", show(result["chunk_ms_plain"], unit=" ms")),
         ("cold start: Ray up to first part", f"{cold_first_s:.1f} s (a fresh Ray session, once)"),
         ("first part, 1 / 2 workers (warm)", f"{show(result['first_part_s_1_worker'], '.2f', ' s')} / "
@@ -152,7 +167,7 @@ def main() -> None:
             "scaling_2_vs_1_end_to_end": spread([s1 / s2 for s1, s2 in zip(ray1_s, ray2_s)]),
             "scaling_2_vs_1_steady": spread([b["steady"] / a["steady"] for a, b in zip(arms["ray1"], arms["ray2"])]),
             # what a chunk costs beyond its sampling at 1 worker: sets the smallest sensible chunk
-            "fixed_cost_per_chunk_ms": spread([1000 * work["chunk_size"] * (1 / a["steady"] - p / n)
+            "fixed_cost_per_chunk_ms": spread([1000 * a["chunk_size"] * (1 / a["steady"] - p / n)
                                                for p, a in zip(plain_s, arms["ray1"])]),
         })
         rows += [
@@ -176,7 +191,8 @@ def main() -> None:
     rows += [(f"driver peak RSS growth, N={k}", f"{v:.1f} MB") for k, v in memory.items()]
     rows.append(("machine", f"{before['cpus']} cpus, load {before['load_average_1_5_15'][0]} before, "
                             f"{result['machine_after']['load_average_1_5_15'][0]} after"))
-    path = write("sampler_throughput_quick" if args.quick else "sampler_throughput", result)
+    path = write("sampler_throughput_quick" if args.quick else
+                 "sampler_throughput" + (f"_chunk{args.chunk_size}" if args.chunk_size else ""), result)
     table(rows)
     print(f"(median and min–max of {repeats} repeats; wrote {path})")
 

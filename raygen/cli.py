@@ -43,13 +43,14 @@ def run_job(job_file: str, address: str | None, overrides: tuple[str, ...], dry_
     storage.check_reachable(location)
     storage.check_writable(location)
     module = workload_module(job.workload)
+    checked = {}
     if hasattr(module, "preflight"):  # the workload's own input checks (a model, a data set), before Ray starts
-        module.preflight(job.config)
+        checked["checked"] = module.preflight(job.config)
     runtime.init(address, verbose=verbose)
     check_shared_storage(job.config.storage_path, runtime.num_nodes())
     if fresh:
         RunDir.clear(job.config)
-    module.run(job.config, verbose=verbose)
+    module.run(job.config, verbose=verbose, **checked)
     click.echo(f"done: {job.workload} run '{job.config.name}' -> {storage.display(job.config.run_dir)}")
     report = location.child("report.md")
     if storage.exists(report):

@@ -381,11 +381,13 @@ def fit(
     images: Callable[[TrainState, tuple], torch.Tensor] | None = None,
     progress: dict[str, str] | None = None,
     diverged_hint: str = "lower the learning rate",
+    unit: str = "img",
 ) -> dict[str, Any]:
     """Train from `state.step` to `schedule.steps`; returns the last logged metrics + step, resumed_from.
 
     images(state, batch): a [N, C, H, W] batch in the data range, logged as a grid (rank 0).
-    progress: printed line's label -> metric key, e.g. {"loss": "loss"}; images/s is always shown.
+    progress: printed line's label -> metric key, e.g. {"loss": "loss"}; the rows/s (metric
+    `images_per_s`) are always shown, labelled `unit`/s.
     diverged_hint: what to change, in the one-line error raised when the loss becomes NaN/inf.
     """
     start = state.step
@@ -417,7 +419,7 @@ def fit(
             if log is not None:
                 log.log(done, **last)
                 shown = "  ".join(f"{label} {last[key]:.4f}" for label, key in (progress or {"loss": "loss"}).items())
-                _say(f"step {done}/{schedule.steps}  {shown}  {last['images_per_s']:.0f} img/s")
+                _say(f"step {done}/{schedule.steps}  {shown}  {last['images_per_s']:.0f} {unit}/s")
         if (log is not None and images is not None and schedule.images_every
                 and (done % schedule.images_every == 0 or done == schedule.steps)):
             log.log_images(done, "samples", images(state, batch))

@@ -48,6 +48,60 @@ def test_output_is_identical_for_actor_counts_and_chunk_sizes(tmp_path, ray_loca
     assert 0.0 < summary["stats"]["within_mode_var"] < 0.1
 
 
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+
+class TimedDraws:
+    """A sampler whose draw takes `fixed + per_id * n` seconds on a fake clock."""
+
+    threads = 1
+
+    def __init__(self, clock, fixed, per_id):
+        self.clock, self.fixed, self.per_id, self.sizes = clock, fixed, per_id, []
+
+    def draw(self, ids):
+        self.sizes.append(len(ids))
+        self.clock.now += self.fixed + self.per_id * len(ids)
+
+
+def test_auto_chunk_size_divides_the_chunk_time_by_the_marginal_time_per_sample(monkeypatch):
+    import torch
+
+    from raygen.workloads import sample
+
+    clock = FakeClock()
+    monkeypatch.setattr(sample, "time", clock)
+    threads = torch.get_num_threads()
+    # a fixed 20 ms per batch does not count: 0.5 s / 1 ms per sample = 500
+    draws = TimedDraws(clock, fixed=0.02, per_id=0.001)
+    assert sample.auto_chunk_size(draws, n_samples=100_000, workers=2) == 500
+    assert draws.sizes == [1, 4, 16, 64, 256]  # stops at the first probe that takes >= 0.1 s
+    assert torch.get_num_threads() == threads
+    # never more than n / (4 workers), and no probe larger than that
+    draws = TimedDraws(clock, fixed=0.0, per_id=1e-6)
+    assert sample.auto_chunk_size(draws, n_samples=1000, workers=2) == 125
+    assert max(draws.sizes) == 125
+    # one sample slower than a chunk's target: one sample per chunk
+    assert sample.auto_chunk_size(TimedDraws(clock, fixed=0.0, per_id=2.0), n_samples=1000, workers=2) == 1
+
+
+def test_timed_chunk_size_is_recorded_and_kept_on_resume(tmp_path, ray_local, capsys):
+    summary = run(config(tmp_path, "auto", chunk_size=0))
+    size = summary["chunk_size"]
+    assert 1 <= size <= 38  # 300 samples, 2 workers: at most ceil(300 / 8) per chunk
+    assert f"chunk_size: {size} samples per chunk" in capsys.readouterr().out
+    explicit = read_all(Path(run(config(tmp_path, "explicit", chunk_size=7))["run_dir"]))
+    assert_same_samples(read_all(Path(summary["run_dir"])), explicit)
+    again = run(config(tmp_path, "auto", chunk_size=0, num_actors=1))
+    assert again["chunk_size"] == size and again["chunks_resumed"] == again["parts"]
+    assert "chunk_size:" not in capsys.readouterr().out  # the first run's size, not timed again
+
+
 def test_rerun_completes_missing_and_damaged_parts_only(tmp_path, ray_local, capsys):
     cfg = config(tmp_path, "resume")
     run_dir = Path(run(cfg)["run_dir"])
@@ -202,3 +256,18 @@ def test_a_default_run_prints_only_raygen_lines(tmp_path):
              if any(w in line for w in ("Warning", "INFO", "core_worker", "WARN"))]
     assert not noisy, noisy
     assert "done: sample run 'sample_mog'" in result.stdout
+
+
+def test_cli_checks_the_model_once_in_the_driver(tmp_path, ray_local, monkeypatch):
+    """The CLI's preflight (before Ray starts) hands its result to run(): no second model load."""
+    from raygen import cli
+    from raygen.workloads import sample
+
+    loads = []
+    resolve = sample.resolve_model
+    monkeypatch.setattr(sample, "resolve_model", lambda model: loads.append(model) or resolve(model))
+    cli.run_job(str(Path(__file__).parents[1] / "jobs" / "sample_mog.yaml"), None,
+                (f"storage_path={tmp_path}", "n_samples=200", "levels=2", "steps_per_level=1", "stats_samples=200"),
+                dry_run=False, verbose=False)
+    assert loads == ["mog4"]
+    assert (tmp_path / "sample_mog" / "report.md").exists()

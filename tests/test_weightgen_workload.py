@@ -1,6 +1,7 @@
 """`raygen weightgen` end to end on Ray (tiny budgets), and its bad-input lines."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -21,9 +22,11 @@ TINY = dict(mode="tasks", task_family="subset", zoo_tasks=2, heldout_tasks=[7], 
             finetune_models=1, log_every=10, jobs_per_part=2)
 
 
-def test_tiny_tasks_run_end_to_end(ray_local, tmp_path):
+def test_tiny_tasks_run_end_to_end(ray_local, tmp_path, capsys):
     cfg = WeightgenConfig.from_dict({**TINY, "name": "tiny", "storage_path": str(tmp_path)})
     summary = weightgen.run(cfg)
+    shown = capsys.readouterr().out
+    assert re.search(r"^step \d+/\d+  ae loss \S+  \d+ models/s$", shown, re.M) and "img/s" not in shown
     report = json.loads((tmp_path / "tiny" / "report.json").read_text())
     for a, b in (("zoo", "original"), ("zoo", "generated")):
         for k in ("acc_mean", "acc_max"):

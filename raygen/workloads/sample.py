@@ -22,9 +22,10 @@ work per chunk, which also kept a second worker from scaling on 2 cores
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 
@@ -38,6 +39,10 @@ PREVIEW_POINTS = 4000
 # a chunk costs ~10 ms beyond its sampling (task, part write, driver bookkeeping): under ~50 ms
 # of sampling per chunk that is > 20 % (benchmarks/sampler_throughput.py)
 MIN_CHUNK_SECONDS = 0.05
+# chunk_size=0 aims each chunk's sampling at this, so the fixed cost is ~2 %, and times the
+# sampler on growing probe batches until one takes PROBE_SECONDS
+CHUNK_SECONDS = 0.5
+PROBE_SECONDS = 0.1
 
 
 @dataclasses.dataclass
@@ -59,7 +64,7 @@ class SampleConfig(Config):
     label: int = bounded(-1, ge=-1)  # class label for class-conditional models; -1 = cycle through all classes
     guidance: float = 0.0  # classifier-free guidance weight for class-conditional models
     n_samples: int = bounded(20000, ge=1)
-    chunk_size: int = bounded(500, ge=1)  # ids per actor call and per Parquet file
+    chunk_size: int = bounded(0, ge=0)  # ids per task and per Parquet part; 0 = timed (auto_chunk_size)
     num_actors: int = bounded(2, ge=1)
     cpus_per_actor: float = bounded(1.0, gt=0)
     gpus_per_actor: float = bounded(0.0, ge=0)
@@ -126,7 +131,7 @@ def check_label(config: SampleConfig, num_classes: int) -> None:
 class ChunkSampler:
     """Holds the model; turns a batch of chunk indices into written Parquet parts."""
 
-    def __init__(self, config: dict, store_uri: str, chunk_size: int):
+    def __init__(self, config: dict, store_uri: str, chunk_size: int, resolved: tuple | None = None):
         import torch
 
         from raygen.sampling import SAMPLERS, initial_state
@@ -134,7 +139,8 @@ class ChunkSampler:
         self.config = SampleConfig.from_dict(config)
         self.store = PartStore.at(store_uri)
         self.layout = Chunks(self.config.n_samples, chunk_size)
-        self.model, self.shape, _, self.num_classes = resolve_model(self.config.model)
+        # `resolved`: the driver's resolve_model result, so a probe in the driver loads no model again
+        self.model, self.shape, _, self.num_classes = resolved or resolve_model(self.config.model)
         self.sampler = SAMPLERS[self.config.sampler]
         self.initial_state = initial_state
         self.dtype = getattr(torch, self.config.dtype)
@@ -151,27 +157,35 @@ class ChunkSampler:
             return torch.full((len(ids),), self.config.label, dtype=torch.long)
         return torch.as_tensor(ids % self.num_classes)
 
+    def draw(self, ids: np.ndarray):
+        """(samples, labels or None, sampler info, seeds) for these ids, each from its own seed."""
+        seeds = per_item_seeds(self.config.seed, ids)
+        scale = self.config.init_scale or self.config.sigma_max
+        x0 = self.initial_state(seeds.tolist(), self.shape, scale, dtype=self.dtype)
+        labels = self._labels(ids)
+        model = self.model if labels is None else self.model.conditioned(labels, self.config.guidance)
+        x, info = self.sampler(model, x0, self.config.sigmas(), seeds=seeds.tolist(), **self.config.sampler_kwargs())
+        return x, labels, info, seeds
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
-        torch.set_num_threads(max(1, int(self.config.cpus_per_actor)))  # a reused worker may have other settings
+        torch.set_num_threads(self.threads)  # a reused worker may have other settings
         rows = {"chunk": [], "rows": [], "seconds": [], "psd_repairs": []}
         for chunk in batch["chunk"].tolist():
             start = time.perf_counter()
             ids = self.layout.ids(chunk)
-            seeds = per_item_seeds(self.config.seed, ids)
-            scale = self.config.init_scale or self.config.sigma_max
-            x0 = self.initial_state(seeds.tolist(), self.shape, scale, dtype=self.dtype)
-            labels = self._labels(ids)
-            model = self.model if labels is None else self.model.conditioned(labels, self.config.guidance)
-            x, info = self.sampler(model, x0, self.config.sigmas(), seeds=seeds.tolist(),
-                                   **self.config.sampler_kwargs())
+            x, labels, info, seeds = self.draw(ids)
             self._write(chunk, ids, seeds, x.detach().cpu().numpy(), labels)
             rows["chunk"].append(chunk)
             rows["rows"].append(len(ids))
             rows["seconds"].append(time.perf_counter() - start)
             rows["psd_repairs"].append(int(info.get("psd_repairs", 0)))
         return {k: np.asarray(v) for k, v in rows.items()}
+
+    @property
+    def threads(self) -> int:
+        return max(1, int(self.config.cpus_per_actor))
 
     def _write(self, chunk: int, ids, seeds, x: np.ndarray, labels) -> None:
         import pyarrow as pa
@@ -199,9 +213,10 @@ def sampler_metadata(config: SampleConfig, shape: tuple[int, ...]) -> dict[str, 
     }
 
 
-def prepare_output(config: SampleConfig, store: PartStore) -> int:
+def prepare_output(config: SampleConfig, store: PartStore, choose_chunk_size: Callable[[], int] | None = None) -> int:
     """Record the settings in the store's manifest; return the chunk size its parts use (a re-run
-    keeps the first run's). A re-run with other sampling settings is refused."""
+    keeps the first run's; chunk_size=0 asks `choose_chunk_size`). A re-run with other sampling
+    settings is refused."""
     settings = {"n_samples": config.n_samples, "seed": config.seed, "chunk_size": config.chunk_size,
                 "model": config.model, "sampler": config.sampler, "sigmas": config.sigmas(), "label": config.label,
                 "guidance": config.guidance, "dtype": config.dtype, "init_scale": config.init_scale,
@@ -215,8 +230,42 @@ def prepare_output(config: SampleConfig, store: PartStore) -> int:
                 "use a new name or delete that directory"
             )
         return int(previous["chunk_size"])
+    if not config.chunk_size:
+        if choose_chunk_size is None:
+            raise ValueError("chunk_size=0 needs a choose_chunk_size")
+        settings["chunk_size"] = choose_chunk_size()
     store.write_manifest(settings)
-    return config.chunk_size
+    return settings["chunk_size"]
+
+
+def auto_chunk_size(sampler: ChunkSampler, n_samples: int, workers: int) -> int:
+    """chunk_size=0: ids per chunk so that drawing a chunk takes about CHUNK_SECONDS, at most
+    n_samples / (4 workers) so every worker still gets several chunks.
+
+    Times `sampler.draw` in this process, with the workers' torch threads, on probe batches of
+    1, 4, 16, ... ids until one takes PROBE_SECONDS, and divides by the marginal time per id
+    between the last two probes (a batch's fixed cost does not grow with the chunk). On GPU
+    workers this CPU timing is pessimistic: chunks come out smaller than they need to be."""
+    import torch
+
+    cap = max(1, math.ceil(n_samples / (4 * workers)))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(sampler.threads)
+    try:
+        timings: list[tuple[int, float]] = []
+        size = 1
+        while True:
+            start = time.perf_counter()
+            sampler.draw(np.arange(size))
+            timings.append((size, time.perf_counter() - start))
+            if timings[-1][1] >= PROBE_SECONDS or size >= cap:
+                break
+            size = min(4 * size, cap)
+    finally:
+        torch.set_num_threads(threads)
+    (n1, t1), (n2, t2) = timings[-2] if len(timings) > 1 else (0, 0.0), timings[-1]
+    per_id = (t2 - t1) / (n2 - n1) if t2 > t1 else t2 / n2
+    return int(min(cap, max(1, round(CHUNK_SECONDS / per_id))))
 
 
 def read_samples(store: PartStore, limit: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -229,24 +278,34 @@ def read_samples(store: PartStore, limit: int) -> tuple[np.ndarray, np.ndarray, 
 
 
 def preflight(config: SampleConfig):
-    """(model, sample shape, analytic target or None), checked before Ray starts or anything is written:
-    a typo must fail fast and must not leave a manifest that refuses the corrected re-run."""
-    model, shape, target, num_classes = resolve_model(config.model)
-    check_label(config, num_classes)
-    return model, shape, target
+    """resolve_model's (model, sample shape, analytic target or None, classes), checked before Ray
+    starts or anything is written: a typo must fail fast and must not leave a manifest that refuses
+    the corrected re-run."""
+    resolved = resolve_model(config.model)
+    check_label(config, resolved[3])
+    return resolved
 
 
-def run(config: SampleConfig, *, verbose: bool = False) -> dict[str, Any]:
+def run(config: SampleConfig, *, verbose: bool = False, checked: tuple | None = None) -> dict[str, Any]:
+    """`checked`: preflight(config)'s result when the caller (the CLI) has run it already."""
     from raygen.progress import Progress
     from raygen.rundir import RunDir
 
-    _, shape, target = preflight(config)
+    resolved = checked or preflight(config)
+    _, shape, target, _ = resolved
     runtime.init(verbose=verbose)
     runtime.check_fits({"CPU": config.cpus_per_actor, "GPU": config.gpus_per_actor},
                        "cpus_per_actor/gpus_per_actor")
     run_dir = RunDir(config)
     store = PartStore(run_dir.child("samples"))
-    chunk_size = prepare_output(config, store)
+
+    def timed_chunk_size() -> int:
+        size = auto_chunk_size(ChunkSampler(config.to_dict(), store.loc.uri, 1, resolved), config.n_samples,
+                               config.num_actors)
+        print(f"chunk_size: {size} samples per chunk, timed to take ~{CHUNK_SECONDS:g} s (set chunk_size to choose)")
+        return size
+
+    chunk_size = prepare_output(config, store, timed_chunk_size)
     layout = Chunks(config.n_samples, chunk_size)
     scan = store.scan(layout)  # one listing + one footer read per part
     pending = scan.pending
@@ -282,7 +341,7 @@ def run(config: SampleConfig, *, verbose: bool = False) -> dict[str, Any]:
     ids, x, labels = read_samples(store, config.stats_samples)
     summary: dict[str, Any] = {
         "run_dir": run_dir.loc.uri, "samples_dir": store.loc.uri, "n_samples": config.n_samples,
-        "parts": layout.count, "chunks_resumed": resumed, "seconds": elapsed,
+        "parts": layout.count, "chunk_size": chunk_size, "chunks_resumed": resumed, "seconds": elapsed,
         "samples_per_s": layout.rows_in(pending) / elapsed if pending else None,
         "seconds_to_first_part": (first_result_at - start) if first_result_at else None,
         "actor_busy_seconds": busy_seconds, "psd_repairs": psd_repairs,

@@ -253,7 +253,7 @@ def train_autoencoder(config: dict) -> dict:
         schedule = Schedule(cfg.steps, cfg.log_every, cfg.checkpoint_every)
         return fit(run, state, _random_rows(state, (x,), cfg.batch_size // run.world), step, schedule,
                    export=export, progress={"ae loss": "loss"},
-                   diverged_hint=f"lower ae_lr (now {cfg.lr})")
+                   diverged_hint=f"lower ae_lr (now {cfg.lr})", unit="models")
     finally:
         run.close()
 
@@ -379,7 +379,7 @@ def train_diffusion(config: dict) -> dict:
         schedule = Schedule(cfg.steps, cfg.log_every, cfg.checkpoint_every)
         return fit(run, state, _random_rows(state, (h, task_index), cfg.batch_size // run.world), step, schedule,
                    export=export, progress={"diffusion loss": "loss"},
-                   diverged_hint=f"lower diff_lr (now {cfg.lr})")
+                   diverged_hint=f"lower diff_lr (now {cfg.lr})", unit="models")
     finally:
         run.close()
 
@@ -702,14 +702,17 @@ def task_defs(spec: dict[str, Any], family: str, seed: int, classes_per_task: in
     return zoo, held
 
 
-def preflight(config: WeightgenConfig) -> None:
-    """Bad data and tasks fail before Ray starts or anything is collected (an existing zoo is checked once read)."""
-    if not config.zoo:
-        task_defs(config.source_spec(), config.task_family, config.seed, config.classes_per_task,
-                  range(config.zoo_tasks), config.heldout_tasks)
+def preflight(config: WeightgenConfig) -> tuple:
+    """Bad data and tasks fail before Ray starts or anything is collected (an existing zoo is checked
+    once read): the zoo's and the held-out tasks' definitions, or () for an existing zoo."""
+    if config.zoo:
+        return ()
+    return task_defs(config.source_spec(), config.task_family, config.seed, config.classes_per_task,
+                     range(config.zoo_tasks), config.heldout_tasks)
 
 
-def run(config: WeightgenConfig, *, verbose: bool = False) -> dict[str, Any]:
+def run(config: WeightgenConfig, *, verbose: bool = False, checked: tuple | None = None) -> dict[str, Any]:
+    """`checked`: preflight(config)'s result when the caller (the CLI) has run it already."""
     import torch
 
     from raygen import runtime
@@ -717,7 +720,8 @@ def run(config: WeightgenConfig, *, verbose: bool = False) -> dict[str, Any]:
     from raygen.workloads import zoo
     from raygen.workloads.zoo import read_zoo, zoo_layout
 
-    preflight(config)
+    if checked is None:
+        preflight(config)
     runtime.init(verbose=verbose)
     run_dir = RunDir(config)
     root = run_dir.uri

@@ -395,16 +395,17 @@ def preflight(config: ZooConfig):
     """The zoo's data and tasks, checked (bad data is one line before Ray starts or anything is written)."""
     from raygen.weightgen.zoo import load_source
 
-    data = load_source(config.source_spec())  # cached per process: run() does not read it twice
+    data = load_source(config.source_spec())
     return data, zoo_tasks(config, data)
 
 
-def run(config: ZooConfig, *, verbose: bool = False) -> dict[str, Any]:
+def run(config: ZooConfig, *, verbose: bool = False, checked: tuple | None = None) -> dict[str, Any]:
+    """`checked`: preflight(config)'s result when the caller (the CLI) has run it already."""
     from raygen import runtime, storage
     from raygen.rundir import RunDir
     from raygen.weightgen.evaluate import accuracy_summary
 
-    data, tasks = preflight(config)
+    data, tasks = checked or preflight(config)
     runtime.init(verbose=verbose)
     run_dir = RunDir(config)
     stage = collect(config, run_dir, data, tasks)
