@@ -1,6 +1,6 @@
 """Sampling with the run directory in a bucket vs on local disk (issue 10: overhead target < 10 %).
 
-The same `raygen sample` run (MMDGS on the analytic mixture, default chunk size 500) is timed with
+The same `raygen sample` run (MMDGS on the analytic mixture, `--chunk-size`) is timed with
 `storage_path` on local disk and on a local S3-compatible server (moto in server mode, started
 here on 127.0.0.1), alternating arms over several repeats in one process, on the same local Ray.
 Reported: samples/s per arm (median over repeats) and the bucket/local ratio.
@@ -22,7 +22,13 @@ report (~0.45 s; ~0.33 s since parts are read 8 at a time). A run this short is 
 fixed request costs against a single-process Python server; the ratio rises with the work per
 part, and a real endpoint was not available to measure.
 
-    .venv/bin/python benchmarks/storage_overhead.py [--quick]
+Added in the fourth session, before its runs: the sample workload now picks its own chunk size
+by default (chunk_size 0: timed so a chunk's sampling takes ~0.5 s, at most N / (4 workers)), so
+a run has fewer, larger parts. Configurations, each judged by the same rule (median ratio >= 0.90):
+`--chunk-size 500 --n 20000` (the figure above, re-measured), `--n 20000` (the default chunk size)
+and `--n 200000` (the default, a run ~10x longer: fixed request costs amortised).
+
+    .venv/bin/python benchmarks/storage_overhead.py [--quick] [--n N] [--chunk-size K]
 
 writes benchmarks/results/storage_overhead.json and prints a table.
 """
@@ -53,6 +59,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a smoke run (small N, one repeat)")
     parser.add_argument("--n", type=int, default=20000, help="samples per run")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--chunk-size", type=int, default=SampleConfig().chunk_size,
+                        help="samples per part (default: raygen's, 0 = timed by the run)")
     args = parser.parse_args()
     n, repeats = (2000, 1) if args.quick else (args.n, args.repeats)
     before = machine()
@@ -79,26 +87,31 @@ def main() -> None:
         bucket = f"s3://bench/runs?endpoint_override=127.0.0.1:{port}&scheme=http"
         runtime.init()
         local_root = tempfile.mkdtemp(prefix="raygen-bench-")
-        base = dict(n_samples=n, levels=6, steps_per_level=2, num_actors=2)
+        base = dict(n_samples=n, levels=6, steps_per_level=2, num_actors=2, chunk_size=args.chunk_size)
         run(SampleConfig(name="warmup", storage_path=local_root, **{**base, "n_samples": 1000}))  # starts Ray's workers
 
         rates: dict[str, list[float]] = {"local": [], "bucket": []}
+        parts: dict[str, set[int]] = {"local": set(), "bucket": set()}
         for r in range(repeats):  # arms alternate, so a change in background load hits both
             for arm, root in (("local", local_root), ("bucket", bucket)):
                 start = time.perf_counter()
-                run(SampleConfig(name=f"{arm}{r}", storage_path=root, **base))
+                summary = run(SampleConfig(name=f"{arm}{r}", storage_path=root, **base))
                 rates[arm].append(n / (time.perf_counter() - start))
+                parts[arm].add(summary["parts"])
     finally:
         server.terminate()
         server.wait()
 
     ratios = [b / a for a, b in zip(rates["local"], rates["bucket"])]
-    result = {"n_samples": n, "repeats": repeats, "chunk_size": SampleConfig().chunk_size,
+    result = {"n_samples": n, "repeats": repeats, "chunk_size_asked": args.chunk_size,
+              "parts": {arm: sorted(v) for arm, v in parts.items()},
               "samples_per_s": {arm: spread(v) for arm, v in rates.items()},
               "ratio_bucket_over_local": spread(ratios), "meets_target": spread(ratios)["median"] >= 0.90,
               "machine_before": before, "machine_after": machine()}
-    path = write("storage_overhead_quick" if args.quick else "storage_overhead", result)
-    rows = [(arm, show(result["samples_per_s"][arm], unit=" samples/s")) for arm in rates]
+    tag = f"_n{n}_chunk{args.chunk_size or 'auto'}"
+    path = write("storage_overhead_quick" if args.quick else "storage_overhead" + tag, result)
+    rows = [(arm, show(result["samples_per_s"][arm], unit=" samples/s") + f"  ({'/'.join(map(str, sorted(parts[arm])))} parts)")
+            for arm in rates]
     if not args.quick:
         rows.append(("bucket / local", show(result["ratio_bucket_over_local"], ".3f")
                      + f"  (target >= 0.90: {'met' if result['meets_target'] else 'NOT met'})"))
