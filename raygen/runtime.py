@@ -25,6 +25,10 @@ os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
 
 def init(address: str | None = None, *, verbose: bool = False, num_cpus: int | None = None) -> None:
     """Start (no address, no RAY_ADDRESS) or join (`auto`, `host:port`, `ray://...`) Ray; idempotent."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    # Ray reads RAY_AUTH_MODE when it is imported: set later, a token cluster refuses the driver
+    ray_imported = "ray" in sys.modules
+    token_too_late = address is not None and use_token_auth_if_found() and ray_imported
     # torch first: loaded after ray.init inside a submitted job's working_dir, its oneMKL failed to
     # load libtorch_cpu.so ("Intel oneMKL FATAL ERROR") in most runs; loaded before, it never did.
     import torch  # noqa: F401, I001 - must come first (see above)
@@ -33,7 +37,6 @@ def init(address: str | None = None, *, verbose: bool = False, num_cpus: int | N
 
     if not verbose:
         quiet_libraries()
-    address = address or os.environ.get("RAY_ADDRESS") or None
     if address is not None:  # checked even when Ray is already up in this process: a bad address is refused
         check_reachable(address)
     if ray.is_initialized():
@@ -46,8 +49,6 @@ def init(address: str | None = None, *, verbose: bool = False, num_cpus: int | N
     logging.getLogger("ray.data").setLevel(level if verbose else logging.CRITICAL)
     # Token auth is on by default since Ray 2.60: say so only when asked.
     logging.getLogger("ray._private.authentication").setLevel(level if verbose else logging.ERROR)
-    if address is not None:
-        use_token_auth_if_found()
     kwargs = dict(logging_level=level, log_to_driver=verbose, configure_logging=True)
     if address is None:
         # "local" always starts a fresh embedded Ray; None would join any `ray start` cluster on this host.
@@ -60,10 +61,10 @@ def init(address: str | None = None, *, verbose: bool = False, num_cpus: int | N
         if address is None:
             raise
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(
-            f"could not connect to Ray at {address!r} ({first_line}); check the address, or start a "
-            "cluster with `cluster/local.sh up`, or drop --address to use a local Ray"
-        ) from None
+        fix = ("export RAY_AUTH_MODE=token before Python starts (Ray was imported before raygen could set it)"
+               if token_too_late else "check the address, or start a cluster with `cluster/local.sh up`, or "
+               "drop --address to use a local Ray")
+        raise UserError(f"could not connect to Ray at {address!r} ({first_line}); {fix}") from None
     ctx = ray.data.DataContext.get_current()
     ctx.print_on_execution_start = verbose
     ctx.enable_progress_bars = verbose
@@ -166,13 +167,16 @@ def _http2_answer(conn, timeout_s: float) -> bytes | None:
     return head or None
 
 
-def use_token_auth_if_found() -> None:
+def use_token_auth_if_found() -> bool:
     """Joining a token-protected cluster needs RAY_AUTH_MODE=token in this process; set it when a
-    token is found the standard ways (as `raygen submit` finds it), before Ray reads its config."""
+    token is found the standard ways (as `raygen submit` finds it), before Ray is imported (Ray
+    reads it then). True when it was set here."""
     from raygen.auth import find_token
 
     if "RAY_AUTH_MODE" not in os.environ and find_token() is not None:
         os.environ["RAY_AUTH_MODE"] = "token"
+        return True
+    return False
 
 
 _embedded = False  # True when init() started the local Ray itself (no autoscaler can add nodes)

@@ -238,6 +238,20 @@ def test_unknown_job_id_is_one_line(cluster):
     assert "no job 'raygen-no-such-job'" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_run_with_address_joins_the_token_cluster(cluster, tmp_path):
+    """`raygen run --address host:port` drives a job from here on the token-protected cluster: the
+    token is found the standard way (RAY_AUTH_TOKEN_PATH here) and RAY_AUTH_MODE is not set by hand."""
+    state = dict(line.split("=", 1) for line in (cluster["state"] / "c" / "cluster.env").read_text().splitlines()
+                 if "=" in line)
+    env = {**cluster["env"], "RAYGEN_SHARED_STORAGE": str(tmp_path)}
+    assert "RAY_AUTH_MODE" not in env
+    result = raygen(cluster, "run", "jobs/sample_mog.yaml", "--address", state["GCS_ADDRESS"], "--set", "n_samples=400",
+                    "--set", "chunk_size=100", "--set", f"storage_path={tmp_path}", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "sample_mog" / "report.md").exists()
+    assert len(list((tmp_path / "sample_mog" / "samples").glob("part-*.parquet"))) == 4
+
+
 def test_down_stops_every_process_on_the_first_call(cluster):
     """Runs last in this module: it takes the shared cluster down."""
     down = subprocess.run([str(ROOT / "cluster" / "local.sh"), "down"], env=cluster["env"], timeout=120,
