@@ -119,6 +119,29 @@ def test_zoo_from_an_image_folder(ray_local, tmp_path):
     assert f"| 0 | classes {names} |" in (tmp_path / "runs" / "pets" / "report.md").read_text()
 
 
+def test_a_parquet_written_by_ray_data_reads_before_ray_is_imported(ray_local, tmp_path):
+    """Ray Data writes image arrays as its own tensor extension type; the zoo's preflight reads the
+    source before Ray is imported, where pyarrow alone would see flat lists and refuse the shape."""
+    import subprocess
+    import sys
+
+    import ray
+
+    labels = [0, 1, 2] * 4
+    pixels = _pixels(labels)
+    ray.data.from_items([{"image": p, "label": lb} for p, lb in zip(pixels, labels)]).repartition(1).write_parquet(
+        str(tmp_path / "t.parquet"))
+    script = ("import sys; import numpy as np; from raygen.data.real import read_arrays; "
+              "assert 'ray' not in sys.modules; "
+              f"x, y, names, _ = read_arrays({str(tmp_path / 't.parquet')!r}); "
+              "np.save(sys.argv[1], x); print(y.tolist(), names, x.shape)")
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "x.npy")], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"{labels} ['0', '1', '2'] (12, 1, 6, 6)"
+    assert np.array_equal(np.load(tmp_path / "x.npy")[:, 0], pixels.astype(np.float32) / 255.0)
+
+
 def test_weightgen_reuses_a_finished_zoo_of_a_parquet_task_column(ray_local, tmp_path, capsys):
     pixels, labels, tasks = _task_parquet(tmp_path / "tasks.parquet")
     cfg = weightgen.WeightgenConfig.from_dict({

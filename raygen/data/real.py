@@ -145,6 +145,11 @@ def _parquet_schema(loc: storage.Location, columns: dict[str, str]):
     path = storage.display(loc.uri)
     try:
         schema = pads.dataset(loc.path, filesystem=loc.fs, format="parquet").schema
+        if any((f.metadata or {}).get(b"ARROW:extension:name", b"").startswith(b"ray.data.") for f in schema):
+            # written by Ray Data (its tensor columns): unregistered, pyarrow reads them as flat lists
+            import ray.air.util.tensor_extensions.arrow  # noqa: F401 - registers Ray's extension types
+
+            schema = pads.dataset(loc.path, filesystem=loc.fs, format="parquet").schema
     except (pa.ArrowInvalid, OSError) as exc:
         raise UserError(f"cannot read Parquet at {path!r}: {exc}") from None
     for key, column in columns.items():
