@@ -11,6 +11,11 @@ model, the trajectories, the autoencoder, the diffusion and the generation seeds
     Also recorded: the memorisation gap (generated-vs-nearest-original distance divided by
     original-vs-nearest-original distance; > 1 means generated models are not copies).
 
+    Added in the fourth session, before its run: the job draws 100 models against 200 original
+    checkpoints, so d_max compares a max over 100 draws with a max over 200; p-diff drew 200
+    (against 300). Arm `--tag n200 --set n_generate=200`: the same rule, reported next to the
+    100-draw arm (its verdict stands as measured).
+
 D2NWG (jobs/weightgen_tasks.yaml, held-out class-subset tasks, seeds 0, 1, 2):
     r = steps_to_90(generated init) / steps_to_90(random init)  (steps to 90% of each curve's
         final accuracy, curves averaged over `finetune_models` inits and the held-out tasks)
