@@ -37,6 +37,9 @@ D2NWG (jobs/weightgen_tasks.yaml, held-out class-subset tasks, seeds 0, 1, 2):
     --set diff_steps=12000`: the same three rules, and the hypothesis is SUPPORTED if its zoo-task
     gap (mean over seeds) is less than half the 4,000-step arm's (> -5.95 points) with every
     seed's gap above that arm's best seed's (-10.85); NOT SUPPORTED otherwise.
+    Result: -5.73 points (95% CI -6.92..-4.54; per seed -5.24 / -5.76 / -6.20): the hypothesis is
+    SUPPORTED (the gap more than halves), the in-distribution rule (>= -2) is still not met, and
+    held-out zero-shot is unchanged (34.2 %, CI 19.7..48.6, against 35.3 %).
 
 What was wrong in the first session's D2NWG run (generated weights at chance even on zoo tasks),
 diagnosed on a 30-task zoo with scripts (seed 0, 10 samples per task):
