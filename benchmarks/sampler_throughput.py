@@ -25,6 +25,11 @@ own time per chunk is the plain loop's +2-4 % (`actor_busy_seconds`); the rest i
 one task per chunk (~4 ms) and the driver and Ray sharing the 2 cores with the worker; queueing a
 worker's next task behind its running one measured no better. A cold start still pays the imports
 once per worker process.
+Change 3 (fourth session, kept): a chunk's fixed cost (12.8 ms, 16 % of an 81 ms chunk) is
+amortised instead of fought: `raygen sample` times its sampler on probe batches and picks chunks
+of ~0.5 s (chunk_size 0, the default; at most N / (4 workers)). With the size it picks (the plain
+loop uses the size a probe picks in this process): steady -0.9 % (-5.3..+0.9), end to end +0.6 %,
+2 workers 1.93x, on the quiet machine. `--chunk-size 1000` measures the fixed cost as before.
 
     .venv/bin/python benchmarks/sampler_throughput.py [--quick] [--repeats K]
 

@@ -3,10 +3,16 @@
 Images/s and the share of step time blocked on the data iterator are read from the run's own
 metrics.jsonl (logged by rank 0 per window of `log_every` steps); the first window (start-up, first
 batches) is dropped, so "steady" is the loop alone, and "start-up" is the wall time of the run
-minus the steady steps' time (Ray Train's controller and workers, process group, model build).
+minus the steady steps' time (Ray Train's controller and workers, process group, model build;
+for the plain arm a Python process starting and importing torch).
 Ray gives each training worker 1 CPU and sets its torch threads to 1, so the plain baseline runs
 with torch.set_num_threads(1) as well: the overhead figure compares like with like. Arms are
 interleaved within each repeat (plain, Ray x1, Ray x2), so a change in background load hits all.
+The plain arm runs in a fresh Python process per repeat, as every Ray Train run gets fresh worker
+processes: the same loop runs ~5 % faster or slower from one process to the next on this machine
+(`OMP_NUM_THREADS=1` vs unset made no difference), so a baseline kept in this one process would
+pair each Ray run with one draw of that variation for all repeats (until the fourth session it
+did; the tiny model's "+7.6 %" below was measured so).
 Two model sizes show the crossover: 2 workers on 2 cores pay an all-reduce per step and share
 the cores with Ray's own processes, which only a long enough step amortises.
 
@@ -20,8 +26,13 @@ Where the time went (profiled on the 2-core machine, CPU-seconds per process ove
 - one Ray Train worker was wrapped by Accelerate in a one-rank DDP (Ray Train initialises
   torch.distributed even for one worker) and paid a gloo all-reduce per step (61 us a call): now
   unwrapped, the loss reduced by `.item()`.
-- what is left at the tiny model's short steps (+7.6 % median, +4.6..+8.7 % on the quiet machine)
-  was not found: the same step loop (the tiny U-Net with Accelerate, `accumulate`, `backward`,
+- fourth session: per-process CPU while the tiny model trains at 1 worker (psutil, steady
+  window): the worker 1.006 cores, its training thread 0.998 of them, every other process of Ray
+  together 0.15 of the second core: nothing competes with the training thread.
+- fourth session, plain arm in a fresh process per repeat, 5 repeats, quiet: tiny +1.8 %
+  (-1.2..+6.7), small -8.7 % (-17.1..+0.8); 2 workers vs 1: tiny 1.05x, small 1.15x (1.00..1.30).
+- what was left at the tiny model's short steps with the in-process baseline (+7.6 % median,
+  +4.6..+8.7 % on the quiet machine) was not found: the same step loop (the tiny U-Net with Accelerate, `accumulate`, `backward`,
   `clip_grad_norm_`) timed in this driver and in a one-worker TorchTrainer gave 51.6 / 51.1 / 50.8
   ms against 50.0 / 50.7 ms, and a plain torch loop 50.0 / 44.6 / 47.8 against 47.4 / 45.9 ms: no
   difference beyond the ~5 % that one process differs from the next on this machine.
@@ -35,6 +46,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -43,7 +56,6 @@ import torch
 from benchlib import machine, show, spread, table, write
 
 from raygen import runtime
-from raygen.diffusion.train import train_func
 from raygen.workloads.train import CONFIG, run
 
 BATCH = 64
@@ -56,10 +68,15 @@ def steady(run_dir: Path) -> dict:
             "steady_steps": rows[-1]["step"] - first["step"]}
 
 
+PLAIN = ("import json, sys, torch; torch.set_num_threads(1); "
+         "from raygen.diffusion.train import train_func; train_func(json.loads(sys.argv[1]))")
+
+
 def arm(tmp: str, base: dict, name: str, workers: int | None) -> dict:
     start = time.perf_counter()
-    if workers is None:
-        train_func(dict(base, name=name, storage_path=tmp))
+    if workers is None:  # a fresh process, like a Ray Train worker (see the docstring)
+        subprocess.run([sys.executable, "-c", PLAIN, json.dumps(dict(base, name=name, storage_path=tmp))],
+                       check=True, stdout=subprocess.DEVNULL)
     else:
         run(CONFIG.from_dict(dict(base, name=name, storage_path=tmp, num_workers=workers)))
     wall = time.perf_counter() - start

@@ -15,6 +15,9 @@ model, the trajectories, the autoencoder, the diffusion and the generation seeds
     checkpoints, so d_max compares a max over 100 draws with a max over 200; p-diff drew 200
     (against 300). Arm `--tag n200 --set n_generate=200`: the same rule, reported next to the
     100-draw arm (its verdict stands as measured).
+    Result: the same best generated model on every seed (d_max -0.40, CI -0.89..+0.10; d_mean
+    +0.12): NOT SUPPORTED. The generated heads collapse to almost one accuracy, so more draws do
+    not find a better one.
 
 D2NWG (jobs/weightgen_tasks.yaml, held-out class-subset tasks, seeds 0, 1, 2):
     r = steps_to_90(generated init) / steps_to_90(random init)  (steps to 90% of each curve's
