@@ -26,9 +26,13 @@ os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
 def init(address: str | None = None, *, verbose: bool = False, num_cpus: int | None = None) -> None:
     """Start (no address, no RAY_ADDRESS) or join (`auto`, `host:port`, `ray://...`) Ray; idempotent."""
     address = address or os.environ.get("RAY_ADDRESS") or None
-    # Ray reads RAY_AUTH_MODE when it is imported: set later, a token cluster refuses the driver
-    ray_imported = "ray" in sys.modules
-    token_too_late = address is not None and use_token_auth_if_found() and ray_imported
+    if address is not None:  # checked even when Ray is already up in this process: a bad address is refused
+        check_reachable(address)
+    imported = sys.modules.get("ray")
+    # Ray reads RAY_AUTH_MODE when it is imported: set later, a token cluster refuses the driver.
+    # Only for a connection about to be made: it stays in this process's environment.
+    token_too_late = (address is not None and not (imported and imported.is_initialized())
+                      and use_token_auth_if_found() and imported is not None)
     # torch first: loaded after ray.init inside a submitted job's working_dir, its oneMKL failed to
     # load libtorch_cpu.so ("Intel oneMKL FATAL ERROR") in most runs; loaded before, it never did.
     import torch  # noqa: F401, I001 - must come first (see above)
@@ -37,8 +41,6 @@ def init(address: str | None = None, *, verbose: bool = False, num_cpus: int | N
 
     if not verbose:
         quiet_libraries()
-    if address is not None:  # checked even when Ray is already up in this process: a bad address is refused
-        check_reachable(address)
     if ray.is_initialized():
         return
     level = logging.INFO if verbose else logging.WARNING

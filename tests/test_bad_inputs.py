@@ -147,8 +147,17 @@ def test_bad_input_is_one_clear_line(case, tmp_path, monkeypatch, capsys, silent
     values = {"jobs": str(JOBS), "tmp": str(tmp_path), "port": free_port(), "listen": silent_listener}
     argv = [a.format(**values) for a in argv]
     before = sorted(os.listdir(tmp_path))
+    # a refused address must not switch this process to token auth (a later local Ray would not start)
+    auth_mode = os.environ.get("RAY_AUTH_MODE")
+    home = tmp_path.parent / f"{tmp_path.name}-home"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text("a-token")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
     start = time.monotonic()
     code, out, err = run_cli(argv, capsys)
+    assert os.environ.get("RAY_AUTH_MODE") == auth_mode
     assert time.monotonic() - start < 30, "bad input must fail within 30 s"
     assert code != 0, out + err
     lines = [line for line in err.splitlines() if line.strip()]
