@@ -196,19 +196,20 @@ def upload_dir(local_dir: str | Path, loc: Location) -> None:
     directories, so a copy interrupted half-way is never used.
     """
     local_dir = Path(local_dir)
-    (local_dir / COMPLETE).write_text("")
-    if loc.is_local:
+    if loc.is_local:  # copied beside it, marked, then renamed into place
         tmp = Path(f"{loc.path}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(local_dir, tmp)
+        shutil.copytree(local_dir, tmp, ignore=shutil.ignore_patterns(COMPLETE))
+        (tmp / COMPLETE).write_text("")
         shutil.rmtree(loc.path, ignore_errors=True)
         os.replace(tmp, loc.path)
         return
     delete(loc)
     loc.fs.create_dir(loc.path, recursive=True)
     files = sorted(p for p in local_dir.rglob("*") if p.is_file() and p.name != COMPLETE)
-    for path in files + [local_dir / COMPLETE]:
+    for path in files:
         write_bytes(loc.child(str(path.relative_to(local_dir))), path.read_bytes())
+    write_bytes(loc.child(COMPLETE), b"")
 
 
 def is_complete(loc: Location) -> bool:

@@ -66,6 +66,7 @@ import contextlib
 import dataclasses
 import functools
 import math
+import re
 import tempfile
 import threading
 import time
@@ -80,6 +81,7 @@ from raygen.config import Config
 from raygen.errors import UserError
 
 CHECKPOINT_PREFIX = "checkpoint_"
+CHECKPOINT_NAME = re.compile(rf"{CHECKPOINT_PREFIX}\d{{6,}}")
 STATE_FILE = "state.pt"
 
 
@@ -188,10 +190,12 @@ class RunDirStore:
         self.run_dir, self.keep = run_dir, keep
 
     def _names(self) -> list[str]:
+        """Checkpoints and the remains of interrupted saves (e.g. a local copy's `checkpoint_X.tmp-PID`)."""
         return [n for n in self.run_dir.listdir() if n.startswith(CHECKPOINT_PREFIX)]
 
     def _complete(self) -> list[str]:
-        return [n for n in self._names() if self.run_dir.is_complete(n)]
+        # exact names only: a worker killed while copying leaves a temp dir that may hold the marker
+        return [n for n in self._names() if CHECKPOINT_NAME.fullmatch(n) and self.run_dir.is_complete(n)]
 
     def latest(self) -> str | None:
         """The name of the newest complete checkpoint."""

@@ -77,6 +77,20 @@ def test_incomplete_checkpoint_is_never_resumed_and_old_ones_are_pruned(tmp_path
         train_func(dict(FAST, name="r", storage_path=str(tmp_path), steps=6))
 
 
+def test_a_killed_local_copy_is_never_resumed_and_is_cleaned_up(tmp_path):
+    """A worker killed while copying checkpoint 4 into place leaves `checkpoint_000004.tmp-PID`, maybe
+    already holding the marker next to a half-written state (CI saw that resumed as 'damaged')."""
+    run = tmp_path / "r"
+    train_func(dict(FAST, name="r", storage_path=str(tmp_path), steps=2))
+    remains = run / "checkpoint_000004.tmp-12345"
+    shutil.copytree(run / "checkpoint_000002", remains)
+    (remains / "state.pt").write_bytes((remains / "state.pt").read_bytes()[:100])
+    assert (remains / ".complete").exists()
+    out = train_func(dict(FAST, name="r", storage_path=str(tmp_path), steps=4))
+    assert out["resumed_from"] == 2
+    assert sorted(p.name for p in run.glob("checkpoint_*")) == ["checkpoint_000002", "checkpoint_000004"]
+
+
 def test_nonfinite_loss_stops_with_step_and_keeps_checkpoint(tmp_path):
     with pytest.raises(UserError, match=r"loss is (nan|inf) at step \d+") as info:
         train_func(dict(FAST, name="nan", storage_path=str(tmp_path), steps=6, lr=1e30, checkpoint_every=1,
