@@ -29,10 +29,11 @@ def init(address: str | None = None, *, verbose: bool = False, num_cpus: int | N
     if address is not None:  # checked even when Ray is already up in this process: a bad address is refused
         check_reachable(address)
     imported = sys.modules.get("ray")
+    token_too_late = False
     # Ray reads RAY_AUTH_MODE when it is imported: set later, a token cluster refuses the driver.
     # Only for a connection about to be made: it stays in this process's environment.
-    token_too_late = (address is not None and not (imported and imported.is_initialized())
-                      and use_token_auth_if_found() and imported is not None)
+    if address is not None and not (imported and imported.is_initialized()):
+        token_too_late = use_token_auth_if_found() and imported is not None
     # torch first: loaded after ray.init inside a submitted job's working_dir, its oneMKL failed to
     # load libtorch_cpu.so ("Intel oneMKL FATAL ERROR") in most runs; loaded before, it never did.
     import torch  # noqa: F401, I001 - must come first (see above)

@@ -252,7 +252,7 @@ def auto_chunk_size(sampler: ChunkSampler, n_samples: int, workers: int) -> int:
     threads = torch.get_num_threads()
     torch.set_num_threads(sampler.threads)
     try:
-        timings: list[tuple[int, float]] = []
+        timings = [(0, 0.0)]  # (ids, seconds): a lone probe's marginal time is its own
         size = 1
         while True:
             start = time.perf_counter()
@@ -263,7 +263,7 @@ def auto_chunk_size(sampler: ChunkSampler, n_samples: int, workers: int) -> int:
             size = min(4 * size, cap)
     finally:
         torch.set_num_threads(threads)
-    (n1, t1), (n2, t2) = timings[-2] if len(timings) > 1 else (0, 0.0), timings[-1]
+    (n1, t1), (n2, t2) = timings[-2:]
     per_id = (t2 - t1) / (n2 - n1) if t2 > t1 else t2 / n2
     return int(min(cap, max(1, round(CHUNK_SECONDS / per_id))))
 
