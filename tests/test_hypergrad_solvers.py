@@ -80,6 +80,30 @@ def test_nystrom_woodbury_equals_direct_solve_of_low_rank_approximation(rank):
     assert torch.allclose(x, direct, rtol=1e-8, atol=1e-10)
 
 
+def low_rank(p: int, r: int, seed: int, top: float, bottom: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """H = Q·diag(λ)·Qᵀ of rank r, λ log-spaced from top down to bottom, and a right-hand side."""
+    g = torch.Generator().manual_seed(seed)
+    Q, _ = torch.linalg.qr(torch.randn(p, r, generator=g, dtype=torch.float64))
+    lam = torch.logspace(torch.log10(torch.tensor(top)).item(), torch.log10(torch.tensor(bottom)).item(), r,
+                         dtype=torch.float64)
+    return (Q * lam) @ Q.T, torch.randn(p, generator=g, dtype=torch.float64)
+
+
+# (top, bottom eigenvalue of H, bound): the spread makes W = H[K, K] ill conditioned (cond(W) ~ 1e12-1e13
+# for 1e4..1e-8) or well conditioned (1..0.5, cond(W) ~ 1e2-1e4); at k >= rank C W⁺ Cᵀ = H exactly, so
+# only round-off separates the solver from the dense solve. The textbook Woodbury core lost 1e-2 here.
+@pytest.mark.parametrize("top, bottom, bound", [(1e4, 1e-8, 1e-6), (1e3, 1e-6, 1e-6), (1.0, 0.5, 1e-10)])
+@pytest.mark.parametrize("extra", [0, 3])
+@pytest.mark.parametrize("rho", [1e-3, 1.0])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_nystrom_stable_on_ill_conditioned_low_rank_plus_shift(top, bottom, bound, extra, rho, seed):
+    p, r = 60, 10
+    H, v = low_rank(p, r, seed, top, bottom)
+    x = nystrom_ihvp(lambda u: H @ u, v, rank=r + extra, rho=rho, generator=torch.Generator().manual_seed(seed))
+    expected = torch.linalg.solve(H + rho * torch.eye(p, dtype=H.dtype), v)
+    assert torch.linalg.vector_norm(x - expected) / torch.linalg.vector_norm(expected) <= bound
+
+
 def test_nystrom_float32_inputs_stay_accurate_at_small_rho():
     # float32 Hessian, full rank, rho = 1e-3: the float64 k x k solve keeps the error small
     H, v = spd(P, 5, cond=5.0), rhs(P, 5)
