@@ -3,7 +3,7 @@ import torch
 
 from raygen.models import SIZES, Conditionable, Denoiser, build_denoiser, load_denoiser, save_denoiser
 from raygen.sampling import TARGETS
-from raygen.sampling.energy import HasEnergy
+from raygen.models.energy import HasEnergy
 
 
 def _seeded(seed, fn):

@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from raygen.sampling.energy import EnergyModel
+from raygen.models.energy import EnergyModel
 
 F64 = torch.float64
 
@@ -56,3 +56,21 @@ def test_quadratic_energy_gives_exact_hessian_for_image_shaped_x():
     torch.testing.assert_close(model.hessian(x, 0.1), (-A).expand(3, 4, 4), rtol=0, atol=1e-12)
     torch.testing.assert_close(model.score(x, 0.1), -(x.reshape(3, 4) @ A).reshape(3, 2, 2), rtol=0, atol=1e-12)
     assert not x.requires_grad and model.score(x, 0.1).requires_grad is False
+
+
+def test_models_do_not_import_the_samplers():
+    """Models sit below the algorithms: importing raygen.models (all its modules) loads nothing of raygen.sampling
+    or raygen.metrics (which imports raygen.models: the loop models -> sampling -> metrics -> models). A fresh
+    interpreter, because other tests have imported the samplers into this one."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import raygen.models
+
+    names = [f"raygen.models.{f.stem}" for f in Path(raygen.models.__path__[0]).glob("*.py") if f.stem != "__init__"]
+    assert "raygen.models.energy" in names and "raygen.models.denoiser" in names
+    code = f"import importlib, sys\nfor n in {names!r}: importlib.import_module(n)\n" \
+           "print(sorted(m for m in sys.modules if m.startswith(('raygen.sampling', 'raygen.metrics'))))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from raygen.errors import UserError
-from raygen.sampling import EnergyModel, Gaussian, PerSampleNoise, TARGETS, initial_state, mmdgs, tweedie
+from raygen.models.energy import EnergyModel
+from raygen.sampling import Gaussian, PerSampleNoise, TARGETS, initial_state, mmdgs, tweedie
 from raygen.sampling.mmdgs import diag_hessian_estimate
 
 F64 = torch.float64

@@ -43,7 +43,7 @@ from torch import nn
 
 from raygen.errors import UserError
 from raygen.models.unet import SIZES
-from raygen.sampling.energy import energy_score
+from raygen.models.energy import energy_score
 
 PIXEL_RANGE = (0.0, 1.0)  # what raygen's image sources yield
 

@@ -7,7 +7,9 @@ them on models that have an `energy` method but are not EnergyModels; `energy_sc
 score of raygen's trained energy denoisers (`raygen.models.EnergyDenoiser`).
 
 Model capabilities beyond score(x, sigma) are the Protocols `HasEnergy`, `HasHessian` and `HasHVP`;
-`curvature(model)` is the one place that dispatches on them.
+`raygen.sampling.curvature.curvature(model)` is the one place that dispatches on them. This module
+lives under `models` (not `sampling`) because the energy denoisers use `energy_score`: models sit
+below the samplers and must not import them.
 
 Batch invariance of a network (sample i independent of the batch) depends on its layers: BLAS
 matmuls may round differently for different batch sizes. The analytic targets are invariant.
@@ -16,13 +18,10 @@ matmuls may round differently for different batch sizes. The analytic targets ar
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
-
-from raygen.sampling._util import matvec
 
 EnergyFn = Callable[[torch.Tensor, float], torch.Tensor]
 
@@ -110,41 +109,3 @@ class EnergyModel(nn.Module):
 
     def hessian(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         return energy_hessian(self.energy, x, sigma)
-
-
-class Curvature(NamedTuple):
-    """A model's second-order oracles. hvp: (Hessian of log q~) v, or J^T v of the score for score-only
-    models (not symmetric, but with the same diagonal). hessian: symmetric [B, d, d], None if none."""
-
-    hvp: Callable[[torch.Tensor, float, torch.Tensor], torch.Tensor]
-    hessian: Callable[[torch.Tensor, float], torch.Tensor] | None
-
-
-def _hessian_vp(hessian, x: torch.Tensor, sigma: float, v: torch.Tensor) -> torch.Tensor:
-    return matvec(hessian(x, sigma), v.reshape(v.shape[0], -1)).reshape(v.shape)
-
-
-def _score_vjp(score, x: torch.Tensor, sigma: float, v: torch.Tensor) -> torch.Tensor:
-    with torch.enable_grad():
-        xg = x.detach().requires_grad_(True)
-        (Jtv,) = torch.autograd.grad((score(xg, sigma) * v).sum(), xg)
-    return Jtv.detach()
-
-
-def curvature(model) -> Curvature:
-    """The model's curvature by capability, most direct first: hvp, hessian, energy (autograd), score."""
-    if isinstance(model, HasHessian):
-        hessian = model.hessian
-    elif isinstance(model, HasEnergy):
-        hessian = partial(energy_hessian, model.energy)
-    else:
-        hessian = None
-    if isinstance(model, HasHVP):
-        hvp = model.hvp
-    elif isinstance(model, HasHessian):
-        hvp = partial(_hessian_vp, model.hessian)
-    elif isinstance(model, HasEnergy):
-        hvp = partial(energy_hvp, model.energy)
-    else:
-        hvp = partial(_score_vjp, model.score)
-    return Curvature(hvp, hessian)

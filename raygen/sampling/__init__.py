@@ -13,7 +13,6 @@ Keyword args per sampler:
 from collections.abc import Callable
 
 from raygen.sampling.annealed_langevin import annealed_langevin
-from raygen.sampling.energy import EnergyModel
 from raygen.sampling.langevin import langevin
 from raygen.sampling.mmdgs import mmdgs
 from raygen.sampling.noise import PerSampleNoise, initial_state
@@ -30,7 +29,6 @@ SAMPLERS: dict[str, Callable] = {
 __all__ = [
     "SAMPLERS",
     "TARGETS",
-    "EnergyModel",
     "Gaussian",
     "GaussianMixture",
     "PerSampleNoise",

@@ -9,7 +9,7 @@ reference code's energy branch uses x~ before drawing it; this is the correct or
 Covariance variants:
 - "full": Sigma from the symmetric Hessian: model.hessian if present, else autograd of
   model.energy (score-only models have no symmetric Hessian and are refused; capabilities are
-  the Protocols of `raygen.sampling.energy`, dispatched by its `curvature`). Non-PSD Sigma is
+  the Protocols of `raygen.models.energy`, dispatched by `raygen.sampling.curvature`). Non-PSD Sigma is
   repaired by clipping negative eigenvalues to 0 (counted in info["psd_repairs"]).
 - "diag": diag(H) ~ mean_s v_s * (H v_s) with `probes` Rademacher v_s (Hutchinson/Bekas; for a
   score-only model H v is replaced by J^T v, which has the same diagonal). Negative variances are
@@ -40,14 +40,14 @@ import torch
 
 from raygen.errors import UserError
 from raygen.sampling._util import check_batch, check_positive_int, check_sigmas, matvec, rowsum
-from raygen.sampling.energy import curvature
+from raygen.sampling.curvature import curvature
 from raygen.sampling.noise import PerSampleNoise
 
 COVARIANCES = ("full", "diag", "iso", "none")
 ISO_EMA = 0.5
 _FULL_NEEDS_ENERGY = (
     "covariance='full' needs a symmetric Hessian, i.e. a model with energy(x, sigma) "
-    "(wrap the network in raygen.sampling.EnergyModel), or use covariance='diag'"
+    "(wrap the network in raygen.models.energy.EnergyModel), or use covariance='diag'"
 )
 
 
