@@ -6,7 +6,7 @@ mix (ratio r of a synthetic 8x8 labelled set replaced by "generated" rows, exact
 - study path (what `raygen study` does): the mix is written once by Ray Data (`write_mixes`, one
   Parquet partition per mix) and each trial reads its mix into memory (`read_mix`) and trains
   from memory for all its epochs, batches sliced from a permutation as `fit_classifier` does;
-- streaming: `raygen.contamination.mixing.mixed_dataset(...)` streamed into the loop with
+- streaming: `raygen.data.mixing.mixed_dataset(...)` streamed into the loop with
   `raygen.data.batches.torch_batches` (1,024-row fetches sliced into steps; for mixes too large to
   hold in a trial's memory).
 Each arm reports its start-up (everything before the first batch: for the study path the write
@@ -42,7 +42,8 @@ from benchlib import machine, show, spread, table, write
 
 from raygen import runtime
 from raygen.data.batches import torch_batches
-from raygen.contamination.mixing import mixed_dataset, plan_mix, read_mix, write_mixes
+from raygen.contamination.mixing import plan_mix
+from raygen.data.mixing import mixed_dataset, read_mix, write_mixes
 from raygen.models.classifier import ConvClassifier
 
 BATCH = 64

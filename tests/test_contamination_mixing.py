@@ -1,11 +1,13 @@
-"""Invariants of contamination by replacement: plans (pure numpy) and the Ray Data pipeline."""
+"""Invariants of contamination by replacement: plans (pure numpy, raygen.contamination.mixing) and the Ray Data
+pipeline that carries them out (raygen.data.mixing)."""
 
 from collections import Counter
 
 import numpy as np
 import pytest
 
-from raygen.contamination.mixing import ARMS, plan_mix, plan_study, read_mix, replaced_per_class, split_real, write_mixes
+from raygen.contamination.mixing import ARMS, plan_mix, plan_study, replaced_per_class, split_real
+from raygen.data.mixing import read_mix, write_mixes
 from raygen.errors import UserError
 
 RATIOS = [0.0, 0.2, 0.4, 0.8, 1.0]
@@ -119,7 +121,7 @@ def test_pipeline_writes_exactly_the_planned_rows(tmp_path, ray_local):
 
 def test_single_mix_stream_is_exact_and_interleaved(ray_local):
     ray = ray_local
-    from raygen.contamination.mixing import mixed_dataset
+    from raygen.data.mixing import mixed_dataset
 
     n = 2000
     ids = np.arange(n, dtype=np.int64)
@@ -141,3 +143,28 @@ def test_single_mix_stream_is_exact_and_interleaved(ray_local):
     # interleaved: the generated share of each quarter of the stream is near 0.4, not 0 or 1
     for quarter in np.array_split(source == "generated", 4):
         assert 0.2 < quarter.mean() < 0.6
+
+
+def test_contamination_never_imports_ray():
+    """The package is plain numpy/torch (its Ray Data side is raygen.data.mixing). Checked both ways: importing
+    every module in a fresh interpreter (other tests' imports would hide it here) loads no `ray`, and no module
+    imports Ray inside a function either (a lazy import is still a dependency)."""
+    import ast
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import raygen.contamination
+
+    files = sorted(Path(raygen.contamination.__path__[0]).glob("*.py"))
+    names = [f"raygen.contamination.{f.stem}" for f in files if f.stem != "__init__"]
+    assert "raygen.contamination.mixing" in names
+    code = f"import importlib, sys\nfor n in {names!r}: importlib.import_module(n)\n" \
+           "print(sorted(m for m in sys.modules if m.split('.')[0] == 'ray'))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
+    for f in files:
+        tree = ast.parse(f.read_text())
+        imported = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        imported += [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
+        assert [m for m in imported if m.split(".")[0] == "ray"] == [], f.name

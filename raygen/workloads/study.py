@@ -65,7 +65,8 @@ def run_trial(trial: dict[str, Any], *, mixes_dir: str, test_sets: dict[str, tup
     from ray import tune
 
     from raygen.contamination.downstream import accuracy, train_downstream
-    from raygen.contamination.mixing import mix_key, read_mix
+    from raygen.contamination.mixing import mix_key
+    from raygen.data.mixing import read_mix
 
     torch.set_num_threads(1)  # one core per trial; also fixes the float summation order
     config = StudyConfig.from_dict(job)
@@ -112,9 +113,10 @@ def run(config: StudyConfig, *, verbose: bool = False) -> dict[str, Any]:
     from raygen import runtime
     from raygen.contamination.corruptions import CORRUPTIONS, corrupted_sets
     from raygen.contamination.diversity import MIN_LABEL_AGREEMENT, diversity
-    from raygen.contamination.mixing import plan_study, split_real, write_mixes
+    from raygen.contamination.mixing import plan_study, split_real
     from raygen.contamination.report import accuracy_figure, markdown, shape_checks, summarise
     from raygen.contamination.sources import open_source
+    from raygen.data.mixing import write_mixes
     from raygen.plots import labelled_grids
     from raygen.rundir import RunDir
     from raygen.seeds import Stream, numpy_rng
