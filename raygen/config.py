@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import reprlib
 import types
 import typing
 from typing import Any, ClassVar, Literal, Union, get_args, get_origin
@@ -47,6 +48,43 @@ def _check_bounds(config: Any) -> None:
                     check(holds(v, bound), field.name, f"{text.format(bound)}, got {v!r}")
 
 
+# A value is shown in an error in short form: a YAML alias bomb (a few lines that expand to 10^9
+# items by reference) must not be formatted whole, and a value that large is refused before use.
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxtuple, _SHORT.maxdict = 3, 6, 6, 6
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong = 60, 60, 40
+MAX_VALUE_ITEMS = 100_000
+# Seeds go to numpy's SeedSequence and torch's manual_seed: non-negative 63-bit integers fit both.
+MAX_SEED = 2**63 - 1
+# A run name becomes directory names (and Ray Tune's longer trial names under them): keep room under NAME_MAX.
+MAX_NAME = 100
+
+
+def short(value: Any) -> str:
+    """repr(value) cut to a line, whatever its size or depth."""
+    return _SHORT.repr(value)
+
+
+def check_size(value: Any, key: str) -> None:
+    """Refuse a value holding more than MAX_VALUE_ITEMS items, counting shared (aliased) items every
+    time they appear: the walk stops at the limit, so a bomb costs at most that many steps."""
+    budget, todo = MAX_VALUE_ITEMS, [value]
+    while todo:
+        item = todo.pop()
+        budget -= 1
+        if budget < 0:
+            raise UserError(f"config key '{key}': the value holds more than {MAX_VALUE_ITEMS} items "
+                            "(a YAML alias expanding into a huge structure?); give a plain, short value")
+        if isinstance(item, dict):
+            todo.extend(item.keys())
+            todo.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            todo.extend(item)
+        elif isinstance(item, (str, bytes)) and len(item) > MAX_VALUE_ITEMS:
+            raise UserError(f"config key '{key}': the value is {len(item)} characters long; the limit is "
+                            f"{MAX_VALUE_ITEMS}")
+
+
 def _describe(tp: Any) -> str:
     origin = get_origin(tp)
     if origin is Literal:
@@ -72,7 +110,7 @@ def _float_or_none(text: str) -> float | None:
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Convert a YAML/JSON value to type tp, or raise a UserError naming the key."""
     origin = get_origin(tp)
-    fail = UserError(f"config key '{key}': expected {_describe(tp)}, got {value!r}")
+    fail = UserError(f"config key '{key}': expected {_describe(tp)}, got {short(value)}")
     if origin in (Union, types.UnionType):
         args = get_args(tp)
         if value is None and type(None) in args:
@@ -138,23 +176,40 @@ class Config:
 
     name: str = "run"
     storage_path: str = "runs"
-    seed: int = 0
+    seed: int = bounded(0, ge=0, le=MAX_SEED)
 
     def __post_init__(self) -> None:
         _check_bounds(self)
         self.validate()
 
     def validate(self) -> None:
-        check(bool(self.name) and not self.name.startswith(".") and not any(c in self.name for c in "/\\"),
-              "name", f"must be a plain directory name (no '/', '\\', no leading '.'), got {self.name!r}")
+        check(bool(self.name) and not self.name.startswith(".") and not any(c in self.name for c in "/\\")
+              and self.name.isprintable(), "name",
+              f"must be a plain directory name (printable, no '/', '\\', no leading '.'), got {short(self.name)}")
+        check(len(self.name) <= MAX_NAME, "name", f"is {len(self.name)} characters long; use at most {MAX_NAME}")
         check(bool(self.storage_path), "storage_path", "must not be empty")
+        from raygen.storage import check_no_credentials
+
+        for field in dataclasses.fields(self):  # every location a config holds ends up in config.json
+            value = getattr(self, field.name)
+            for v in value if isinstance(value, (list, tuple)) else [value]:
+                if isinstance(v, str):
+                    check_no_credentials(v, f"config key '{field.name}'")
+        # every seed list a workload declares (`seeds: [0, 1]`) obeys the same range as `seed`
+        seeds = getattr(self, "seeds", None)
+        for v in seeds if isinstance(seeds, (list, tuple)) else [] if seeds is None else [seeds]:
+            check(0 <= v <= MAX_SEED, "seeds", f"seeds must be in [0, 2**63 - 1], got {v}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "Config":
         if not isinstance(values, dict):
-            raise UserError(f"a {cls.__name__} must be a mapping of keys to values, got {values!r}")
+            raise UserError(f"a {cls.__name__} must be a mapping of keys to values, got {short(values)}")
         hints = typing.get_type_hints(cls)
         fields = {f.name for f in dataclasses.fields(cls)}
+        for k, v in values.items():
+            if not isinstance(k, str):
+                raise UserError(f"config key {short(k)} is not a name; keys are plain words like 'seed'")
+            check_size(v, k)
         unknown = sorted(set(values) - fields)
         if unknown:
             raise UserError(

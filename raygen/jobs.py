@@ -15,7 +15,7 @@ from typing import Any, Iterable
 
 import yaml
 
-from raygen.config import Config, parse_overrides
+from raygen.config import Config, check_size, parse_overrides, short
 from raygen.errors import UserError
 from raygen.workloads import workload_module
 
@@ -28,15 +28,27 @@ class Job:
     cluster: dict[str, Any]
 
 
+# A job file is a page of settings; anything near this size is a mistake (or a data file).
+MAX_JOB_FILE_BYTES = 1024**2
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice (PyYAML lets the last one win silently)."""
+    """SafeLoader that refuses a key given twice (PyYAML lets the last one win silently) and a key
+    that is not a plain value. Merge keys (`<<: *defaults`) keep SafeLoader's meaning: keys written
+    in the mapping override merged ones, so only the written keys must be unique."""
 
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == _MERGE_TAG:
+                continue
             key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (list, dict, set)):
+                raise UserError(f"a key at line {key_node.start_mark.line + 1} is a {type(key).__name__}, not a "
+                                "name; write keys as plain words (name: value)")
             if key in seen:
-                raise UserError(f"key {key!r} is given twice (line {key_node.start_mark.line + 1}); keep one")
+                raise UserError(f"key {short(key)} is given twice (line {key_node.start_mark.line + 1}); keep one")
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
@@ -45,10 +57,21 @@ def read_job_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"job file {str(path)!r} not found; job files live in jobs/ (e.g. jobs/quickstart.yaml)")
+    if path.stat().st_size > MAX_JOB_FILE_BYTES:
+        raise UserError(f"job file {str(path)!r} is {path.stat().st_size} bytes; a job file holds settings "
+                        f"(at most {MAX_JOB_FILE_BYTES // 1024} KiB): point to data by path instead")
     try:
-        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"job file {str(path)!r} is not UTF-8 text (binary, or saved as UTF-16?); "
+                        "save it as UTF-8 YAML") from None
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
     except UserError as exc:
         raise UserError(f"job file {str(path)!r}: {exc}") from None
+    except RecursionError:
+        raise UserError(f"job file {str(path)!r} nests too deeply to be settings; write flat key: value "
+                        "lines") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -56,7 +79,7 @@ def read_job_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(raw, dict) or "workload" not in raw:
         raise UserError(f"job file {str(path)!r} must be a mapping with a 'workload:' key")
     if not isinstance(raw["workload"], str):
-        raise UserError(f"job file {str(path)!r}: 'workload:' must be one workload name, got {raw['workload']!r}")
+        raise UserError(f"job file {str(path)!r}: 'workload:' must be one workload name, got {short(raw['workload'])}")
     return raw
 
 
@@ -67,6 +90,7 @@ def load_job(path: str | Path, overrides: Iterable[str] = ()) -> Job:
     cluster = raw.pop("cluster", None) or {}
     if not isinstance(cluster, dict):
         raise UserError(f"job file {str(path)!r}: 'cluster:' must be a mapping")
+    check_size(cluster, "cluster")
     values = {**raw, **parse_overrides(overrides)}
     config = workload_module(workload).CONFIG.from_dict(values)
     return Job(Path(path), workload, config, cluster)

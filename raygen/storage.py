@@ -14,6 +14,7 @@ configures the filesystem, not the path: `join` keeps it at the end.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -27,6 +28,34 @@ from raygen.errors import UserError
 
 # Long enough for a slow bucket, short enough that a wrong endpoint is an error, not a hang.
 REACH_TIMEOUT_S = 30.0
+
+
+# Credentials inside a URI: user:password before the host, or pyarrow's key query parameters.
+_URI_USERINFO = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#\s@]*:[^/?#\s@]*@", re.IGNORECASE)
+_URI_KEY_PARAM = re.compile(r"[?&](access_key|secret_key|session_token|access_token|password|credential[a-z_]*)=",
+                            re.IGNORECASE)
+HOW_TO_PASS_CREDENTIALS = (
+    "pass bucket credentials the standard ways instead: environment variables (AWS_ACCESS_KEY_ID and "
+    "AWS_SECRET_ACCESS_KEY, or GOOGLE_APPLICATION_CREDENTIALS), a profile (AWS_PROFILE, ~/.aws/credentials, "
+    "gcloud auth) or the machine's instance identity (an IAM role / service account)"
+)
+
+
+def find_credentials(text: str) -> str | None:
+    """What in `text` looks like a credential written into a URI ('user:password@' or '?secret_key='), else None."""
+    if _URI_USERINFO.search(text):
+        return "a user:password@ part"
+    match = _URI_KEY_PARAM.search(text)
+    return f"a '{match.group(1)}=' parameter" if match else None
+
+
+def check_no_credentials(text: str, what: str) -> None:
+    """Refuse a value that carries credentials: it would be printed and written to config.json, reports
+    and the cluster's job table. The message never repeats the value."""
+    found = find_credentials(text)
+    if found is not None:
+        raise UserError(f"{what} holds credentials ({found}); never put keys in a URI, they end up in logs and "
+                        f"records: {HOW_TO_PASS_CREDENTIALS}")
 
 
 def is_uri(location: str) -> bool:
@@ -50,7 +79,7 @@ def display(location: str) -> str:
     if not is_uri(location):
         return str(local_path(location))
     split = urlsplit(location)
-    return urlunsplit((split.scheme, split.netloc, split.path, "", ""))
+    return urlunsplit((split.scheme, split.netloc.rpartition("@")[2], split.path, "", ""))
 
 
 def local_path(location: str) -> Path:
@@ -80,6 +109,7 @@ def resolve(location: str) -> Location:
     if not is_uri(location):
         path = str(local_path(location))
         return Location(pafs.LocalFileSystem(), path, path)
+    check_no_credentials(location, f"storage location {display(location)!r}")
     try:
         fs, path = pafs.FileSystem.from_uri(location)
     except Exception as exc:  # noqa: BLE001 - pyarrow raises ArrowInvalid / OSError for bad URIs

@@ -79,6 +79,32 @@ CASES = [
     ("weightgen-heldout-in-zoo", ["weightgen", WEIGHTGEN, "--set", "heldout_tasks=[3]"], {}, "also in the zoo"),
     ("weightgen-source-missing", ["weightgen", WEIGHTGEN, "--set", "source={tmp}/nothere"], {},
      "not found; use 'digits', an image folder or a Parquet path"),
+    # job files that used to crash or hang (issue 23)
+    ("binary-job-file", ["run", "b.yaml"], {"b.yaml": bytes(range(256))}, "is not UTF-8 text"),
+    ("utf16-job-file", ["run", "u.yaml"], {"u.yaml": "workload: sample\n".encode("utf-16")}, "is not UTF-8 text"),
+    ("huge-job-file", ["run", "h.yaml"], {"h.yaml": "workload: sample\n" + "#" * 2 * 1024**2 + "\n"},
+     "a job file holds settings"),
+    ("list-as-key", ["run", "k.yaml"], {"k.yaml": "workload: sample\n? [a, b]\n: 1\n"}, "is a list, not a name"),
+    ("number-as-key", ["run", "k.yaml"], {"k.yaml": "workload: sample\n7: 1\n"}, "config key 7 is not a name"),
+    ("deep-nesting", ["run", "n.yaml"], {"n.yaml": "workload: sample\nname: " + "[" * 20000 + "]" * 20000 + "\n"},
+     "nests too deeply"),
+    ("alias-bomb-name", ["run", "a.yaml"], {"a.yaml": "workload: sample\nname: [&a [x,x,x,x,x,x,x,x,x], &b [*a,*a,*a,*a,*a,*a,*a,*a,*a], &c [*b,*b,*b,*b,*b,*b,*b,*b,*b], &d [*c,*c,*c,*c,*c,*c,*c,*c,*c], &e [*d,*d,*d,*d,*d,*d,*d,*d,*d], &f [*e,*e,*e,*e,*e,*e,*e,*e,*e], &g [*f,*f,*f,*f,*f,*f,*f,*f,*f], &h [*g,*g,*g,*g,*g,*g,*g,*g,*g], &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]]\n"},
+     "config key 'name': the value holds more than"),
+    ("alias-bomb-list-key", ["run", "a.yaml"], {"a.yaml": "workload: cmt\nn_train: [&a [x,x,x,x,x,x,x,x,x], &b [*a,*a,*a,*a,*a,*a,*a,*a,*a], &c [*b,*b,*b,*b,*b,*b,*b,*b,*b], &d [*c,*c,*c,*c,*c,*c,*c,*c,*c], &e [*d,*d,*d,*d,*d,*d,*d,*d,*d], &f [*e,*e,*e,*e,*e,*e,*e,*e,*e], &g [*f,*f,*f,*f,*f,*f,*f,*f,*f], &h [*g,*g,*g,*g,*g,*g,*g,*g,*g], &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]]\n"},
+     "config key 'n_train': the value holds more than"),
+    ("alias-bomb-set", ["run", SAMPLE, "--set", "n_samples=[&a [x,x,x,x,x,x,x,x,x], &b [*a,*a,*a,*a,*a,*a,*a,*a,*a], &c [*b,*b,*b,*b,*b,*b,*b,*b,*b], &d [*c,*c,*c,*c,*c,*c,*c,*c,*c], &e [*d,*d,*d,*d,*d,*d,*d,*d,*d], &f [*e,*e,*e,*e,*e,*e,*e,*e,*e], &g [*f,*f,*f,*f,*f,*f,*f,*f,*f], &h [*g,*g,*g,*g,*g,*g,*g,*g,*g], &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]]"], {}, "config key 'n_samples': the value holds"),
+    ("nul-in-name", ["run", "z.yaml"], {"z.yaml": 'workload: sample\nname: "a\\0b"\n'}, "config key 'name'"),
+    ("name-300-chars", ["run", SAMPLE, "--set", "name=" + "a" * 300], {}, "config key 'name': is 300 characters"),
+    ("seed-negative", ["run", SAMPLE, "--set", "seed=-1"], {}, "config key 'seed': must be >= 0"),
+    ("seed-2-to-64", ["run", SAMPLE, "--set", f"seed={2**64}"], {}, "config key 'seed': must be <="),
+    ("seeds-negative", ["run", TUNE, "--set", "seeds=[0, -1]"], {}, "config key 'seeds'"),
+    # secrets never reach a record: refused before anything is written or printed
+    ("storage-userinfo", ["run", SAMPLE, "--set", "storage_path=s3://AKIAX:s3cr3t@bucket/runs"], {},
+     "config key 'storage_path' holds credentials"),
+    ("storage-key-query", ["run", SAMPLE, "--set", "storage_path=s3://bucket/runs?access_key=A&secret_key=s3cr3t"],
+     {}, "never put keys in a URI"),
+    ("input-userinfo", ["run", STUDY, "--set", "generated=s3://AKIAX:s3cr3t@bucket/runs/s"], {},
+     "config key 'generated' holds credentials"),
     # names and storage
     ("name-dotdot", ["run", SAMPLE, "--set", "name=.."], {}, "config key 'name'"),
     ("name-dot", ["run", SAMPLE, "--set", "name=."], {}, "config key 'name'"),
@@ -143,7 +169,10 @@ def test_bad_input_is_one_clear_line(case, tmp_path, monkeypatch, capsys, silent
     name, argv, files, phrase = case
     monkeypatch.chdir(tmp_path)
     for rel, text in files.items():
-        (tmp_path / rel).write_text(text)
+        if isinstance(text, bytes):
+            (tmp_path / rel).write_bytes(text)
+        else:
+            (tmp_path / rel).write_text(text)
     values = {"jobs": str(JOBS), "tmp": str(tmp_path), "port": free_port(), "listen": silent_listener}
     argv = [a.format(**values) for a in argv]
     before = sorted(os.listdir(tmp_path))

@@ -40,3 +40,17 @@ def test_a_request_no_node_can_meet_is_refused_on_local_ray(ray_local):
         runtime.check_fits({"CPU": 64}, "cpus_per_actor")
     with pytest.raises(UserError, match="use_gpu asks for CPU 1, GPU 1 per unit but this machine has CPU 2, GPU 0"):
         runtime.check_fits({"CPU": 1, "GPU": 1}, "use_gpu")
+
+
+def test_yaml_merge_keys_work_and_written_keys_override_merged_ones(tmp_path):
+    text = "workload: sample\n<<: {n_samples: 10, seed: 3}\nseed: 4\n"
+    job = load_job(_job(tmp_path, text))
+    assert job.config.n_samples == 10 and job.config.seed == 4
+    with pytest.raises(UserError, match="'seed' is given twice"):
+        load_job(_job(tmp_path, text + "seed: 5\n"))
+
+
+def test_an_alias_bomb_is_refused_without_being_expanded(tmp_path):
+    levels = ", ".join(f"&l{i} [" + ",".join([f"*l{i - 1}" if i else "x"] * 9) + "]" for i in range(10))
+    with pytest.raises(UserError, match="config key 'name': the value holds more than"):
+        load_job(_job(tmp_path, f"workload: sample\nname: [{levels}]\n"))
