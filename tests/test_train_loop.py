@@ -1,5 +1,9 @@
-"""The training scaffold: bit-exact resume (local and in a bucket), NaN stop, checkpoint store rules."""
+"""The training scaffold: bit-exact resume (local and in a bucket), NaN stop, checkpoint store rules.
 
+Most tests go through the SADM trainer; the `linear_train_func` ones use a minimal trainer of their
+own, so that what they check is the scaffold (`TrainRun`, `TrainState`, `fit`, `Schedule`) alone."""
+
+import dataclasses
 import json
 import shutil
 
@@ -7,11 +11,12 @@ import pytest
 import torch
 
 from raygen import storage
+from raygen.config import Config
 from raygen.diffusion import EMA
 from raygen.diffusion.train import train_func
 from raygen.errors import UserError
 from raygen.models import load_denoiser
-from raygen.train_loop import TrainState, seeded
+from raygen.train_loop import Schedule, TrainRun, TrainState, fit, seeded
 
 FAST = dict(batch_size=16, log_every=1, sample_every=0, sadm_warmup=0, sadm_lambda=0.1, checkpoint_every=2)
 
@@ -133,3 +138,99 @@ def test_train_state_round_trip_restores_everything():
     other = TrainState(modules={"other": torch.nn.Linear(3, 2)}, optimizers={}, generator=torch.Generator())
     with pytest.raises(UserError, match="modules differ"):
         other.load_state_dict(a.state_dict())
+
+
+# ------------------------------------------------------------------ a minimal trainer on the scaffold
+
+
+@dataclasses.dataclass
+class LinearConfig(Config):
+    RESUME_FREE = frozenset({"steps"})
+
+    steps: int = 6
+    lr: float = 0.05
+    batch_size: int = 4
+    grad_accum: int = 1
+    checkpoint_every: int = 2
+
+
+class Killed(Exception):
+    """Stands in for a worker killed mid-run."""
+
+
+def linear_train_func(config: dict, *, fail_at: int | None = None, bad_loss: float | None = None) -> dict:
+    """Least squares with a 3 -> 1 linear net, Adam and an EMA. Batches are random rows drawn from the
+    state's generator, and each step adds input noise from it, so a resume is exact only if the
+    weights, the optimiser moments, the EMA and the generator all come back. `fail_at`: raise Killed
+    during that (0-based) step; `bad_loss`: the loss that step reports instead (NaN / inf)."""
+    cfg = LinearConfig.from_dict(config)
+    data = torch.Generator().manual_seed(1)
+    x = torch.randn(32, 3, generator=data)
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5]]) + 0.1 * torch.randn(32, 1, generator=data)
+    run = TrainRun(cfg, keep_checkpoints=2, grad_accum=cfg.grad_accum)
+    try:
+        restored = run.store.load(run.rank)
+        net = seeded(cfg.seed, lambda: torch.nn.Linear(3, 1))
+        state = TrainState(modules={"net": net}, optimizers={"opt": torch.optim.Adam(net.parameters(), lr=cfg.lr)},
+                           emas={"net": EMA(net, 0.9)}, generator=torch.Generator().manual_seed(cfg.seed))
+        if restored is not None:
+            state.load_state_dict(restored)
+        run.prepare(state)
+
+        def rows():
+            while True:
+                idx = torch.randint(len(x), (cfg.batch_size,), generator=state.generator)
+                yield x[idx], y[idx]
+
+        def step(state, batch, step):
+            if step == fail_at and bad_loss is None:
+                raise Killed(f"killed in step {step}")
+            noisy = batch[0] + 0.01 * torch.randn(batch[0].shape, generator=state.generator)
+            loss = torch.nn.functional.mse_loss(state.modules["net"](noisy), batch[1])
+            run.accelerator.backward(loss)
+            state.optimizers["opt"].step()
+            state.optimizers["opt"].zero_grad(set_to_none=True)
+            if run.accelerator.sync_gradients:
+                state.emas["net"].update(state.module("net"))
+            return {"loss": torch.tensor(bad_loss) if step == fail_at else loss.detach()}
+
+        def export(state, directory):
+            torch.save(state.module("net").state_dict(), directory / "linear.pt")
+
+        schedule = Schedule(cfg.steps, log_every=1, checkpoint_every=cfg.checkpoint_every, grad_accum=cfg.grad_accum)
+        return fit(run, state, rows(), step, schedule, export=export, diverged_hint="lower lr")
+    finally:
+        run.close()
+
+
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_minimal_trainer_resumed_after_a_kill_ends_with_the_uninterrupted_weights(tmp_path, grad_accum):
+    base = dict(storage_path=str(tmp_path), grad_accum=grad_accum)
+    full = linear_train_func(dict(base, name="full"))
+    with pytest.raises(Killed):
+        linear_train_func(dict(base, name="split"), fail_at=4)  # after checkpoint 4, before 6
+    assert sorted(p.name for p in (tmp_path / "split").glob("checkpoint_*")) == ["checkpoint_000002",
+                                                                                 "checkpoint_000004"]
+    out = linear_train_func(dict(base, name="split"))
+    assert full["resumed_from"] is None and out["resumed_from"] == 4 and out["step"] == 6
+    a, b = _state(tmp_path / "full/checkpoint_000006"), _state(tmp_path / "split/checkpoint_000006")
+    assert a["step"] == b["step"] == 6
+    for name, t in a["modules"]["net"].items():
+        assert torch.equal(t, b["modules"]["net"][name]), name
+    for name, t in a["emas"]["net"]["model"].items():
+        assert torch.equal(t, b["emas"]["net"]["model"][name]), name
+    assert torch.equal(torch.load(tmp_path / "split/checkpoint_000006/linear.pt")["weight"], a["modules"]["net"]["weight"])
+    # the weights moved (a run that restored nothing would not match), and the loss curve continues
+    assert not torch.equal(a["modules"]["net"]["weight"], _state(tmp_path / "split/checkpoint_000004")["modules"]["net"]["weight"])
+    assert [r["step"] for r in _curve(tmp_path / "split")] == [1, 2, 3, 4, 5, 6]
+    assert [r["loss"] for r in _curve(tmp_path / "split")] == [r["loss"] for r in _curve(tmp_path / "full")]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_minimal_trainer_stops_on_a_nonfinite_loss_keeping_the_last_good_checkpoint(tmp_path, bad):
+    with pytest.raises(UserError, match=rf"loss is {bad} at step 4; lower lr\. The last good checkpoint \(step 2\)"):
+        linear_train_func(dict(storage_path=str(tmp_path), name="bad"), fail_at=3, bad_loss=bad)
+    assert sorted(p.name for p in (tmp_path / "bad").glob("checkpoint_*")) == ["checkpoint_000002"]
+    assert [r["step"] for r in _curve(tmp_path / "bad")] == [1, 2, 3]  # the bad step is not logged
+    with pytest.raises(UserError, match=r"loss is nan at step 1; lower lr\. No checkpoint was written yet"):
+        linear_train_func(dict(storage_path=str(tmp_path), name="first"), fail_at=0, bad_loss=float("nan"))
