@@ -23,6 +23,7 @@ directory holds no outputs yet (a failed start must not poison its name), or the
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -157,11 +158,21 @@ class RunDir:
         plt.close(fig)
         self.write_bytes(rel, buffer.getvalue())
 
+    @property
+    def settings_hash(self) -> str:
+        """A hash of the settings that determine this run's results: stored with each result that a
+        re-run may reuse (trial records, checkpoints) and checked against it, so reuse does not hang
+        on `config.json` alone (a file anyone can edit)."""
+        text = json.dumps(self.config.provenance(), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
     def ray_storage(self) -> dict[str, Any]:
-        """`RunConfig(name=..., **run_dir.ray_storage())`: Ray Tune / Train write inside this run dir."""
-        if self.loc.is_local:
-            return {"storage_path": self.fs_path}
-        return {"storage_path": self.fs_path, "storage_filesystem": self.fs}
+        """`tuning.fit(storage=run_dir.ray_storage())`: where Ray Tune writes inside this run dir, and the
+        settings hash that gates reuse of its trials."""
+        out = {"storage_path": self.fs_path, "settings_hash": self.settings_hash}
+        if not self.loc.is_local:
+            out["storage_filesystem"] = self.fs
+        return out
 
     # ------------------------------------------------------------------ metrics
 

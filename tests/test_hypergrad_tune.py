@@ -77,3 +77,73 @@ def test_job_file_parses_and_bad_values_are_one_line_errors():
     with pytest.raises(UserError, match="baselines"):
         load_job("jobs/tune_hypergrad.yaml", ["task=distill"])
     assert load_job("jobs/tune_hypergrad.yaml", ["task=distill", "baselines=[]"]).config.task == "distill"
+
+
+class _Planted:
+    """A pickle that runs code when loaded: it creates the marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _plant(path, marker):
+    import pickle
+
+    path.write_bytes(pickle.dumps(_Planted(marker)))
+
+
+def test_a_planted_pickle_in_a_trial_checkpoint_runs_no_code(tmp_path):
+    import pickle
+
+    from raygen.workloads.tune import load_state
+
+    marker = tmp_path / "ran"
+    _plant(tmp_path / "state.pt", marker)
+    pickle.loads((tmp_path / "state.pt").read_bytes()).close()  # the plant is real: unpickling runs it
+    assert marker.exists()
+    marker.unlink()
+    with pytest.raises(UserError, match="is not a raygen tune state"):
+        load_state(tmp_path)
+    assert not marker.exists()
+
+
+@pytest.mark.ray
+def test_rerun_executes_nothing_from_the_run_dir_and_reuse_follows_the_recorded_settings(tmp_path, ray_local):
+    """Re-running reads only config.json and raygen's JSON trial records: every other file of the
+    first run (Tune's tuner.pkl, experiment and searcher state, params.pkl, checkpoints) is replaced
+    by a code-running pickle, and none of it runs. A recorded trial is replayed, not recomputed
+    (its measured seconds come back identical); a trial without a record runs again."""
+    values = dict(name="safe", storage_path=str(tmp_path / "runs"), task="weight_decay", solvers=["nystrom", "cg"],
+                  ranks=[5], rhos=[0.1], iters=[5], outer_lrs=[1.0], unrolls=[10], seeds=[0], num_samples=1,
+                  max_outer_steps=2, scheduler="fifo", checkpoint_every=1, baselines=[])
+    run(TuneHypergradConfig.from_dict(values))
+    run_dir = tmp_path / "runs" / "safe"
+    first = {t["method"]: t for t in json.loads((run_dir / "trials.json").read_text())}
+    records = sorted((run_dir / "hypergrad" / "raygen_trials").glob("*.json"))
+    assert len(records) == 2
+    cg_record = next(r for r in records if json.loads(r.read_text())["config"]["solver"] == "cg")
+    cg_record.unlink()  # as if the run had been killed before this trial ended
+    marker = tmp_path / "code-ran"
+    planted = 0
+    for path in run_dir.rglob("*"):
+        if path.is_file() and path.name != "config.json" and path.parent.name != "raygen_trials":
+            _plant(path, marker)
+            planted += 1
+    assert planted > 10 and (run_dir / "hypergrad" / "tuner.pkl").exists()
+
+    run(TuneHypergradConfig.from_dict(values))
+    assert not marker.exists(), "a re-run executed code from the run directory"
+    second = {t["method"]: t for t in json.loads((run_dir / "trials.json").read_text())}
+    assert second["nystrom"]["history"] == first["nystrom"]["history"]  # replayed, timings included
+    drop = lambda t: [{k: v for k, v in h.items() if k != "hypergrad_seconds"} for h in t["history"]]
+    assert drop(second["cg"]) == drop(first["cg"])  # recomputed, same results
+    assert second["cg"]["history"] != first["cg"]["history"]
+
+    # config.json edited by hand to match new settings: the trial records still know theirs
+    saved = json.loads((run_dir / "config.json").read_text())
+    (run_dir / "config.json").write_text(json.dumps({**saved, "max_outer_steps": 3}))
+    with pytest.raises(UserError, match="were made with other settings"):
+        run(TuneHypergradConfig.from_dict({**values, "max_outer_steps": 3}))

@@ -195,6 +195,8 @@ class BilevelOptimizer:
         return record
 
     def state_dict(self) -> dict:
+        """Tensors, numbers and dicts of them only: loadable with `torch.load(weights_only=True)`."""
+        sketch = self.sketch
         return {
             "params": [p.detach().clone() for p in self.params],
             "raw": [h.detach().clone() for h in self.raw],
@@ -203,7 +205,7 @@ class BilevelOptimizer:
             "generator": self.generator.get_state(),
             "outer_step": self.outer_step,
             "skipped": self.skipped,
-            "sketch": self.sketch,
+            "sketch": None if sketch is None else {"U": sketch.U, "lam": sketch.lam, "dropped": sketch.dropped},
             "sketch_hvps": self.sketch_hvps,
             "sketch_hvps_saved": self.sketch_hvps_saved,
         }
@@ -219,6 +221,6 @@ class BilevelOptimizer:
         self.generator.set_state(state["generator"])
         self.outer_step = state["outer_step"]
         self.skipped = state["skipped"]
-        self.sketch = state["sketch"]
+        self.sketch = None if state["sketch"] is None else NystromSketch(**state["sketch"])
         self.sketch_hvps = state["sketch_hvps"]
         self.sketch_hvps_saved = state["sketch_hvps_saved"]

@@ -121,6 +121,20 @@ def setting(trial: dict[str, Any]) -> str:
     return ", ".join(parts + [f"outer_lr={trial['outer_lr']}", f"unroll={trial['unroll']}", f"seed={trial['seed']}"])
 
 
+def load_state(checkpoint_dir: Path) -> dict[str, Any]:
+    """A trial checkpoint's state: tensors and numbers only (`weights_only`), so a pickle planted in
+    a checkpoint runs no code; one that is not such a file is one line."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(checkpoint_dir / "state.pt", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+        raise UserError(f"trial checkpoint {checkpoint_dir / 'state.pt'} is not a raygen tune state "
+                        f"({str(exc).strip().splitlines()[0][:120]}); start the run over with --fresh") from None
+
+
 def run_trial(trial: dict[str, Any], job: dict[str, Any]) -> None:
     """The Tune function trainable: one bilevel optimisation, one `tune.report` per outer step."""
     import torch
@@ -151,7 +165,7 @@ def run_trial(trial: dict[str, Any], job: dict[str, Any]) -> None:
     elapsed = 0.0
     if resumed is not None:
         with resumed.as_directory() as d:
-            state = torch.load(Path(d) / "state.pt", weights_only=False)
+            state = load_state(Path(d))
         opt.load_state_dict(state["optimizer"])
         elapsed = state["elapsed"]
     while opt.outer_step < config.max_outer_steps:
