@@ -66,8 +66,10 @@ class RunDir:
         storage.check_reachable(self.loc)
         self.fs, self.fs_path = self.loc.fs, self.loc.path
         self._decide()
+        text = config.to_json()
+        storage.check_no_credentials(text, "the config")  # validated per key already; this file is shared
         try:
-            self.write_text("config.json", config.to_json())
+            self.write_text("config.json", text)
         except OSError as exc:  # unwritable, a file where a directory should be, a read-only mount
             raise UserError(f"cannot write the run directory {storage.display(self.uri)} "
                             f"({str(exc).strip().splitlines()[0]}); set storage_path to a writable "
@@ -241,7 +243,9 @@ class RunDir:
     def write_report(self, summary: dict[str, Any], markdown: str) -> None:
         """The run's last write: once the report is there, the run is finished."""
         self.flush()
-        self.write_text("report.json", json.dumps(summary, indent=2, default=_jsonable))
+        report = json.dumps(summary, indent=2, default=_jsonable)
+        storage.check_no_credentials(report + markdown, f"the report of run '{self.config.name}'")
+        self.write_text("report.json", report)
         self.write_text("report.md", markdown)
 
     def close(self) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import json
 import logging
 import os
 import re
@@ -29,11 +30,23 @@ import click
 
 from raygen.auth import HOW_TO_GET, Token, find_token
 from raygen.errors import UserError
+from raygen.storage import HOW_TO_PASS_CREDENTIALS, check_no_credentials
 
 ADDRESS_ENV = "RAY_API_SERVER_ADDRESS"
 SHARED_STORAGE_ENV = "RAYGEN_SHARED_STORAGE"
-# Kept out of the uploaded working_dir: environments, outputs, history, benchmark results.
-DEFAULT_EXCLUDES = [".venv", "venv", "runs", ".git", "benchmarks/results", "__pycache__", "*.pyc", ".pytest_cache"]
+# Kept out of the uploaded working_dir: environments, outputs, history, benchmark results, and the
+# usual homes of credentials (an upload lands in the cluster's package store, readable by its jobs).
+CREDENTIAL_EXCLUDES = [".env", ".env.*", "*.env", ".aws", ".ssh", ".gnupg", ".kube", ".docker", ".netrc", ".pgpass",
+                       ".git-credentials", "*.pem", "*.key", "*.p12", "*.pfx", "*.jks", "*.keystore", "id_rsa*",
+                       "id_dsa*", "id_ecdsa*", "id_ed25519*", "auth_token", "credentials", "credentials.json"]
+DEFAULT_EXCLUDES = [".venv", "venv", "runs", ".git", "benchmarks/results", "__pycache__", "*.pyc", ".pytest_cache",
+                    *CREDENTIAL_EXCLUDES]
+# What a credential file holds, for the ones the excludes do not name (`deploy/gcp.json`, `keys.txt`).
+CREDENTIAL_CONTENT = re.compile(rb"-----BEGIN (?:RSA |EC |DSA |OPENSSH |ENCRYPTED )?PRIVATE KEY-----"
+                                rb"|(?i:aws_secret_access_key)[\"']?\s*[=:]\s*[\"']?[A-Za-z0-9/+]{40}")
+_SNIFF_BYTES = 64 * 1024
+# Environment variables that carry credentials: they would be stored in the cluster's job table.
+SECRET_ENV_NAME = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|ACCESS_KEY|PRIVATE_KEY|CREDENTIAL|API_KEY", re.IGNORECASE)
 CLUSTER_KEYS = {
     "runtime_env", "entrypoint_num_cpus", "entrypoint_num_gpus", "entrypoint_memory", "entrypoint_resources",
     "metadata",
@@ -109,10 +122,26 @@ def check_working_dir(root: Path, excludes: list[str], limit: int = WORKING_DIR_
             if not _excluded(rel / name, excludes):
                 with contextlib.suppress(OSError):
                     total += (Path(dirpath) / name).lstat().st_size
+                _refuse_credential_file(root, rel / name)
         if total > limit:
             raise UserError(f"the working dir {root} holds over {limit // 1024**2} MiB outside the excludes, more "
                             "than the Job API accepts; add large data to cluster.runtime_env.excludes in the job "
                             "file, or read it from shared storage")
+
+
+def _refuse_credential_file(root: Path, rel: Path) -> None:
+    path = root / rel
+    if path.is_symlink() or not path.is_file():
+        return
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_SNIFF_BYTES)
+    except OSError:
+        return
+    if CREDENTIAL_CONTENT.search(head):
+        raise UserError(f"refusing to upload {rel.as_posix()}: it holds credentials (a private key or secret key); "
+                        f"move it out of {root} or add it to cluster.runtime_env.excludes in the job file, and give "
+                        "the cluster its own identity (an IAM role / service account)")
 
 
 def _excluded(rel: Path, excludes: list[str]) -> bool:
@@ -284,6 +313,11 @@ def build_submission(job, job_file: str, overrides: tuple[str, ...], root: Path)
             expected = "a mapping" if kind is dict else "a number"
             raise UserError(f"{job_file}: cluster.{key} must be {expected}, got {value!r}")
     runtime_env = dict(cluster.pop("runtime_env", None) or {})
+    env_vars = runtime_env.get("env_vars") or {}
+    secret = sorted(k for k in (env_vars if isinstance(env_vars, dict) else {}) if SECRET_ENV_NAME.search(str(k)))
+    if secret:
+        raise UserError(f"{job_file}: cluster.runtime_env.env_vars sets {secret[0]}, a credential: the job table "
+                        f"stores it for anyone who can list jobs; remove it and {HOW_TO_PASS_CREDENTIALS}")
     if "working_dir" in runtime_env:
         raise UserError(
             f"{job_file}: cluster.runtime_env.working_dir is set by raygen submit (the directory you submit "
@@ -310,8 +344,11 @@ def build_submission(job, job_file: str, overrides: tuple[str, ...], root: Path)
     metadata.setdefault("raygen_workload", job.workload)
     metadata.setdefault("raygen_run_name", job.config.name)
     submission_id = f"raygen-{job.config.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
-    return dict(entrypoint=entrypoint, runtime_env=runtime_env, metadata=metadata,
-                submission_id=submission_id, **cluster)
+    submission = dict(entrypoint=entrypoint, runtime_env=runtime_env, metadata=metadata,
+                      submission_id=submission_id, **cluster)
+    # Last guard: nothing the job table will show may carry a credential in a URI.
+    check_no_credentials(json.dumps(submission, default=str), f"the job for {job_file}")
+    return submission
 
 
 @click.command()

@@ -103,6 +103,64 @@ def test_bad_job_file_fails_before_contacting_a_cluster(tmp_path):
     assert "unknown config key 'no_such_key'" in result.stderr and "Traceback" not in result.stderr
 
 
+PRIVATE_KEY = "-----BEGIN " + "RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA\n"  # split: this file is uploaded too
+
+
+def _project(tmp_path: Path, cluster_section: str = "") -> tuple[Path, object]:
+    from raygen.jobs import load_job
+
+    root = tmp_path / "project"
+    (root / "jobs").mkdir(parents=True)
+    job = root / "jobs" / "s.yaml"
+    job.write_text((ROOT / "jobs" / "sample_mog.yaml").read_text() + cluster_section)
+    return root, load_job(job, ["storage_path=/shared/runs"])
+
+
+def test_default_excludes_keep_credential_files_out_of_the_upload(tmp_path):
+    from raygen.submit import DEFAULT_EXCLUDES, _excluded, build_submission
+
+    root, job = _project(tmp_path)
+    secrets = [".env", ".env.local", ".aws/credentials", ".ssh/id_rsa", ".ssh/config", "id_ed25519.pub", "tls/server.pem",
+               "deploy/client.key", ".netrc", ".git-credentials", ".kube/config", ".docker/config.json"]
+    for rel in secrets:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(PRIVATE_KEY)
+    submission = build_submission(job, str(root / "jobs" / "s.yaml"), (), root)  # excluded: not refused
+    for rel in secrets:
+        assert _excluded(Path(rel), submission["runtime_env"]["excludes"]), rel
+    assert not _excluded(Path("jobs/s.yaml"), DEFAULT_EXCLUDES) and not _excluded(Path("raygen/keys.py"), DEFAULT_EXCLUDES)
+
+
+@pytest.mark.parametrize("content", [PRIVATE_KEY, '{"type": "service_account", "private_key": "' + PRIVATE_KEY + '"}',
+                                     "[default]\naws_secret_access_key = " + "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\n"])
+def test_a_credential_file_the_excludes_miss_is_refused(tmp_path, content):
+    from raygen.submit import build_submission
+
+    root, job = _project(tmp_path)
+    (root / "deploy").mkdir()
+    (root / "deploy" / "gcp.json").write_text(content)
+    with pytest.raises(UserError, match="refusing to upload deploy/gcp.json: it holds credentials"):
+        build_submission(job, str(root / "jobs" / "s.yaml"), (), root)
+    (root / "deploy" / "gcp.json").write_text("aws_secret_access_key: read it from the environment\n")
+    build_submission(job, str(root / "jobs" / "s.yaml"), (), root)  # a mention is not a key
+
+
+def test_secrets_never_reach_the_job_table(tmp_path):
+    from raygen.jobs import load_job
+    from raygen.submit import build_submission
+
+    section = "cluster:\n  runtime_env:\n    env_vars:\n      AWS_SECRET_ACCESS_KEY: abc\n"
+    root, job = _project(tmp_path, section)
+    with pytest.raises(UserError, match="env_vars sets AWS_SECRET_ACCESS_KEY, a credential"):
+        build_submission(job, str(root / "jobs" / "s.yaml"), (), root)
+    with pytest.raises(UserError, match="config key 'storage_path' holds credentials") as caught:
+        load_job(ROOT / "jobs" / "sample_mog.yaml", ["storage_path=s3://AKIAX:s3cr3t@bucket/runs"])
+    assert "s3cr3t" not in str(caught.value)
+    root, job = _project(tmp_path / "b", "cluster:\n  metadata:\n    note: s3://AKIAX:s3cr3t@bucket/x\n")
+    with pytest.raises(UserError, match="holds credentials"):
+        build_submission(job, str(root / "jobs" / "s.yaml"), (), root)
+
+
 # ---------------------------------------------------------------- a real cluster
 
 
