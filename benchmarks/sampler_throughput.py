@@ -17,9 +17,9 @@ the driver ~0.13 of a core (Ray Data's executor loop, one metrics line per chunk
 actors little. So the per-run actor pool was the end-to-end overhead (+87 % at 40 chunks, first
 part after 3-6 s), and with 2 actors both started at once on the 2 cores (0.64x end to end).
 Change 1: chunks ran as Ray Data tasks on reused worker processes, each building the model once
-per run (`runtime.per_process`): first part after 0.26 s, but +18.8 % steady, 1.05x for 2 workers,
+per run (`raygen.fanout.per_process`): first part after 0.26 s, but +18.8 % steady, 1.05x for 2 workers,
 and ~15 ms of fixed cost per chunk (Ray Data's per-task planning and bookkeeping in the driver).
-Change 2 (kept): chunks are plain Ray tasks, at most `num_actors` at once (`runtime.chunk_results`):
+Change 2 (kept): chunks are plain Ray tasks, at most `num_actors` at once (`raygen.fanout`):
 first part after 0.10 s, 2 workers 1.86x. What remains at 1 worker (+12-18 % steady): the worker's
 own time per chunk is the plain loop's +2-4 % (`actor_busy_seconds`); the rest is the dispatch of
 one task per chunk (~4 ms) and the driver and Ray sharing the 2 cores with the worker; queueing a
@@ -49,20 +49,22 @@ import psutil
 import torch
 from benchlib import machine, show, spread, table, write
 
-from raygen import runtime
-from raygen.parts import PartStore
-from raygen.workloads.sample import ChunkSampler, SampleConfig, auto_chunk_size, prepare_output, run
+from raygen import fanout, runtime
+from raygen.parts import Chunks, PartStore
+from raygen.workloads.sample import (ChunkSampler, SampleConfig, auto_chunk_size, run, sample_settings,
+                                     sampler_metadata)
 
 def plain_loop(config: SampleConfig, out_dir: str) -> float:
     torch.set_num_threads(1)
     store = PartStore.at(out_dir)
-    chunk_size = prepare_output(config, store)
-    actor = ChunkSampler(config.to_dict(), store.loc.uri, chunk_size)
-    import numpy as np
-
+    chunk_size = config.chunk_size
+    fanout.settle(store, {**sample_settings(config), "chunk_size": chunk_size})
+    layout = Chunks(config.n_samples, chunk_size)
+    worker = ChunkSampler(config.to_dict(), chunk_size)
+    metadata = sampler_metadata(config, worker.shape)
     start = time.perf_counter()
-    for chunk in range(math.ceil(config.n_samples / chunk_size)):
-        actor({"chunk": np.asarray([chunk])})
+    for chunk in range(layout.count):  # the same work as a Ray task: draw, then write the part
+        store.write(chunk, worker(chunk)[0], layout, metadata)
     return time.perf_counter() - start
 
 
@@ -104,7 +106,7 @@ def one_run(work: dict, name: str, k: int) -> dict:
 def timed_chunk_size(work: dict, workers: int) -> int:
     """The chunk size `raygen sample` times for itself (chunk_size=0), for the plain loop to use too."""
     config = SampleConfig.from_dict({**work, "name": "probe", "num_actors": workers})
-    sampler = ChunkSampler(config.to_dict(), str(Path(work["storage_path"]) / "probe"), 1)
+    sampler = ChunkSampler(config.to_dict(), 1)
     return auto_chunk_size(sampler, config.n_samples, workers)
 
 

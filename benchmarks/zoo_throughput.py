@@ -5,7 +5,7 @@ All arms train the same tasks-mode members (subset tasks, single-threaded torch,
 the Ray arms write the same Parquet parts; wall time includes Ray Data's start-up and each
 worker building its state, which is what a user waits for. A warm-up collection first starts
 Ray's worker processes (their imports are a once-per-session cost: chunks run as tasks on reused
-workers, `runtime.chunk_results`). The arms are interleaved within each repeat and the ratios
+workers, `raygen.fanout`). The arms are interleaved within each repeat and the ratios
 paired per repeat; median and min–max are reported with the machine's load.
 
     .venv/bin/python benchmarks/zoo_throughput.py [--quick] [--repeats K]

@@ -264,15 +264,19 @@ class PartStore:
 
     def metadata(self) -> dict[str, Any]:
         """The workload's JSON metadata, from the first part."""
-        import pyarrow.parquet as pq
-
         paths = self.part_paths()
         if not paths:
             raise UserError(f"{self.uri} holds no Parquet parts (part-*.parquet)")
-        with self.loc.fs.open_input_file(paths[0]) as f:
+        return self.part_metadata(paths[0])
+
+    def part_metadata(self, path: str) -> dict[str, Any]:
+        """The workload's JSON metadata of the part at `path` (from its footer)."""
+        import pyarrow.parquet as pq
+
+        with self.loc.fs.open_input_file(path) as f:
             meta = pq.read_schema(f).metadata or {}
         if METADATA_KEY not in meta:
-            raise UserError(f"{paths[0]} has no raygen metadata; it was not written by raygen")
+            raise UserError(f"{path} has no raygen metadata; it was not written by raygen")
         return json.loads(meta[METADATA_KEY])
 
     def dataset(self):

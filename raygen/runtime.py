@@ -12,8 +12,6 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Callable, Iterator
-from typing import Any
 
 from raygen.errors import UserError
 
@@ -220,68 +218,3 @@ def num_nodes() -> int:
     import ray
 
     return sum(1 for node in ray.nodes() if node.get("Alive"))
-
-
-_per_process: dict[str, Any] = {}
-
-
-def per_process(key: str, build: Callable[[], Any]) -> Any:
-    """`build()`'s result, made once in this process for `key` (a run's token) and kept for the next calls.
-
-    Why: Ray reuses a task's worker process for later tasks of the same job, and Ray Data's task
-    pool starts no new process per run, whereas an actor pool starts a fresh process (import torch,
-    build the model: about 2 CPU-seconds) for every run. A worker holds one key at a time, so a
-    finished run's model is dropped when the next run's first task arrives.
-    """
-    if key not in _per_process:
-        _per_process.clear()
-        _per_process[key] = build()
-    return _per_process[key]
-
-
-def run_chunk(batch: dict, *, worker: Callable[..., Callable[[dict], dict]], kwargs: dict, token: str) -> dict:
-    """A Ray task: hand the batch of chunk ids to this process's `worker(**kwargs)` for the run `token`."""
-    return per_process(token, lambda: worker(**kwargs))(batch)
-
-
-def chunk_results(pending: list[int], worker: Callable[..., Callable[[dict], dict]], kwargs: dict, *,
-                  workers: int, num_cpus: float = 1, num_gpus: float = 0) -> Iterator[dict]:
-    """One row (a dict) per pending chunk id, from `worker(**kwargs)({"chunk": [id]})`, as chunks finish.
-
-    Each chunk is one Ray task (`run_chunk`), at most `workers` at a time; each worker process builds
-    its `worker` once per call of this function (`per_process`). A task whose process dies is retried
-    (`max_retries=-1`), so a worker must make a chunk's output depend on the chunk only (parts are
-    deterministic and written atomically). An error in a chunk cancels the others and is raised; on
-    Ctrl-C the chunks end with the process.
-
-    Why plain tasks and not Ray Data (`map_batches` over a dataset of chunk ids): Ray Data cost
-    ~15 ms per task of driver-side planning and bookkeeping, which on 2 cores also kept a second
-    worker from scaling (1.05x); an actor pool costs a fresh process per run (seconds before the
-    first part). See `benchmarks/sampler_throughput.py`. (Queueing each worker's next task behind
-    its running one, to skip the driver's round trip between chunks, measured no better.)"""
-    import uuid
-
-    import numpy as np
-    import ray
-
-    task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=-1)(run_chunk)
-    kw = {"worker": worker, "kwargs": kwargs, "token": uuid.uuid4().hex}
-    todo, running = list(pending), []
-    try:
-        while todo or running:
-            while todo and len(running) < workers:
-                running.append(task.remote({"chunk": np.asarray([todo.pop(0)])}, **kw))
-            done, _ = ray.wait(running, num_returns=1)
-            for ref in done:
-                running.remove(ref)
-                out = ray.get(ref)
-                yield {k: v[0] for k, v in out.items()}
-    except KeyboardInterrupt:
-        # The process is stopping, and Ray ends the tasks of a driver that exits. A force-cancel here
-        # raced the running chunk's reply (the terminal's SIGINT reaches the workers too) and failed a
-        # check in Ray's core worker: the driver died with exit 1 instead of 130, 1 run in 12.
-        raise
-    except BaseException:  # an error, or the caller stopped: do not leave chunks drawing in the background
-        for ref in running:
-            ray.cancel(ref, force=True)
-        raise

@@ -53,7 +53,7 @@ def ray_actors(class_name: str, state=None):
 
 def task_workers(task_name: str):
     """Pids of this Ray instance's worker processes now running a task whose name contains `task_name`
-    (Ray Data names a task after its operator, e.g. "MapBatches(run_chunk)"): children of this
+    (a task is titled by its function, e.g. "ray::write_chunk"): children of this
     session's raylet, found by process title, so other Ray instances on the machine are not touched."""
     import psutil
     import ray._private.worker
@@ -73,7 +73,7 @@ def task_workers(task_name: str):
 def kill_mid_run(target, progress, at_least, victim, *, wait_s=120, join_s=300):
     """Run `target()` on a thread; once `progress()` >= `at_least` and a victim process exists, SIGKILL it
     (a real process death, mid-run) and wait for the run to finish. `victim` is an actor class name
-    (`ray_actors`) or a function returning candidate pids (e.g. `lambda: task_workers("run_chunk")`).
+    (`ray_actors`) or a function returning candidate pids (e.g. `lambda: task_workers("write_chunk")`).
     Returns (target's result, the killed pid, progress() right after the kill)."""
     import psutil
 
@@ -110,7 +110,8 @@ def write_zoo_part(store, chunk, chunks, arch, layout_names=None):
     import numpy as np
 
     from raygen.weightgen.params import ParamLayout
-    from raygen.weightgen.zoo import build_classifier, params_table
+    from raygen.weightgen.store import params_table
+    from raygen.weightgen.zoo import build_classifier
 
     net = build_classifier(arch)
     layout = ParamLayout.of(net, layout_names)

@@ -1,5 +1,6 @@
 """`raygen sample` on a real local Ray: exactly-once output, resume, actor kills, determinism."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from raygen.errors import UserError
+from raygen.parts import Chunks
 from raygen.workloads.sample import SampleConfig, run
 from tests.helpers import kill_mid_run, task_workers
 
@@ -115,9 +117,13 @@ def test_rerun_completes_missing_and_damaged_parts_only(tmp_path, ray_local, cap
     capsys.readouterr()
     summary = run(config(tmp_path, "resume", num_actors=1))  # the parallelism may change on a resume
     assert summary["chunks_resumed"] == len(parts) - len(removed) - 1
-    assert f"re-drawing 1 damaged part(s): {truncated.name}: unreadable" in capsys.readouterr().out
+    assert f"re-writing 1 damaged part(s): {truncated.name}: unreadable" in capsys.readouterr().out
     assert all(p.stat().st_mtime_ns == t for p, t in kept_mtimes.items()), "a finished part was rewritten"
     assert_same_samples(read_all(run_dir), reference)
+    # the logged rate counts this run's rows only: the 3 re-drawn parts, not the resumed ones
+    last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["rows_this_run"] == Chunks(cfg.n_samples, cfg.chunk_size).rows_in([1, 2, 4])
+    assert last["step"] == cfg.n_samples
 
 
 def test_rerun_with_other_settings_into_same_output_is_refused(tmp_path, ray_local):
@@ -142,7 +148,7 @@ def test_killed_worker_still_gives_every_id_exactly_once(tmp_path, ray_local):
     def parts():
         return len(list((tmp_path / "killed" / "samples").glob("part-*.parquet")))
 
-    _, _, written_at_kill = kill_mid_run(lambda: run(cfg), parts, 2, lambda: task_workers("run_chunk"))
+    _, _, written_at_kill = kill_mid_run(lambda: run(cfg), parts, 2, lambda: task_workers("write_chunk"))
     assert written_at_kill < 30, "the run had already finished when the worker was killed"
     assert_same_samples(read_all(tmp_path / "killed"), reference)
 

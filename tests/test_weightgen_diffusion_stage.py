@@ -9,9 +9,11 @@ import torch
 from raygen.parts import Chunks, PartStore
 from raygen.train_loop import checkpoint_name
 from raygen.weightgen.params import ParamLayout
-from raygen.weightgen.zoo import build_classifier, params_table
+from raygen.weightgen.store import params_table
+from raygen.weightgen.zoo import build_classifier
 from raygen.workloads import weightgen
-from raygen.workloads.weightgen import DIFF_FILE, WeightgenConfig
+from raygen.weightgen.train import DIFF_FILE, load_checkpoint_file, load_diffusion, train_autoencoder, train_diffusion
+from raygen.workloads.weightgen import WeightgenConfig
 
 ARCH = dict(in_channels=1, num_classes=3, width=2, feature_dim=4)
 TASKS = {"0": {"family": "subset", "classes": [0, 1, 2]}, "1": {"family": "subset", "classes": [5, 3, 8]}}
@@ -36,12 +38,12 @@ def _train(zoo_uri, root, **keys):
                                      "ae_steps": 5, "diff_steps": 30, "diff_batch": 8, "diff_hidden": 16,
                                      "diff_depth": 1, "cond_dim": 4, "support_shots": 2, "log_every": 10,
                                      "diff_lr": 0.01, **keys})
-    ae = weightgen._train_stage(weightgen.stage_config(cfg, "ae", root, zoo_uri), weightgen.train_autoencoder, False)
+    ae = weightgen._train_stage(weightgen.stage_config(cfg, "ae", root, zoo_uri), train_autoencoder, False)
     final = weightgen._train_stage(weightgen.stage_config(cfg, "diffusion", root, zoo_uri, ae),
-                                   weightgen.train_diffusion, False)
+                                   train_diffusion, False)
     # checkpoints every 10 steps, the last 2 kept: steps 20 and 30
-    return [weightgen.load_checkpoint_file(final.replace(checkpoint_name(30), checkpoint_name(s)), DIFF_FILE)
-            for s in (20, 30)], weightgen.load_diffusion(final)
+    return [load_checkpoint_file(final.replace(checkpoint_name(30), checkpoint_name(s)), DIFF_FILE)
+            for s in (20, 30)], load_diffusion(final)
 
 
 def _changed(a: dict, b: dict) -> bool:

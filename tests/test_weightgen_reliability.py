@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from raygen.parts import Chunks, PartStore
+from raygen.weightgen.store import read_zoo
+from raygen.weightgen.train import load_autoencoder, train_autoencoder
 from raygen.workloads import weightgen, zoo
 from tests import helpers
 from tests.helpers import ZOO_ARCH, kill_mid_run, task_workers, write_zoo_part
@@ -23,16 +25,16 @@ def _collect(tmp_path, name, **overrides) -> str:
 
 
 def test_killed_zoo_worker_still_gives_every_member_exactly_once(ray_local, tmp_path):
-    reference = zoo.read_zoo(_collect(tmp_path, "clean", num_actors=1, jobs_per_part=8))
+    reference = read_zoo(_collect(tmp_path, "clean", num_actors=1, jobs_per_part=8))
 
     def parts():
         return len(list((tmp_path / "killed" / "parts").glob("part-*.parquet")))
 
     uri, _, written_at_kill = kill_mid_run(lambda: _collect(tmp_path, "killed", num_actors=2), parts, 1,
-                                           lambda: task_workers("run_chunk"))
+                                           lambda: task_workers("write_chunk"))
     assert written_at_kill < 8, "the zoo was complete when the worker was killed"
     PartStore.at(uri, "model_id").verify(Chunks(8, 1), check="ids")
-    thetas, cols, _ = zoo.read_zoo(uri)
+    thetas, cols, _ = read_zoo(uri)
     assert torch.equal(thetas, reference[0])  # bit for bit, with another chunking and actor count
     for k, v in reference[1].items():
         assert np.array_equal(cols[k], v), k
@@ -48,12 +50,12 @@ def test_killed_autoencoder_worker_resumes_from_last_checkpoint(two_node_cluster
     def checkpoints():
         return len(list((tmp_path / "ae").glob("checkpoint_*/.complete")))
 
-    uri, _, _ = kill_mid_run(lambda: weightgen._train_stage(stage, weightgen.train_autoencoder, False),
+    uri, _, _ = kill_mid_run(lambda: weightgen._train_stage(stage, train_autoencoder, False),
                              checkpoints, 1, "RayTrainWorker")
     assert uri.endswith("checkpoint_000300")
     final = json.loads((tmp_path / "ae" / "report.json").read_text())["final"]
     assert final["step"] == 300 and final["resumed_from"] in (100, 200)  # from a checkpoint, not from step 0
     steps = [json.loads(line)["step"] for line in (tmp_path / "ae" / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 301))  # the curve continues without gaps or repeats
-    ae, norm, _ = weightgen.load_autoencoder(uri)
+    ae, norm, _ = load_autoencoder(uri)
     assert ae.decode(torch.zeros(1, 4)).shape == (1, norm.layout.numel)

@@ -13,7 +13,8 @@ from raygen.weightgen.params import ParamLayout, unflatten
 from raygen.weightgen.zoo import build_classifier, task_splits, zoo_splits
 from raygen.workloads import weightgen, zoo
 from raygen.workloads.weightgen import WeightgenConfig
-from raygen.workloads.zoo import read_zoo
+from raygen.weightgen.store import read_zoo
+from raygen.weightgen.train import load_autoencoder, train_autoencoder
 from tests.helpers import ZOO_ARCH, write_zoo_part
 
 TINY = dict(mode="tasks", task_family="subset", zoo_tasks=2, heldout_tasks=[7], classes_per_task=3, seeds=2,
@@ -49,7 +50,7 @@ def test_tiny_tasks_run_end_to_end(ray_local, tmp_path, capsys):
         assert cols["test_acc"][i] == pytest.approx(float((net(x).argmax(-1) == y).double().mean()), abs=1e-12)
     # members do not depend on the worker: the 2 Ray actors' parts == each job trained in this process
     members, _, _ = read_zoo(summary["zoo"]["uri"])
-    here = zoo.ZooWorker(zoo.stage_config(cfg, str(tmp_path / "tiny")).to_dict(), summary["zoo"]["uri"])
+    here = zoo.ZooWorker(zoo.stage_config(cfg, str(tmp_path / "tiny")).to_dict(), read_zoo(summary["zoo"]["uri"])[2])
     assert torch.equal(members, torch.cat([here._job(j)[0] for j in range(cfg.jobs)]))
     # a re-run reuses every stage: nothing is trained or drawn again (the zoo's parts are not rewritten)
     parts = sorted((tmp_path / "tiny" / "zoo" / "parts").glob("part-*.parquet"))
@@ -62,6 +63,14 @@ def test_tiny_tasks_run_end_to_end(ray_local, tmp_path, capsys):
     for s, loss in stage_loss.items():  # a reused stage keeps its report's final metrics
         assert json.loads((tmp_path / "tiny" / s / "report.json").read_text())["final"]["loss"] == loss
     assert again["table"] == summary["table"]
+    # a lost generated part is drawn again, the same; the logged rate counts only its 4 models
+    gen_parts = sorted((tmp_path / "tiny" / "generated").glob("part-*.parquet"))
+    kept = gen_parts[1].read_bytes()
+    gen_parts[1].unlink()
+    third = weightgen.run(cfg)
+    assert third["generated"]["written"] == 4 and gen_parts[1].read_bytes() == kept
+    last = json.loads((tmp_path / "tiny" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert (last["rows_this_run"], last["step"]) == (4, 12)
 
 
 def test_bad_zoos_are_one_line_errors(ray_local, tmp_path):
@@ -107,11 +116,11 @@ def test_autoencoder_trains_on_two_ray_train_workers(ray_local, tmp_path):
     cfg = WeightgenConfig.from_dict({"name": "r", "latent_dim": 4, "ae_hidden": 16, "ae_steps": 4, "ae_batch": 8,
                                      "train_workers": 2, "log_every": 2})
     stage = weightgen.stage_config(cfg, "ae", str(tmp_path / "runs"), zoo.uri)
-    ae_uri = weightgen._train_stage(stage, weightgen.train_autoencoder, False)
+    ae_uri = weightgen._train_stage(stage, train_autoencoder, False)
     assert ae_uri.endswith("checkpoint_000004")
-    ae, norm, _ = weightgen.load_autoencoder(ae_uri)
+    ae, norm, _ = load_autoencoder(ae_uri)
     assert norm.layout.numel == 170 and ae.decode(torch.zeros(1, 4)).shape == (1, 170)
     metrics = [json.loads(line) for line in (tmp_path / "runs" / "ae" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [2, 4]
     # a re-run finds the finished stage and trains nothing
-    assert weightgen._train_stage(stage, weightgen.train_autoencoder, False) == ae_uri
+    assert weightgen._train_stage(stage, train_autoencoder, False) == ae_uri

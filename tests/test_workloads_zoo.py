@@ -16,7 +16,8 @@ from raygen.parts import Chunks, PartStore
 from raygen.weightgen.params import ParamLayout, unflatten
 from raygen.weightgen.zoo import SPLIT, build_classifier, load_source
 from raygen.workloads import weightgen, zoo
-from raygen.workloads.zoo import ZooConfig, read_zoo
+from raygen.weightgen.store import read_zoo
+from raygen.workloads.zoo import ZooConfig
 from tests.test_bad_inputs import JOBS
 
 TASKS = dict(mode="tasks", task_family="subset", classes_per_task=2, zoo_tasks=2, seeds=2, member_steps=15,
@@ -94,6 +95,12 @@ def test_zoo_on_digits_is_exactly_once_bit_identical_for_1_or_2_actors_and_reuse
     again = zoo.run(ZooConfig.from_dict({**TASKS, "name": "two", "storage_path": str(tmp_path), "num_actors": 1}))
     assert again["written"] == 0 and "reusing them, nothing to train" in capsys.readouterr().out
     assert [p.stat().st_mtime_ns for p in parts] == mtimes
+    # a lost part is trained again, and the logged rate counts only that part's members
+    parts[2].unlink()
+    resumed = zoo.run(ZooConfig.from_dict({**TASKS, "name": "two", "storage_path": str(tmp_path)}))
+    assert resumed["written"] == 1 and torch.equal(read_zoo(resumed["uri"])[0], b[0])
+    last = json.loads((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert (last["rows_this_run"], last["step"]) == (1, 4)
 
 
 def test_zoo_from_an_image_folder(ray_local, tmp_path):

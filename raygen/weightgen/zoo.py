@@ -243,15 +243,10 @@ def base_from(model: ConvClassifier, metadata: dict[str, Any]) -> dict[str, torc
     return base
 
 
-def params_table(cols: dict[str, list]):
-    """A parts table (zoo or generated weights): integer/float columns plus `params` as a
-    fixed-size float32 list."""
-    import pyarrow as pa
-
-    flat = np.concatenate(cols["params"]).astype(np.float32)
-    arrays = {k: pa.array(np.asarray(v)) for k, v in cols.items() if k != "params"}
-    arrays["params"] = pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()), flat.shape[1])
-    return pa.table({k: arrays[k] for k in cols})
+def member_layout(arch: dict[str, Any], subset: str) -> ParamLayout:
+    """The layout of the generated parameters: `subset` of the classifier `arch`."""
+    model = init_model(arch, 0)  # seeded: building it must not move the global RNG
+    return ParamLayout.of(model, subset_names(model, subset))
 
 
 def init_model(arch: dict[str, Any], seed: int) -> ConvClassifier:

@@ -1,7 +1,7 @@
 """`raygen sample`: parallel sample generation on Ray, written exactly once.
 
 Pipeline: the N sample ids are cut into fixed chunks of `chunk_size` ids; each pending chunk is
-one Ray task, `num_actors` at once (`runtime.chunk_results`); each worker process builds the
+one Ray task, `num_actors` at once (`raygen.fanout`); each worker process builds the
 model once per run (`ChunkSampler`), draws its chunk with the chosen sampler and writes
 `samples/part-<chunk>.parquet` atomically through the part store (`raygen.parts`: temp file +
 rename locally, one PUT on a bucket). A chunk's file name and content depend only on the chunk,
@@ -11,12 +11,9 @@ once, which the driver checks at the end from the parts' footers (O(parts), not 
 is drawn from its own seed `sample_seed(seed, i)`, so the output does not depend on the number
 of workers or on the chunk size. Samples stream to Parquet; the driver only sees chunk summaries.
 
-Deviations from the design's Ray Data actor pool: rows are chunks, not ids (file names must be
-stable across retries), and chunks are plain Ray tasks on reused worker processes. An actor
-pool starts fresh processes for every run (about 2 CPU-seconds each to import torch and build
-the model: seconds before the first part), and Ray Data's task pool cost ~15 ms of driver-side
-work per chunk, which also kept a second worker from scaling on 2 cores
-(`benchmarks/sampler_throughput.py`).
+Chunks are plain Ray tasks on reused worker processes, driven by `raygen.fanout` (which says why
+not a Ray Data actor pool); rows are chunks, not ids, because part names must be stable across
+retries.
 """
 
 from __future__ import annotations
@@ -25,14 +22,15 @@ import dataclasses
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
 
-from raygen import parts, runtime, storage
+from raygen import fanout, parts, runtime, storage
 from raygen.config import Config, bounded, check
 from raygen.errors import UserError
 from raygen.seeds import per_item_seeds
+from raygen.threads import torch_threads
 from raygen.parts import Chunks, PartStore
 
 PREVIEW_POINTS = 4000
@@ -129,15 +127,14 @@ def check_label(config: SampleConfig, num_classes: int) -> None:
 
 
 class ChunkSampler:
-    """Holds the model; turns a batch of chunk indices into written Parquet parts."""
+    """A chunk worker (`raygen.fanout`): holds the model, turns a chunk number into its samples' rows."""
 
-    def __init__(self, config: dict, store_uri: str, chunk_size: int, resolved: tuple | None = None):
+    def __init__(self, config: dict, chunk_size: int, resolved: tuple | None = None):
         import torch
 
         from raygen.sampling import SAMPLERS, initial_state
 
         self.config = SampleConfig.from_dict(config)
-        self.store = PartStore.at(store_uri)
         self.layout = Chunks(self.config.n_samples, chunk_size)
         # `resolved`: the driver's resolve_model result, so a probe in the driver loads no model again
         self.model, self.shape, _, self.num_classes = resolved or resolve_model(self.config.model)
@@ -146,7 +143,6 @@ class ChunkSampler:
         self.dtype = getattr(torch, self.config.dtype)
         if isinstance(self.model, torch.nn.Module):  # a trained net: compute in the sampler's dtype
             self.model = self.model.to(self.dtype)
-        self.metadata = sampler_metadata(self.config, self.shape)
 
     def _labels(self, ids: np.ndarray):
         import torch
@@ -167,29 +163,15 @@ class ChunkSampler:
         x, info = self.sampler(model, x0, self.config.sigmas(), seeds=seeds.tolist(), **self.config.sampler_kwargs())
         return x, labels, info, seeds
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, chunk: int):
+        """(the chunk's rows, {"psd_repairs": n})."""
+        import pyarrow as pa
         import torch
 
         torch.set_num_threads(self.threads)  # a reused worker may have other settings
-        rows = {"chunk": [], "rows": [], "seconds": [], "psd_repairs": []}
-        for chunk in batch["chunk"].tolist():
-            start = time.perf_counter()
-            ids = self.layout.ids(chunk)
-            x, labels, info, seeds = self.draw(ids)
-            self._write(chunk, ids, seeds, x.detach().cpu().numpy(), labels)
-            rows["chunk"].append(chunk)
-            rows["rows"].append(len(ids))
-            rows["seconds"].append(time.perf_counter() - start)
-            rows["psd_repairs"].append(int(info.get("psd_repairs", 0)))
-        return {k: np.asarray(v) for k, v in rows.items()}
-
-    @property
-    def threads(self) -> int:
-        return max(1, int(self.config.cpus_per_actor))
-
-    def _write(self, chunk: int, ids, seeds, x: np.ndarray, labels) -> None:
-        import pyarrow as pa
-
+        ids = self.layout.ids(chunk)
+        x, labels, info, seeds = self.draw(ids)
+        x = x.detach().cpu().numpy()
         if not np.isfinite(x).all():
             raise UserError(
                 f"sampler produced NaN/inf in chunk {chunk} (ids {ids[0]}..{ids[-1]}); lower step_size or "
@@ -203,7 +185,11 @@ class ChunkSampler:
         }
         if labels is not None:
             columns[parts.LABEL] = pa.array(labels.numpy().astype(np.int64))
-        self.store.write(chunk, pa.table(columns), self.layout, self.metadata)
+        return pa.table(columns), {"psd_repairs": int(info.get("psd_repairs", 0))}
+
+    @property
+    def threads(self) -> int:
+        return max(1, int(self.config.cpus_per_actor))
 
 
 def sampler_metadata(config: SampleConfig, shape: tuple[int, ...]) -> dict[str, Any]:
@@ -213,29 +199,11 @@ def sampler_metadata(config: SampleConfig, shape: tuple[int, ...]) -> dict[str, 
     }
 
 
-def prepare_output(config: SampleConfig, store: PartStore, choose_chunk_size: Callable[[], int] | None = None) -> int:
-    """Record the settings in the store's manifest; return the chunk size its parts use (a re-run
-    keeps the first run's; chunk_size=0 asks `choose_chunk_size`). A re-run with other sampling
-    settings is refused."""
-    settings = {"n_samples": config.n_samples, "seed": config.seed, "chunk_size": config.chunk_size,
-                "model": config.model, "sampler": config.sampler, "sigmas": config.sigmas(), "label": config.label,
-                "guidance": config.guidance, "dtype": config.dtype, "init_scale": config.init_scale,
-                **config.sampler_kwargs()}
-    previous = store.read_manifest()
-    if previous is not None:
-        changed = sorted(k for k in settings if k != "chunk_size" and previous.get(k) != settings[k])
-        if changed:
-            raise UserError(
-                f"{store.uri} holds samples drawn with different settings ({', '.join(changed)}); "
-                "use a new name or delete that directory"
-            )
-        return int(previous["chunk_size"])
-    if not config.chunk_size:
-        if choose_chunk_size is None:
-            raise ValueError("chunk_size=0 needs a choose_chunk_size")
-        settings["chunk_size"] = choose_chunk_size()
-    store.write_manifest(settings)
-    return settings["chunk_size"]
+def sample_settings(config: SampleConfig) -> dict[str, Any]:
+    """What the samples depend on: a re-run must match these to reuse the parts (`fanout.settle`)."""
+    return {"n_samples": config.n_samples, "seed": config.seed, "model": config.model, "sampler": config.sampler,
+            "sigmas": config.sigmas(), "label": config.label, "guidance": config.guidance, "dtype": config.dtype,
+            "init_scale": config.init_scale, **config.sampler_kwargs()}
 
 
 def auto_chunk_size(sampler: ChunkSampler, n_samples: int, workers: int) -> int:
@@ -246,14 +214,10 @@ def auto_chunk_size(sampler: ChunkSampler, n_samples: int, workers: int) -> int:
     1, 4, 16, ... ids until one takes PROBE_SECONDS, and divides by the marginal time per id
     between the last two probes (a batch's fixed cost does not grow with the chunk). On GPU
     workers this CPU timing is pessimistic: chunks come out smaller than they need to be."""
-    import torch
-
     cap = max(1, math.ceil(n_samples / (4 * workers)))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(sampler.threads)
-    try:
-        timings = [(0, 0.0)]  # (ids, seconds): a lone probe's marginal time is its own
-        size = 1
+    timings = [(0, 0.0)]  # (ids, seconds): a lone probe's marginal time is its own
+    size = 1
+    with torch_threads(sampler.threads):
         while True:
             start = time.perf_counter()
             sampler.draw(np.arange(size))
@@ -261,8 +225,6 @@ def auto_chunk_size(sampler: ChunkSampler, n_samples: int, workers: int) -> int:
             if timings[-1][1] >= PROBE_SECONDS or size >= cap:
                 break
             size = min(4 * size, cap)
-    finally:
-        torch.set_num_threads(threads)
     (n1, t1), (n2, t2) = timings[-2:]
     per_id = (t2 - t1) / (n2 - n1) if t2 > t1 else t2 / n2
     return int(min(cap, max(1, round(CHUNK_SECONDS / per_id))))
@@ -283,12 +245,13 @@ def preflight(config: SampleConfig):
     the corrected re-run."""
     resolved = resolve_model(config.model)
     check_label(config, resolved[3])
+    if config.chunk_size:
+        fanout.check_layout(Chunks(config.n_samples, config.chunk_size), "n_samples / chunk_size")
     return resolved
 
 
 def run(config: SampleConfig, *, verbose: bool = False, checked: tuple | None = None) -> dict[str, Any]:
     """`checked`: preflight(config)'s result when the caller (the CLI) has run it already."""
-    from raygen.progress import Progress
     from raygen.rundir import RunDir
 
     resolved = checked or preflight(config)
@@ -300,51 +263,34 @@ def run(config: SampleConfig, *, verbose: bool = False, checked: tuple | None = 
     store = PartStore(run_dir.child("samples"))
 
     def timed_chunk_size() -> int:
-        size = auto_chunk_size(ChunkSampler(config.to_dict(), store.loc.uri, 1, resolved), config.n_samples,
-                               config.num_actors)
+        if config.chunk_size:
+            return config.chunk_size
+        size = auto_chunk_size(ChunkSampler(config.to_dict(), 1, resolved), config.n_samples, config.num_actors)
+        # refused here, before the manifest records it
+        fanout.check_layout(Chunks(config.n_samples, size), f"n_samples with the timed chunk_size {size}")
         print(f"chunk_size: {size} samples per chunk, timed to take ~{CHUNK_SECONDS:g} s (set chunk_size to choose)")
         return size
 
-    chunk_size = prepare_output(config, store, timed_chunk_size)
+    # a re-run keeps the first run's chunk size: the part names must not move
+    chunk_size = fanout.settle(store, sample_settings(config), decided_once={"chunk_size": timed_chunk_size})[
+        "chunk_size"]
     layout = Chunks(config.n_samples, chunk_size)
-    scan = store.scan(layout)  # one listing + one footer read per part
-    pending = scan.pending
-    resumed = layout.count - len(pending)
-    if scan.damaged:
-        print(f"re-drawing {len(scan.damaged)} damaged part(s): "
-              + "; ".join(f"{parts.part_name(c)}: {why}" for c, why in sorted(scan.damaged.items())[:5]))
-    if resumed:
-        print(f"resuming: {resumed}/{layout.count} chunks already written, drawing {len(pending)} more")
-
-    start = time.perf_counter()
-    progress = Progress(config.n_samples, "sampled", every_s=5.0,
-                        already=config.n_samples - layout.rows_in(pending))
-    psd_repairs, busy_seconds, first_result_at = 0, 0.0, None
-    if pending:
-        rows = runtime.chunk_results(pending, ChunkSampler, {"config": config.to_dict(), "store_uri": store.loc.uri,
-                                                             "chunk_size": chunk_size},
-                                     workers=config.num_actors, num_cpus=config.cpus_per_actor,
-                                     num_gpus=config.gpus_per_actor)
-        for row in rows:
-            first_result_at = first_result_at or time.perf_counter()
-            progress.update(int(row["rows"]))
-            psd_repairs += int(row["psd_repairs"])
-            busy_seconds += float(row["seconds"])
-            run_dir.log(progress.done, samples_per_s=progress.rate(), chunk_seconds=float(row["seconds"]))
-    elapsed = time.perf_counter() - start
-    if len(pending) >= 20 and busy_seconds / len(pending) < MIN_CHUNK_SECONDS:
-        print(f"note: chunks took {1000 * busy_seconds / len(pending):.0f} ms each on average, so each chunk's fixed "
+    done = fanout.run_chunks(fanout.Output(store, layout, sampler_metadata(config, shape)), ChunkSampler,
+                             {"config": config.to_dict(), "chunk_size": chunk_size}, what="sampled",
+                             log_rate_as="samples", workers=config.num_actors, run_dir=run_dir,
+                             num_cpus=config.cpus_per_actor, num_gpus=config.gpus_per_actor)
+    written = layout.count - done.resumed
+    if written >= 20 and done.busy_seconds / written < MIN_CHUNK_SECONDS:
+        print(f"note: chunks took {1000 * done.busy_seconds / written:.0f} ms each on average, so each chunk's fixed "
               f"cost (a task, a Parquet part) is a large share; chunk_size={chunk_size * 4} would amortise it "
               "(for a new run)")
-    store.verify(layout)
 
     ids, x, labels = read_samples(store, config.stats_samples)
     summary: dict[str, Any] = {
         "run_dir": run_dir.loc.uri, "samples_dir": store.loc.uri, "n_samples": config.n_samples,
-        "parts": layout.count, "chunk_size": chunk_size, "chunks_resumed": resumed, "seconds": elapsed,
-        "samples_per_s": layout.rows_in(pending) / elapsed if pending else None,
-        "seconds_to_first_part": (first_result_at - start) if first_result_at else None,
-        "actor_busy_seconds": busy_seconds, "psd_repairs": psd_repairs,
+        "parts": layout.count, "chunk_size": chunk_size, "chunks_resumed": done.resumed, "seconds": done.seconds,
+        "samples_per_s": done.rate, "seconds_to_first_part": done.first_part_s,
+        "actor_busy_seconds": done.busy_seconds, "psd_repairs": int(done.figures.get("psd_repairs", 0)),
         "settings": sampler_metadata(config, shape), "report": run_dir.child("report.md").uri,
     }
     if target is not None:

@@ -3,40 +3,37 @@
 Members are (task, seed, checkpoint) rows: a job is (task, seed), either a p-diff trajectory of K
 checkpoints (`mode: trajectory`) or one D2NWG member trained to convergence (`mode: tasks`); see
 `raygen.weightgen.zoo` for the tasks, the data sources and member training. Jobs are trained as
-Ray Data tasks (`runtime.chunk_results`), single-threaded, one part per fixed chunk of jobs, so a
-retried or re-run chunk rewrites the same part and the zoo is bit-identical for any number of
-workers (`num_actors`).
+Ray tasks (`raygen.fanout`), single-threaded, one part per fixed chunk of jobs, so a retried or
+re-run chunk rewrites the same part and the zoo is bit-identical for any number of workers
+(`num_actors`).
 
 The run directory `<storage_path>/<name>/`:
 
-    parts/            the zoo (`raygen.parts`, exactly once, resumable): `model_id, task_id, seed,
-                      step, params` (fixed-size float32 list), `val_acc, test_acc`; architecture,
-                      parameter layout, base weights, task definitions and the data source in
-                      each part's metadata and in `parts/_metadata.json`.
+    parts/            the zoo (`raygen.weightgen.store`, exactly once, resumable): `model_id,
+                      task_id, seed, step, params` (fixed-size float32 list), `val_acc, test_acc`;
+                      architecture, parameter layout, base weights, task definitions and the data
+                      source in each part's metadata.
     report.json/md    members, parameters, per-task test accuracy (mean / min / max, %).
     accuracy_hist.png histogram of the members' test accuracies.
 
 A re-run with the same settings trains only missing or damaged parts (a finished zoo: none);
 other settings are refused by the run directory. `raygen weightgen` runs this workload as its zoo
-stage in `<its run dir>/zoo/`; `read_zoo` accepts a zoo run directory or its `parts/`.
+stage in `<its run dir>/zoo/`; `raygen.weightgen.store.read_zoo` reads a zoo run directory or its
+`parts/`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
+from raygen import fanout, plots
 from raygen.config import Config, bounded, check
-from raygen.errors import UserError
-
-ZOO_COLUMNS = ("model_id", "task_id", "seed", "step", "params", "val_acc", "test_acc")
-PARTS = "parts"
-METADATA_FILE = "_metadata.json"  # "_" files are not parts (raygen.parts ignores them)
+from raygen.threads import torch_threads
+from raygen.weightgen.store import COLUMNS, ID_COLUMN, PARTS, read_zoo
 
 
 @dataclasses.dataclass
@@ -121,12 +118,9 @@ def zoo_tasks(config: ZooConfig, data) -> dict[int, dict]:
 
 def zoo_layout(config: ZooConfig, arch: dict[str, int]):
     """The generated parameters: `param_subset` of a trajectory, every parameter of a tasks member."""
-    from raygen.weightgen.params import ParamLayout
-    from raygen.weightgen.zoo import init_model, subset_names
+    from raygen.weightgen.zoo import member_layout
 
-    model = init_model(arch, 0)
-    subset = config.param_subset if config.mode == "trajectory" else "all"
-    return ParamLayout.of(model, subset_names(model, subset))
+    return member_layout(arch, config.param_subset if config.mode == "trajectory" else "all")
 
 
 def base_model(config: ZooConfig, splits: dict, task: dict, arch: dict[str, int]):
@@ -138,24 +132,22 @@ def base_model(config: ZooConfig, splits: dict, task: dict, arch: dict[str, int]
                         steps=config.member_steps, lr=config.member_lr, batch_size=config.member_batch)
 
 
-# ====================================================================== parts on Ray Data
+# ====================================================================== parts on Ray
 
 
 class ZooWorker:
-    """Trains the jobs of a chunk (single-threaded) and writes the chunk's part."""
+    """A chunk worker (`raygen.fanout`): trains a chunk's jobs (single-threaded) into its rows."""
 
-    def __init__(self, config: dict, store_uri: str):
+    def __init__(self, config: dict, metadata: dict[str, Any]):
         import torch
 
-        from raygen.parts import PartStore
         from raygen.weightgen.params import ParamLayout
         from raygen.weightgen.zoo import base_from, build_classifier, zoo_splits
 
         torch.set_num_threads(1)
         self.cfg = ZooConfig.from_dict(config)
-        self.store = PartStore.at(store_uri, id_column="model_id")
         self.chunks = self.cfg.chunks()
-        self.metadata = metadata = read_metadata(self.store)
+        self.metadata = metadata
         self.layout = ParamLayout.from_dict(metadata["layout"])
         self.tasks = {int(t): d for t, d in metadata["tasks"].items()}
         self.splits = zoo_splits(metadata)
@@ -182,64 +174,27 @@ class ZooWorker:
                              steps=cfg.member_steps, lr=cfg.member_lr, batch_size=cfg.member_batch)
         return flatten(dict(model.named_parameters()), self.layout)[None], np.asarray([cfg.member_steps])
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, chunk: int):
         import torch
 
         from raygen.weightgen.evaluate import accuracies
-        from raygen.weightgen.zoo import params_table, task_splits
+        from raygen.weightgen.store import params_table
+        from raygen.weightgen.zoo import task_splits
 
-        out = {"chunk": [], "rows": [], "seconds": []}
-        for chunk in batch["chunk"].tolist():
-            start = time.perf_counter()
-            ids = self.chunks.ids(chunk)
-            cols: dict[str, list] = {k: [] for k in ZOO_COLUMNS}
-            for j in sorted({int(i) // self.cfg.rows_per_job for i in ids}):
-                thetas, steps = self._job(j)
-                task_id, s = self.cfg.job(j)
-                splits = task_splits(self.tasks[task_id], self.splits)
-                acc = accuracies(self.model, self.layout, thetas, {"val": splits["val"], "test": splits["test"]})
-                cols["model_id"] += list(j * self.cfg.rows_per_job + np.arange(len(thetas)))
-                cols["task_id"] += [task_id] * len(thetas)
-                cols["seed"] += [s] * len(thetas)
-                cols["step"] += steps.tolist()
-                cols["params"].append(thetas.to(torch.float32).numpy())
-                cols["val_acc"] += acc["val"].tolist()
-                cols["test_acc"] += acc["test"].tolist()
-            self.store.write(chunk, params_table(cols), self.chunks, self.metadata)
-            out["chunk"].append(chunk)
-            out["rows"].append(len(ids))
-            out["seconds"].append(time.perf_counter() - start)
-        return {k: np.asarray(v) for k, v in out.items()}
-
-
-def write_parts(run_dir, store, chunks, pending: list[int], worker, kwargs: dict, what: str, num_actors: int) -> int:
-    """Run `worker(**kwargs)` over the pending chunks as Ray Data tasks (`runtime.chunk_results`); returns rows written."""
-    from raygen import runtime
-    from raygen.progress import Progress
-
-    progress = Progress(chunks.n, what, every_s=5.0)
-    progress.update(chunks.n - chunks.rows_in(pending))
-    if not pending:
-        return 0
-    for row in runtime.chunk_results(pending, worker, kwargs, workers=num_actors):
-        progress.update(int(row["rows"]))
-        run_dir.log(progress.done, **{f"{what}_per_s": progress.rate(), "chunk_seconds": float(row["seconds"])})
-    store.verify(chunks)
-    return chunks.rows_in(pending)
-
-
-def write_metadata(store, metadata: dict[str, Any]) -> None:
-    """The parts' metadata as a side file too: workers read it there (large task arguments
-    would go through the object store)."""
-    from raygen import storage
-
-    storage.write_bytes(store.loc.child(METADATA_FILE), json.dumps(metadata).encode())
-
-
-def read_metadata(store) -> dict[str, Any]:
-    from raygen import storage
-
-    return json.loads(storage.read_bytes(store.loc.child(METADATA_FILE)))
+        cols: dict[str, list] = {k: [] for k in COLUMNS}
+        for j in sorted({int(i) // self.cfg.rows_per_job for i in self.chunks.ids(chunk)}):
+            thetas, steps = self._job(j)
+            task_id, s = self.cfg.job(j)
+            splits = task_splits(self.tasks[task_id], self.splits)
+            acc = accuracies(self.model, self.layout, thetas, {"val": splits["val"], "test": splits["test"]})
+            cols["model_id"] += list(j * self.cfg.rows_per_job + np.arange(len(thetas)))
+            cols["task_id"] += [task_id] * len(thetas)
+            cols["seed"] += [s] * len(thetas)
+            cols["step"] += steps.tolist()
+            cols["params"].append(thetas.to(torch.float32).numpy())
+            cols["val_acc"] += acc["val"].tolist()
+            cols["test_acc"] += acc["test"].tolist()
+        return params_table(cols)
 
 
 def collect(config: ZooConfig, run_dir, data, tasks: dict[int, dict]) -> dict[str, Any]:
@@ -251,12 +206,11 @@ def collect(config: ZooConfig, run_dir, data, tasks: dict[int, dict]) -> dict[st
     from raygen.weightgen.params import ParamLayout, flatten
     from raygen.weightgen.zoo import split, task_classes
 
-    store = PartStore(run_dir.child(PARTS), id_column="model_id")
+    store = PartStore(run_dir.child(PARTS), id_column=ID_COLUMN)
     chunks = config.chunks()
-    pending = store.scan(chunks).pending
     start = time.perf_counter()
-    source = source_name(config.source)
-    if not pending and storage.exists(store.loc.child(METADATA_FILE)):
+    pending = store.scan(chunks).pending
+    if not pending:
         print(f"zoo: all {chunks.count} parts ({chunks.n} members) are in {storage.display(store.uri)}; "
               "reusing them, nothing to train")
         return {"uri": store.loc.uri, "members": chunks.n, "parts": chunks.count, "written": 0,
@@ -264,8 +218,7 @@ def collect(config: ZooConfig, run_dir, data, tasks: dict[int, dict]) -> dict[st
     arch = config.arch(data.info["shape"], task_classes(tasks[0]))
     base = None
     if config.mode == "trajectory":
-        with torch.random.fork_rng():
-            torch.set_num_threads(1)
+        with torch.random.fork_rng(), torch_threads(1):
             model = base_model(config, split(data.images, data.labels, data.tasks), tasks[0], arch)
         base = flatten(dict(model.named_parameters()), ParamLayout.of(model)).tolist()
     layout = zoo_layout(config, arch)
@@ -273,12 +226,13 @@ def collect(config: ZooConfig, run_dir, data, tasks: dict[int, dict]) -> dict[st
                 "tasks": {str(t): d for t, d in tasks.items()}, "param_subset": config.param_subset,
                 "source": data.info, "task_family": config.task_family,
                 "classes_per_task": config.classes_per_task, "seed": config.seed}
-    print(f"zoo: {config.jobs} job(s) x {config.rows_per_job} checkpoint(s) on {len(tasks)} task(s) of {source}, "
-          f"{layout.numel} parameters each; {len(pending)}/{chunks.count} parts to write on {config.num_actors} workers")
-    write_metadata(store, metadata)
-    written = write_parts(run_dir, store, chunks, pending, ZooWorker,
-                          {"config": config.to_dict(), "store_uri": store.loc.uri}, "zoo members", config.num_actors)
-    return {"uri": store.loc.uri, "members": chunks.n, "parts": chunks.count, "written": written,
+    print(f"zoo: {config.jobs} job(s) x {config.rows_per_job} checkpoint(s) on {len(tasks)} task(s) of "
+          f"{source_name(config.source)}, {layout.numel} parameters each; {len(pending)}/{chunks.count} parts to "
+          f"write on {config.num_actors} workers")
+    done = fanout.run_chunks(fanout.Output(store, chunks, metadata), ZooWorker,
+                             {"config": config.to_dict(), "metadata": metadata}, what="zoo members",
+                             workers=config.num_actors, run_dir=run_dir)
+    return {"uri": store.loc.uri, "members": chunks.n, "parts": chunks.count, "written": done.rows,
             "seconds": time.perf_counter() - start}
 
 
@@ -286,48 +240,6 @@ def source_name(source: str) -> str:
     from raygen import storage
 
     return "the built-in digits" if source == "digits" else storage.display(source)
-
-
-def zoo_store(uri: str):
-    """The part store of a zoo: a zoo run directory (its `parts/`) or the parts directory itself."""
-    from raygen import storage
-    from raygen.parts import PartStore
-
-    loc = storage.resolve(uri)
-    if storage.exists(loc.child(PARTS, METADATA_FILE)):
-        loc = loc.child(PARTS)
-    return PartStore(loc, id_column="model_id")
-
-
-def read_zoo(uri: str, what: str = "zoo") -> tuple[Any, dict[str, np.ndarray], dict[str, Any]]:
-    """(params [N, P] float32 tensor, other columns by name, metadata) of a zoo / generated store,
-    rows in id order. Refuses an empty store and one whose parts disagree on architecture or layout."""
-    import pyarrow.parquet as pq
-    import torch
-
-    from raygen.parts import METADATA_KEY
-
-    store = zoo_store(uri)
-    paths = store.part_paths()
-    if not paths:
-        raise UserError(f"the {what} at {store.uri} is empty (no part-*.parquet files); collect it first "
-                        "(raygen zoo) or point `zoo` at a zoo run directory or its parts/")
-    metas = []
-    for path in paths:
-        with store.loc.fs.open_input_file(path) as f:
-            raw = (pq.read_schema(f).metadata or {}).get(METADATA_KEY)
-        if raw is None:
-            raise UserError(f"{path} has no raygen metadata; it is not a raygen {what} part")
-        metas.append(json.loads(raw))
-    for path, m in zip(paths, metas):
-        if (m["arch"], m["layout"]) != (metas[0]["arch"], metas[0]["layout"]):
-            raise UserError(f"the {what} at {store.uri} mixes architectures: {Path(path).name} has arch "
-                            f"{m['arch']} / {len(m['layout']['names'])} tensors, the first part {metas[0]['arch']} / "
-                            f"{len(metas[0]['layout']['names'])}; keep one architecture per zoo")
-    table = store.dataset().to_table().sort_by("model_id")
-    params = np.stack(table.column("params").to_numpy(zero_copy_only=False)).astype(np.float32)
-    cols = {k: table.column(k).to_numpy() for k in table.column_names if k != "params"}
-    return torch.from_numpy(params), cols, metas[0]
 
 
 # ====================================================================== report
@@ -355,13 +267,9 @@ def task_table(cols: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
 
 
 def _histogram(run_dir, test_acc: np.ndarray) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plots.pyplot().subplots(figsize=(6, 4))
     ax.hist(100 * test_acc, bins=30)
     ax.set_xlabel("test accuracy (%)")
     ax.set_ylabel("members")

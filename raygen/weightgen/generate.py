@@ -1,0 +1,58 @@
+"""Generation: weight vectors drawn from the latent diffusion, decoded, evaluated, as part rows.
+
+`Generator` is a chunk worker (`raygen.fanout`): one chunk is one task's `n_generate` vectors; vector
+i is drawn from its own seed (`raygen.seeds.per_item_seeds`), so a part does not depend on which
+worker drew it or how many ran.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from raygen.errors import UserError
+from raygen.parts import Chunks
+from raygen.seeds import per_item_seeds
+from raygen.weightgen.evaluate import accuracies
+from raygen.weightgen.latent import sample_latents
+from raygen.weightgen.store import params_table
+from raygen.weightgen.train import load_autoencoder, load_diffusion, task_supports
+from raygen.weightgen.zoo import base_from, build_classifier, task_splits, zoo_splits
+
+
+class Generator:
+    """Draws a task's generated vectors (chunk c = task `task_ids[c]`) and evaluates them."""
+
+    def __init__(self, *, metadata: dict[str, Any], ae_uri: str, diff_uri: str, task_ids: list[int], seed: int,
+                 n_generate: int, support_shots: int, sample_steps: int):
+        torch.set_num_threads(1)  # a worker process of its own: nothing to restore
+        self.metadata, self.task_ids, self.seed = metadata, task_ids, seed
+        self.shots, self.sample_steps = support_shots, sample_steps
+        self.chunks = Chunks(len(task_ids) * n_generate, n_generate)
+        self.ae, self.norm, _ = load_autoencoder(ae_uri)
+        self.denoiser, self.encoder = load_diffusion(diff_uri)
+        self.model = build_classifier(metadata["arch"]).eval()
+        self.base = base_from(self.model, metadata)
+        self.splits = zoo_splits(metadata)
+
+    def __call__(self, chunk: int):
+        ids = self.chunks.ids(chunk)
+        task_id = self.task_ids[chunk]
+        seeds = per_item_seeds(self.seed, ids)
+        cond = None
+        with torch.no_grad():
+            if self.encoder is not None:
+                support = task_supports(self.metadata, [task_id], self.shots, self.splits)
+                cond = self.encoder(support).expand(len(ids), -1)
+            h = sample_latents(self.denoiser, self.denoiser.spec["dim"], seeds.tolist(), cond,
+                               data_mean=self.denoiser.data_mean, num_steps=self.sample_steps)
+            thetas = self.norm.denormalize(self.ae.decode(h).double()).float()
+        if not torch.isfinite(thetas).all():
+            raise UserError(f"generation produced NaN/inf for task {task_id}; retrain with lower diff_lr")
+        splits = task_splits(self.metadata["tasks"][str(task_id)], self.splits)
+        acc = accuracies(self.model, self.norm.layout, thetas, {"val": splits["val"], "test": splits["test"]},
+                         self.base)
+        return params_table({"model_id": ids.tolist(), "task_id": [task_id] * len(ids), "seed": seeds.tolist(),
+                             "step": [0] * len(ids), "params": [thetas.numpy()], "val_acc": acc["val"].tolist(),
+                             "test_acc": acc["test"].tolist()})

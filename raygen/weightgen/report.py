@@ -1,0 +1,170 @@
+"""Weight generation's report: p-diff's table, memorisation, held-out tasks, plots and markdown.
+
+Pure torch / numpy / matplotlib (no Ray). `cfg` is the run's `WeightgenConfig` (read, never changed).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from raygen import plots
+from raygen.seeds import Stream, stream_seed
+from raygen.threads import one_thread
+from raygen.weightgen.evaluate import (accuracies, accuracy_summary, finetune_curve, memorisation,
+                                       steps_to_fraction)
+from raygen.weightgen.params import ParamLayout, batched_predictions, flatten
+from raygen.weightgen.zoo import base_from, build_classifier, init_model, task_classes, task_splits, zoo_splits
+
+if TYPE_CHECKING:  # the run's config, read only; no import of the workload at run time
+    from raygen.workloads.weightgen import WeightgenConfig
+
+NOISE_SIGMAS = (0.001, 0.05, 0.15)  # p-diff's noise-perturbed originals, in normalised space
+
+
+def _noise_perturbed(thetas, norm, sigma: float, seed: int):
+    """Originals perturbed by N(0, sigma^2) in normalised space (p-diff's baseline)."""
+    g = torch.Generator().manual_seed(seed)
+    z = norm.normalize(thetas.double())
+    return norm.denormalize(z + sigma * torch.randn(z.shape, generator=g, dtype=z.dtype)).float()
+
+
+def _random_init(cfg: WeightgenConfig, layout, arch: dict, n: int):
+    return torch.stack([flatten(dict(init_model(arch, stream_seed(cfg.seed, Stream.RANDOM_INIT, i)).named_parameters()), layout)
+                        for i in range(n)])
+
+
+@one_thread
+def zoo_tables(cfg: WeightgenConfig, thetas, cols, gen, gcols, meta, norm) -> tuple[dict, dict]:
+    """p-diff's table on the zoo tasks and the memorisation figures (per task, then pooled)."""
+    splits = zoo_splits(meta)
+    layout = ParamLayout.from_dict(meta["layout"])
+    model = build_classifier(meta["arch"]).eval()
+    base = base_from(model, meta)
+    rows: dict[str, list] = {"original": [], "generated": [], "random": [], **{f"noise_{s}": [] for s in NOISE_SIGMAS}}
+    mem: dict[str, list] = {}
+    for t in sorted(set(cols["task_id"].tolist())):
+        test = task_splits(meta["tasks"][str(t)], splits)["test"]
+        orig, g = thetas[cols["task_id"] == t], gen[gcols["task_id"] == t]
+        rows["original"].append(cols["test_acc"][cols["task_id"] == t])
+        rows["generated"].append(gcols["test_acc"][gcols["task_id"] == t])
+        for s in NOISE_SIGMAS:
+            noisy = _noise_perturbed(orig, norm, s, cfg.seed + t)
+            rows[f"noise_{s}"].append(accuracies(model, layout, noisy, {"test": test}, base)["test"])
+        rand = _random_init(cfg, layout, meta["arch"], min(len(orig), 50))
+        rows["random"].append(accuracies(model, layout, rand, {"test": test}, base)["test"])
+        pred_o = batched_predictions(model, base, layout, orig, test[0])
+        pred_g = batched_predictions(model, base, layout, g, test[0])
+        if len(orig) >= 2:
+            for k, v in memorisation(g, orig, pred_g, pred_o, test[1]).items():
+                mem.setdefault(k, []).append(v)
+    table = {k: accuracy_summary(np.concatenate(v)) for k, v in rows.items()}
+    memo = {k: float(np.mean(np.concatenate(v))) for k, v in mem.items()}
+    memo["raw"] = {k: np.concatenate(v) for k, v in mem.items()}
+    return table, memo
+
+
+@one_thread
+def heldout_tables(cfg: WeightgenConfig, thetas, cols, gen, gcols, meta) -> dict[str, Any]:
+    """Zero-shot accuracy on held-out tasks and fine-tuning curves from generated / random /
+    other-task init (the first `finetune_models` of each), averaged per arm."""
+    splits = zoo_splits(meta)
+    layout = ParamLayout.from_dict(meta["layout"])
+    model = build_classifier(meta["arch"]).eval()
+    n = cfg.finetune_models
+    zero_shot, other_zero_shot, curves = [], [], {"generated": [], "random": [], "other_task": []}
+    chance = []
+    rand = _random_init(cfg, layout, meta["arch"], n)
+    for t in cfg.heldout_tasks:
+        task = meta["tasks"][str(t)]
+        sp = task_splits(task, splits)
+        chance.append(1.0 / task_classes(task))
+        g = gen[gcols["task_id"] == t]
+        zero_shot.append(gcols["test_acc"][gcols["task_id"] == t])
+        other_zero_shot.append(accuracies(model, layout, thetas, {"test": sp["test"]})["test"])
+        inits = {"generated": g[:n], "random": rand, "other_task": thetas[:: max(1, len(thetas) // n)][:n]}
+        for arm, vecs in inits.items():
+            for i, v in enumerate(vecs):
+                curves[arm].append(finetune_curve(model, layout, v, sp["train"], sp["test"],
+                                                  steps=cfg.finetune_steps, every=cfg.finetune_every,
+                                                  lr=cfg.finetune_lr, batch_size=cfg.member_batch, seed=cfg.seed + i))
+    mean_curves = {arm: np.mean(c, 0) for arm, c in curves.items()}
+    return {
+        "tasks": cfg.heldout_tasks,
+        "chance": float(100 * np.mean(chance)),
+        "generated": {"zero_shot_mean": float(100 * np.concatenate(zero_shot).mean()),
+                      "zero_shot_max": float(100 * np.concatenate(zero_shot).max())},
+        "other_task_zoo": {"zero_shot_mean": float(100 * np.concatenate(other_zero_shot).mean())},
+        "steps_to_90": {arm: steps_to_fraction(c, cfg.finetune_every) for arm, c in mean_curves.items()},
+        "final_acc": {arm: float(100 * c[-1]) for arm, c in mean_curves.items()},
+        "curves": {arm: (100 * c).tolist() for arm, c in mean_curves.items()},
+        "curve_steps": list(range(0, cfg.finetune_steps + 1, cfg.finetune_every)),
+    }
+
+
+def plots_of(run_dir, cols, gcols, memo: dict | None, held: dict | None) -> list[str]:
+
+
+    names = []
+    fig, ax = plots.pyplot().subplots(figsize=(6, 4))
+    zoo_tasks = np.isin(gcols["task_id"], np.unique(cols["task_id"]))
+    both = 100 * np.concatenate([cols["test_acc"], gcols["test_acc"][zoo_tasks]])
+    bins = np.linspace(both.min(), both.max() + 1e-9, 31)  # shared bins: the bars are comparable
+    ax.hist(100 * cols["test_acc"], bins=bins, alpha=0.6, label="original")
+    ax.hist(100 * gcols["test_acc"][zoo_tasks], bins=bins, alpha=0.6, label="generated")
+    ax.set_xlabel("test accuracy (%)")
+    ax.set_ylabel("models")
+    ax.legend()
+    run_dir.save_figure("accuracy_hist.png", fig)
+    names.append("accuracy_hist.png")
+    if memo:
+        fig, ax = plots.pyplot().subplots(figsize=(6, 4))
+        ax.scatter(memo["raw"]["orig_nearest_dist"], memo["raw"]["orig_nearest_iou"], s=8, label="original vs nearest original")
+        ax.scatter(memo["raw"]["gen_nearest_dist"], memo["raw"]["gen_nearest_iou"], s=8, label="generated vs nearest original")
+        ax.set_xlabel("distance to nearest original (weight space)")
+        ax.set_ylabel("IoU of wrongly predicted test images")
+        ax.legend()
+        run_dir.save_figure("memorisation.png", fig)
+        names.append("memorisation.png")
+    if held:
+        fig, ax = plots.pyplot().subplots(figsize=(6, 4))
+        for arm, c in held["curves"].items():
+            ax.plot(held["curve_steps"], c, label=f"{arm} init")
+        ax.axhline(held["chance"], color="gray", ls=":", label="chance")
+        ax.set_xlabel("fine-tuning step")
+        ax.set_ylabel("test accuracy (%)")
+        ax.legend()
+        run_dir.save_figure("finetune.png", fig)
+        names.append("finetune.png")
+    return names
+
+
+def markdown(cfg: WeightgenConfig, summary: dict[str, Any], figures: list[str]) -> str:
+    lines = [f"# raygen weightgen: {cfg.name} ({cfg.mode} mode, {cfg.task_family} tasks)", "",
+             f"Zoo: {summary['zoo']['members']} members ({summary['zoo']['parameters']} generated parameters each) "
+             f"from {cfg.zoo_tasks} task(s) x {cfg.seeds} seed(s); generated: {cfg.n_generate} per task.", "",
+             "## Zoo tasks: test accuracy (%)", "", "| models | mean | median | max | min | n |", "|---|---|---|---|---|---|"]
+    for key, row in summary["table"].items():
+        label = {"original": "original checkpoints", "generated": "generated", "random": "random init"}.get(
+            key, f"noise-perturbed originals, sigma = {key.split('_', 1)[-1]}")
+        lines.append(f"| {label} | {row['acc_mean']:.2f} | {row['acc_median']:.2f} | {row['acc_max']:.2f} | "
+                     f"{row['acc_min']:.2f} | {row['n']} |")
+    m = summary.get("memorisation")
+    if m:
+        lines += ["", "## Memorisation (means over models)", "",
+                  "| pair | distance to nearest original | wrong-prediction IoU |", "|---|---|---|",
+                  f"| original vs nearest other original | {m['orig_nearest_dist']:.4g} | {m['orig_nearest_iou']:.3f} |",
+                  f"| generated vs nearest original | {m['gen_nearest_dist']:.4g} | {m['gen_nearest_iou']:.3f} |"]
+    h = summary.get("heldout")
+    if h:
+        lines += ["", f"## Held-out tasks {h['tasks']}", "",
+                  f"- zero-shot accuracy of generated weights: mean {h['generated']['zero_shot_mean']:.2f}%, "
+                  f"max {h['generated']['zero_shot_max']:.2f}% (chance {h['chance']:.1f}%, zoo models of other "
+                  f"tasks {h['other_task_zoo']['zero_shot_mean']:.2f}%)", "",
+                  "| init | steps to 90% of final | final accuracy (%) |", "|---|---|---|"]
+        for arm in h["steps_to_90"]:
+            lines.append(f"| {arm} | {h['steps_to_90'][arm]} | {h['final_acc'][arm]:.2f} |")
+    lines += [""] + [f"![{p}]({p})" for p in figures]
+    return "\n".join(lines) + "\n"
