@@ -66,10 +66,12 @@ import contextlib
 import dataclasses
 import functools
 import math
+import pickle
 import re
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -158,17 +160,28 @@ class TrainState:
 # ------------------------------------------------------------------ checkpoint stores
 
 
-def _read_checkpoint(directory: Path, rank: int) -> dict[str, Any]:
-    def read(name: str) -> Any:
-        try:
-            return torch.load(directory / name, weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - a damaged file is one line naming it, not a traceback
-            raise UserError(f"{directory.name}/{name} is damaged ({type(exc).__name__}); delete {directory.name} "
-                            "to resume from the checkpoint before it") from None
+def load_weights(path: Path, fix: str, map_location: str = "cpu") -> Any:
+    """`torch.load(weights_only=True)`: tensors, numbers and containers of them, never code (files in
+    run directories and handed-in checkpoints come from anyone). Any failure is one line naming the
+    file and `fix`."""
+    try:
+        with warnings.catch_warnings():  # torch warns about the protocol of a pickle it is about to refuse
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:  # torch's weights-only reader says the same for garbage and for pickles
+        raise UserError(f"{path} is damaged or holds pickled objects rather than plain tensors (raygen never "
+                        f"loads code from a file); {fix}") from None
+    except Exception as exc:  # noqa: BLE001 - truncated, missing, not a torch file: one line, not a traceback
+        raise UserError(f"{path} is damaged ({type(exc).__name__}); {fix}") from None
 
-    state = read(STATE_FILE)
+
+def _read_checkpoint(directory: Path, rank: int, fix: str | None = None) -> dict[str, Any]:
+    """The checkpoint's state; a damaged file is one line naming it and `fix` (default: the resume
+    advice, for the run's own checkpoints)."""
+    fix = fix or f"delete {directory.name} to resume from the checkpoint before it"
+    state = load_weights(directory / STATE_FILE, fix)
     if (directory / _rng_file(rank)).exists():
-        state["generator"] = read(_rng_file(rank))
+        state["generator"] = load_weights(directory / _rng_file(rank), fix)
     return state
 
 

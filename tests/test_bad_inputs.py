@@ -9,6 +9,7 @@ run in-process (`raygen.cli.main`); none of them may start Ray (the conftest gua
 from __future__ import annotations
 
 import os
+import pickle
 import sys
 import time
 from pathlib import Path
@@ -26,6 +27,16 @@ QUICK = "{jobs}/quickstart.yaml"
 ZOO = "{jobs}/zoo_digits.yaml"
 WEIGHTGEN = "{jobs}/weightgen_tasks.yaml"
 LOCAL_JOB = {"job.yaml": (JOBS / "sample_mog.yaml").read_text()}  # submit uploads the cwd: the job must be in it
+
+class _Planted:
+    """Unpickling this creates the file 'marker' in the working dir (which the test checks stays empty)."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
 
 CASES = [
     # job files
@@ -105,6 +116,14 @@ CASES = [
      {}, "never put keys in a URI"),
     ("input-userinfo", ["run", STUDY, "--set", "generated=s3://AKIAX:s3cr3t@bucket/runs/s"], {},
      "config key 'generated' holds credentials"),
+    # checkpoints handed in with model=: one line, and a pickle in them runs no code (it would write 'marker')
+    ("model-pickle", ["sample", SAMPLE, "--set", "model={tmp}/ck"],
+     {"ck/denoiser.json": '{"size": "tiny"}', "ck/ema.pt": pickle.dumps(_Planted("marker"))},
+     "ema.pt is damaged or holds pickled objects"),
+    ("model-spec-not-json", ["sample", SAMPLE, "--set", "model={tmp}/ck"],
+     {"ck/denoiser.json": '{"size": "tiny",', "ck/ema.pt": b""}, "denoiser.json is not a denoiser spec"),
+    ("model-spec-unknown-key", ["sample", SAMPLE, "--set", "model={tmp}/ck"],
+     {"ck/denoiser.json": '{"sise": "tiny"}', "ck/ema.pt": b""}, "denoiser.json is not a denoiser spec"),
     # names and storage
     ("name-dotdot", ["run", SAMPLE, "--set", "name=.."], {}, "config key 'name'"),
     ("name-dot", ["run", SAMPLE, "--set", "name=."], {}, "config key 'name'"),
@@ -177,6 +196,7 @@ def test_bad_input_is_one_clear_line(case, tmp_path, monkeypatch, capsys, silent
     name, argv, files, phrase = case
     monkeypatch.chdir(tmp_path)
     for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         if isinstance(text, bytes):
             (tmp_path / rel).write_bytes(text)
         else:

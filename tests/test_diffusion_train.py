@@ -87,3 +87,16 @@ def test_digit_batches_split_each_global_batch_between_ranks():
             x, y = next(plain)
             (x0, y0), (x1, y1) = next(ranks[0]), next(ranks[1])
             assert torch.equal(torch.cat([x0, x1]), x) and torch.equal(torch.cat([y0, y1]), y)
+
+
+def test_init_from_a_damaged_checkpoint_asks_for_another_one(tmp_path):
+    """Deleting a checkpoint handed in with init_from would not help (it is not this run's): the line
+    says to pass another one, not the resume advice."""
+    from raygen.diffusion.train import init_from
+
+    checkpoint = tmp_path / "checkpoint_000004"
+    checkpoint.mkdir()
+    (checkpoint / "state.pt").write_bytes(b"not a torch file")
+    with pytest.raises(UserError, match="state.pt is damaged.*; pass an undamaged checkpoint_\\* directory as init_from") as e:
+        init_from(None, str(checkpoint))
+    assert "delete" not in str(e.value)

@@ -105,7 +105,7 @@ def test_a_planted_pickle_in_a_trial_checkpoint_runs_no_code(tmp_path):
     pickle.loads((tmp_path / "state.pt").read_bytes()).close()  # the plant is real: unpickling runs it
     assert marker.exists()
     marker.unlink()
-    with pytest.raises(UserError, match="is not a raygen tune state"):
+    with pytest.raises(UserError, match="state.pt is damaged or holds pickled objects"):
         load_state(tmp_path)
     assert not marker.exists()
 

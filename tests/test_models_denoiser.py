@@ -104,3 +104,31 @@ def test_load_rejects_non_checkpoint(tmp_path):
 
     with pytest.raises(UserError, match="not a raygen denoiser checkpoint"):
         load_denoiser(tmp_path)
+
+
+class _Planted:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_load_refuses_a_pickle_and_a_damaged_spec_in_one_line(tmp_path):
+    import pickle
+
+    from raygen.errors import UserError
+
+    model = build_denoiser("tiny")
+    save_denoiser(model, model.state_dict(), tmp_path)
+    marker = tmp_path / "code-ran"
+    (tmp_path / "ema.pt").write_bytes(pickle.dumps(_Planted(marker)))
+    with pytest.raises(UserError, match="ema.pt is damaged or holds pickled objects"):
+        load_denoiser(tmp_path)
+    assert not marker.exists()
+    (tmp_path / "denoiser.json").write_text('{"size": "tiny", ')
+    with pytest.raises(UserError, match="denoiser.json is not a denoiser spec .*JSONDecodeError"):
+        load_denoiser(tmp_path)
+    (tmp_path / "denoiser.json").write_text("[1, 2]")
+    with pytest.raises(UserError, match="denoiser.json is not a denoiser spec"):
+        load_denoiser(tmp_path)

@@ -256,7 +256,8 @@ def init_from(state: TrainState, checkpoint: str) -> None:
     if not (directory / STATE_FILE).exists():
         raise UserError(f"init_from {checkpoint!r} is not a raygen training checkpoint (no {STATE_FILE}); "
                         "pass a checkpoint_* directory of a `raygen train` run")
-    saved = _read_checkpoint(directory, 0)
+    # not this run's own checkpoint: deleting it would not help, another one would
+    saved = _read_checkpoint(directory, 0, fix="pass an undamaged checkpoint_* directory as init_from")
     try:
         state.module("denoiser").load_state_dict(saved["modules"]["denoiser"])
         state.emas["denoiser"].load_state_dict(saved["emas"]["denoiser"])

@@ -195,6 +195,18 @@ def load_denoiser(checkpoint_dir: str | Path, map_location: str = "cpu") -> Deno
     if not spec_path.exists():
         raise UserError(f"{directory} is not a raygen denoiser checkpoint (no {SPEC_FILE}); "
                         "pass a checkpoint_* directory written by `raygen train`")
-    model = build_denoiser(**json.loads(spec_path.read_text()))
-    model.load_state_dict(torch.load(directory / WEIGHTS_FILE, map_location=map_location, weights_only=True))
+    fix = "pass a checkpoint_* directory written by `raygen train` (this one is damaged or not raygen's)"
+    try:
+        spec = json.loads(spec_path.read_text())
+        model = build_denoiser(**spec)
+    except (ValueError, TypeError, UnicodeDecodeError) as exc:  # not JSON, not a mapping, unknown or bad keys
+        raise UserError(f"{spec_path} is not a denoiser spec ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:100]}); {fix}") from None
+    from raygen.train_loop import load_weights
+
+    try:
+        model.load_state_dict(load_weights(directory / WEIGHTS_FILE, fix, map_location))
+    except (RuntimeError, KeyError, TypeError) as exc:  # weights of another model
+        raise UserError(f"{directory / WEIGHTS_FILE} does not fit {SPEC_FILE}'s model ({type(exc).__name__}); "
+                        f"{fix}") from None
     return model.eval()

@@ -122,17 +122,10 @@ def setting(trial: dict[str, Any]) -> str:
 
 
 def load_state(checkpoint_dir: Path) -> dict[str, Any]:
-    """A trial checkpoint's state: tensors and numbers only (`weights_only`), so a pickle planted in
-    a checkpoint runs no code; one that is not such a file is one line."""
-    import pickle
+    """A trial checkpoint's state: tensors and numbers only, so a pickle planted in a checkpoint runs no code."""
+    from raygen.train_loop import load_weights
 
-    import torch
-
-    try:
-        return torch.load(checkpoint_dir / "state.pt", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
-        raise UserError(f"trial checkpoint {checkpoint_dir / 'state.pt'} is not a raygen tune state "
-                        f"({str(exc).strip().splitlines()[0][:120]}); start the run over with --fresh") from None
+    return load_weights(checkpoint_dir / "state.pt", "start the run over with --fresh")
 
 
 def run_trial(trial: dict[str, Any], job: dict[str, Any]) -> None:
