@@ -277,3 +277,25 @@ def test_cli_checks_the_model_once_in_the_driver(tmp_path, ray_local, monkeypatc
                 dry_run=False, verbose=False)
     assert loads == ["mog4"]
     assert (tmp_path / "sample_mog" / "report.md").exists()
+
+
+def test_too_many_parts_is_one_line_before_anything_is_written(tmp_path, ray_local):
+    with pytest.raises(UserError, match=r"n_samples / chunk_size: .* parts, more than 1000000; raise the chunk"):
+        run(config(tmp_path, "huge", n_samples=10**12, chunk_size=1))
+    assert not (tmp_path / "huge").exists()
+    # a timed chunk size is refused before the manifest records it
+    with pytest.raises(UserError, match=r"timed chunk_size \d+: .* parts, more than 1000000"):
+        run(config(tmp_path, "huge_timed", n_samples=10**12, chunk_size=0))
+    assert not (tmp_path / "huge_timed" / "samples" / "_manifest.json").exists()
+
+
+def test_a_part_that_cannot_be_written_is_one_line_and_the_rerun_resumes(tmp_path, ray_local):
+    cfg = config(tmp_path, "blocked", n_samples=200, chunk_size=50)
+    samples = Path(run(cfg)["run_dir"]) / "samples"
+    (samples / "part-0000002.parquet").unlink()
+    (samples / "part-0000002.parquet").mkdir()  # in the way of the rename, even for root
+    with pytest.raises(UserError, match=r"cannot write part-0000002\.parquet to .*re-run the same command"):
+        run(cfg)
+    (samples / "part-0000002.parquet").rmdir()
+    assert run(cfg)["chunks_resumed"] == 3
+
