@@ -21,6 +21,10 @@ actor count, worker count), and one table says which stream is which:
 | 13 | LATENT_INIT     | rank               | the latent diffusion's trainer generator                 |
 | 14 | RANDOM_INIT     | model index        | the random-init baseline models of the weightgen report  |
 | 15 | STRUCTURE       | step (, rank)      | SADM's gated structure batch: its sigma (all ranks), noise |
+| 16 | CMT_PANEL       | -                  | the synthetic CMT panel: component laws and draws        |
+| 17 | CMT_SPLIT       | target, n, split   | a CMT few-shot split: which target rows train            |
+| 18 | CMT_FIT         | target, n, split, g| a CMT trial: g=0 torch (INN init, GCL batches, wrong     |
+|    |                 |                    | domains), g=1 numpy (recombination subsets, FastICA)     |
 
 `stream_seed` gives a 63-bit integer (numpy's SeedSequence over the key), `numpy_rng` and
 `torch_generator` wrap it. `per_item_seeds` is the vectorised form for one seed per item of a huge
@@ -52,6 +56,9 @@ class Stream(enum.IntEnum):
     LATENT_INIT = 13
     RANDOM_INIT = 14
     STRUCTURE = 15
+    CMT_PANEL = 16
+    CMT_SPLIT = 17
+    CMT_FIT = 18
 
 
 def stream_seed(seed: int, stream: Stream, *index: int) -> int:

@@ -1,4 +1,4 @@
-"""raygen.cmt.report: selection by LOOCV, relative scores, mean (SE), wins without ties."""
+"""raygen.cmt.report: selection by nested LOO, relative scores, mean (SE), wins without ties."""
 
 import math
 
@@ -9,14 +9,15 @@ from raygen.cmt.krr import ALPHAS, median_gamma, rbf
 from raygen.cmt.report import counts, hindsight, loo_reference, markdown_table, select, table
 
 
-def _t(target, split, method, loocv, test, setting=None):
-    return {"target": target, "n": 6, "split": split, "method": method, "loocv_mse": loocv, "test_mse": test,
-            "setting": setting}
+def _t(target, split, method, nested, test, setting=None, loocv=0.0):
+    # loocv (the leaky partial LOOCV) defaults to the lowest value: selection must not look at it
+    return {"target": target, "n": 6, "split": split, "method": method, "nested_loo_mse": nested, "loocv_mse": loocv,
+            "test_mse": test, "setting": setting}
 
 
 def test_selection_table_and_tallies():
     trials = [
-        # cmt: two settings per split; the lower LOOCV wins even though its test MSE is worse
+        # cmt: two settings per split; the lower nested LOO wins even though its test MSE is worse
         _t("A", 0, "cmt", 0.1, 4.0, "s1"), _t("A", 0, "cmt", 0.2, 1.0, "s2"),
         _t("A", 1, "cmt", 0.3, 1.0, "s1"), _t("A", 1, "cmt", 0.2, 2.0, "s2"),
         _t("A", 0, "target_only", 0.5, 2.0), _t("A", 1, "target_only", 0.5, 4.0),
@@ -42,19 +43,31 @@ def test_single_split_has_no_standard_error():
     assert math.isnan(rows[0]["cells"]["cmt"][1]) and rows[0]["best"] == ["cmt"]
 
 
-def test_loo_reference_is_the_target_only_loocv_on_all_points():
+def test_selection_ignores_the_leaky_partial_loocv():
+    trials = [_t("A", 0, "cmt", 0.5, 1.0, "s1", loocv=0.01), _t("A", 0, "cmt", 0.2, 9.0, "s2", loocv=0.3)]
+    (chosen,) = select(trials, {"A": 1.0})
+    assert chosen["setting"] == "s2"
+
+
+@pytest.mark.parametrize("form", ["reference", "dual"])
+def test_loo_reference_is_the_target_only_loocv_on_all_points(form):
     rng = np.random.default_rng(0)
     z = rng.standard_normal((19, 4))
     brute = []
     x, y, gamma = z[:, :-1], z[:, -1], median_gamma(z[:, :-1])
+    K = rbf(x, x, gamma)
     for alpha in ALPHAS:
         res = []
         for i in range(19):
             keep = np.arange(19) != i
-            coef = np.linalg.solve(rbf(x[keep], x[keep], gamma) + alpha * np.eye(18), y[keep])
-            res.append(y[i] - rbf(x[i : i + 1], x[keep], gamma)[0] @ coef)
+            if form == "dual":
+                coef = np.linalg.solve(K[keep][:, keep] + alpha * np.eye(18), y[keep])
+                res.append(y[i] - K[i, keep] @ coef)
+            else:  # ridge on the (all kept) kernel columns, row i left out
+                theta = np.linalg.solve(K[keep].T @ K[keep] + alpha * np.eye(19), K[keep].T @ y[keep])
+                res.append(y[i] - K[i] @ theta)
         brute.append(np.mean(np.square(res)))
-    assert loo_reference(z) == pytest.approx(min(brute), rel=1e-9)
+    assert loo_reference(z, form) == pytest.approx(min(brute), rel=1e-9)
 
 
 def test_hindsight_takes_the_best_test_mse_over_settings_and_epochs():

@@ -8,8 +8,8 @@ Given n target points z_i and an estimate h ≈ f⁻¹:
 
 Because the components are independent in every domain, the recombinations are (approximately)
 draws from the target's own joint law: the n^D points estimate the target risk with far lower
-variance than the n originals (the paper's Theorem 1). Above a size limit a seeded random subset
-of the index tuples is used. Points a one-class SVM fitted on source data flags as outliers, and
+variance than the n originals (the paper's Theorem 1). Above a size limit a random subset of the
+index tuples, drawn from the caller's generator, is used. Points a one-class SVM fitted on source data flags as outliers, and
 non-finite ones, are rejected: h⁻¹ is only trained where the source data lie.
 """
 
@@ -23,13 +23,13 @@ import numpy as np
 Map = Callable[[np.ndarray], np.ndarray]
 
 
-def recombination_indices(n: int, dim: int, *, max_size: int, seed: int) -> np.ndarray:
-    """[M, dim] index tuples: all n^dim (lexicographic) if n^dim ≤ max_size, else max_size distinct ones drawn at random."""
+def recombination_indices(n: int, dim: int, *, max_size: int, rng: np.random.Generator) -> np.ndarray:
+    """[M, dim] index tuples: all n^dim (lexicographic) if n^dim ≤ max_size, else max_size distinct ones drawn by rng."""
     total = n**dim
     if total <= max_size:
         flat = np.arange(total)
     else:
-        flat = np.sort(np.random.default_rng(seed).choice(total, size=max_size, replace=False))
+        flat = np.sort(rng.choice(total, size=max_size, replace=False))
     return np.stack(np.unravel_index(flat, (n,) * dim), axis=1)
 
 
@@ -63,10 +63,10 @@ class Augmented:
         return len(self.z) / max(self.proposed, 1)
 
 
-def augment(z: np.ndarray, h: Map, h_inv: Map, *, max_size: int, seed: int,
+def augment(z: np.ndarray, h: Map, h_inv: Map, *, max_size: int, rng: np.random.Generator,
             accept: Callable[[np.ndarray], np.ndarray] | None = None) -> Augmented:
-    """z̄ = h⁻¹(recombine(h(z))) over all (or a seeded subset of) index tuples, filtered by `accept`."""
-    idx = recombination_indices(len(z), z.shape[1], max_size=max_size, seed=seed)
+    """z̄ = h⁻¹(recombine(h(z))) over all (or a random subset of) index tuples, filtered by `accept`."""
+    idx = recombination_indices(len(z), z.shape[1], max_size=max_size, rng=rng)
     with np.errstate(all="ignore"):  # a poor h⁻¹ may overflow; such rows are rejected below
         z_bar = h_inv(recombine(h(z), idx))
     keep = np.isfinite(z_bar).all(axis=1) if accept is None else accept(z_bar)

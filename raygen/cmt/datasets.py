@@ -109,13 +109,28 @@ def load_gasoline(path: str | Path | None = None) -> Panel:
                         f"non-numeric value on data line {row + 1}; fix or drop that row")
     names, domain = np.unique(df[GASOLINE_DOMAIN].astype(str).to_numpy(), return_inverse=True)
     _check_domains(names, f"gasoline CSV {str(path)!r} column {GASOLINE_DOMAIN!r}")
-    z = (values - values.mean(0)) / values.std(0)
-    return Panel(z=z, domain=domain, names=tuple(names), columns=(*GASOLINE_X, GASOLINE_Y))
+    return Panel(z=standardise(values, [*GASOLINE_X, GASOLINE_Y], f"gasoline CSV {str(path)!r}"), domain=domain,
+                 names=tuple(names), columns=(*GASOLINE_X, GASOLINE_Y))
 
 
-def synthetic_panel(seed: int, *, n_sources: int, source_size: int, target_size: int) -> Panel:
+def standardise(values: np.ndarray, columns: list[str], where: str) -> np.ndarray:
+    """Zero mean, unit variance per column; a column whose spread is zero or overflows is one UserError naming it."""
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is detected below, per column
+        mean, std = values.mean(0), values.std(0)
+        z = (values - mean) / std
+    for col, name in enumerate(columns):
+        # exact test: a constant column's computed std can be round-off (1e-17), not 0
+        if (values[:, col] == values[0, col]).all():
+            raise UserError(f"{where}: column {name!r} is constant ({values[0, col]:g} everywhere); it carries no "
+                            "information and cannot be standardised: drop or fix that column")
+        if not (np.isfinite(mean[col]) and np.isfinite(std[col]) and std[col] > 0 and np.isfinite(z[:, col]).all()):
+            raise UserError(f"{where}: column {name!r} has values too large to standardise in float64 (e.g. "
+                            f"{values[np.argmax(np.abs(values[:, col])), col]:g}); fix or rescale that column")
+    return z
+
+
+def synthetic_panel(rng: np.random.Generator, *, n_sources: int, source_size: int, target_size: int) -> Panel:
     """K source domains of `source_size` rows and one domain "target" of `target_size` rows from the known f."""
-    rng = np.random.default_rng([seed, 4])
     mechanism, dim = Mechanism(), 4
     names = tuple(f"source{k + 1}" for k in range(n_sources)) + ("target",)
     sizes = [source_size] * n_sources + [target_size]
@@ -130,8 +145,8 @@ def synthetic_panel(seed: int, *, n_sources: int, source_size: int, target_size:
                  columns=tuple(f"X{d + 1}" for d in range(dim - 1)) + ("Y",), mechanism=mechanism)
 
 
-def split_target(panel: Panel, target: str, n: int, seed) -> Split:
-    """Hold out `target`; n of its rows (drawn by `seed`) train, the rest test; every other domain is a source."""
+def split_target(panel: Panel, target: str, n: int, rng: np.random.Generator) -> Split:
+    """Hold out `target`; n of its rows (drawn by `rng`) train, the rest test; every other domain is a source."""
     if target not in panel.names:
         raise UserError(f"unknown target domain {target!r}; valid: {', '.join(panel.names)}")
     z_target = panel.rows_of(target)
@@ -141,6 +156,6 @@ def split_target(panel: Panel, target: str, n: int, seed) -> Split:
     t = panel.names.index(target)
     source = panel.domain != t
     u = panel.domain[source]
-    perm = np.random.default_rng(seed).permutation(len(z_target))
+    perm = rng.permutation(len(z_target))
     return Split(z_source=panel.z[source], u_source=np.where(u > t, u - 1, u), z_train=z_target[perm[:n]],
                  z_test=z_target[perm[n:]], z_target=z_target)

@@ -2,7 +2,8 @@
 with the domain index u as the auxiliary variable, as used by Teshima et al. (ICML 2020, §5).
 
 A classifier scores a pair (s = h(z), u) by r(s, u) = Σ_d ψ_d(s_d, u), one small MLP ψ_d per
-component (1 → hidden → K domain scores, the u-th is taken). It is trained together with h to tell
+component with two hidden ReLU layers as in the reference code (1 → hidden → hidden → K domain
+scores, the u-th is taken). It is trained together with h to tell
 true pairs (h(z), u) from pairs with a uniformly drawn wrong domain u' ≠ u by the logistic loss
 
     L = mean[ softplus(−r(h(z), u)) + softplus(r(h(z), u')) ].
@@ -24,7 +25,7 @@ from raygen.cmt.inn import InvertibleNet
 
 
 class ComponentwiseClassifier(nn.Module):
-    """r(s, u) = Σ_d ψ_d(s_d)[u]; the D one-input MLPs are evaluated together as batched tensors."""
+    """r(s, u) = Σ_d ψ_d(s_d)[u]; the D one-input MLPs (two hidden layers) are evaluated together as batched tensors."""
 
     def __init__(self, dim: int, n_domains: int, hidden: int, generator: torch.Generator):
         super().__init__()
@@ -34,11 +35,13 @@ class ComponentwiseClassifier(nn.Module):
             return nn.Parameter((torch.rand(*shape, generator=generator, dtype=torch.float64) * 2 - 1) * bound)
 
         self.w1, self.b1 = uniform(dim, hidden, fan_in=1), uniform(dim, hidden, fan_in=1)
-        self.w2, self.b2 = uniform(dim, hidden, n_domains, fan_in=hidden), uniform(dim, n_domains, fan_in=hidden)
+        self.w2, self.b2 = uniform(dim, hidden, hidden, fan_in=hidden), uniform(dim, hidden, fan_in=hidden)
+        self.w3, self.b3 = uniform(dim, hidden, n_domains, fan_in=hidden), uniform(dim, n_domains, fan_in=hidden)
 
     def forward(self, s: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         hid = torch.relu(s[:, :, None] * self.w1 + self.b1)  # [N, D, H]
-        scores = torch.einsum("ndh,dhk->nk", hid, self.w2) + self.b2.sum(0)  # Σ_d ψ_d(s_d): [N, K]
+        hid = torch.relu(torch.einsum("ndh,dhj->ndj", hid, self.w2) + self.b2)  # [N, D, H]
+        scores = torch.einsum("ndh,dhk->nk", hid, self.w3) + self.b3.sum(0)  # Σ_d ψ_d(s_d): [N, K]
         return scores.gather(1, u[:, None])[:, 0]
 
 
@@ -55,16 +58,17 @@ def gcl_loss(h: InvertibleNet, classifier: ComponentwiseClassifier, z: torch.Ten
 
 
 def train_gcl(h: InvertibleNet, z: torch.Tensor, u: torch.Tensor, *, n_domains: int, classifier_hidden: int,
-              lr: float, weight_decay: float, batch_size: int, epochs: int, seed: int,
+              lr: float, weight_decay: float, batch_size: int, epochs: int, generator: torch.Generator,
               on_epoch: Callable[[int, float], None] | None = None) -> list[float]:
     """Train h (in place) and a fresh classifier by Adam on the GCL loss; return the mean loss per epoch.
 
-    ActNorm is initialised on z first. Mini-batches are a seeded shuffle without replacement (the last
-    partial batch is dropped, as in the reference); `on_epoch(epoch, loss)` runs after every epoch.
+    ActNorm is initialised on z first. The classifier's init, the mini-batch shuffles (without
+    replacement; the last partial batch is dropped, as in the reference) and the wrong domains are
+    drawn from `generator`; `on_epoch(epoch, loss)` runs after every epoch.
     """
     if n_domains < 2:
         raise ValueError("GCL needs at least 2 domains to contrast")
-    g = torch.Generator().manual_seed(seed)
+    g = generator
     classifier = ComponentwiseClassifier(z.shape[1], n_domains, classifier_hidden, g)
     h.initialize(z)
     params = list(h.parameters()) + list(classifier.parameters())

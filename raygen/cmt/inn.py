@@ -55,8 +55,9 @@ class AffineCoupling(nn.Module):
     def __init__(self, dim: int, hidden: int, generator: torch.Generator):
         super().__init__()
         self.d = dim // 2
-        self.hidden = nn.Linear(self.d, hidden)
-        self.out = nn.Linear(hidden, 2 * (dim - self.d))
+        # skip_init: nn.Linear's own init would draw from torch's global generator; ours comes below
+        self.hidden = nn.utils.skip_init(nn.Linear, self.d, hidden)
+        self.out = nn.utils.skip_init(nn.Linear, hidden, 2 * (dim - self.d))
         with torch.no_grad():
             bound = 1.0 / self.d**0.5  # nn.Linear's default range, drawn from our generator
             self.hidden.weight.uniform_(-bound, bound, generator=generator)
@@ -82,11 +83,11 @@ class AffineCoupling(nn.Module):
 class InvertibleNet(nn.Module):
     """h: ActNorm, then `depth` × (invertible linear, affine coupling); float64 throughout."""
 
-    def __init__(self, dim: int, depth: int, hidden: int, *, seed: int):
+    def __init__(self, dim: int, depth: int, hidden: int, *, generator: torch.Generator):
         super().__init__()
         if dim < 2:
             raise ValueError("an affine coupling needs at least 2 dimensions")
-        g = torch.Generator().manual_seed(seed)
+        g = generator
         layers: list[nn.Module] = [ActNorm(dim)]
         for _ in range(depth):
             layers += [InvertibleLinear(dim, g), AffineCoupling(dim, hidden, g)]
