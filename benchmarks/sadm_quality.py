@@ -68,6 +68,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from benchlib import RESULTS, write
 
 from raygen.diffusion import EMA, DenoisingLoss, StructureEncoder, heun_sample
 from raygen.diffusion.structure import SpectralEncoder, gated_structure_term, js_critic_loss, structure_noise
@@ -259,6 +260,7 @@ def main() -> None:
                    help="seed: one seed's arms (--seed), so seeds can run as separate processes")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
+    RESULTS.mkdir(exist_ok=True)  # a fresh checkout has no results/: fail now, not after the whole run
     base_steps, steps = (60, 20) if args.quick else (BASE_STEPS, STEPS)
     n = 200 if args.quick else SAMPLES
     seeds = list(range(2 if args.quick else SEEDS))
@@ -281,8 +283,7 @@ def main() -> None:
             "sampler": "heun 18 steps", "arms": [a.__dict__ for a in ARMS]}
     out = report([r["results"] for r in per_seed], floor, meta)
     out["runs"] = per_seed
-    path = Path(__file__).parent / "results" / f"sadm_quality{'_quick' if args.quick else ''}.json"
-    path.write_text(json.dumps(out, indent=1))
+    path = write(f"sadm_quality{'_quick' if args.quick else ''}", out)
     plot_logs(per_seed, path.with_suffix(".png"))
     print(f"wrote {path}")
 

@@ -53,10 +53,24 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def read_job_file(path: str | Path) -> dict[str, Any]:
+# The project's jobs/ files, shipped inside the package (links to jobs/ in a checkout, copies in a
+# wheel), so that `raygen sample` and `raygen run jobs/quickstart.yaml` work wherever raygen is installed.
+PACKAGED_JOBS = Path(__file__).parent / "jobs_default"
+
+
+def resolve_job_path(path: str | Path) -> Path:
+    """`path` itself if it exists; else, for `jobs/<name>.yaml`, the copy shipped with raygen."""
     path = Path(path)
+    if not path.exists() and path.parent == Path("jobs") and (PACKAGED_JOBS / path.name).is_file():
+        return PACKAGED_JOBS / path.name
+    return path
+
+
+def read_job_file(path: str | Path) -> dict[str, Any]:
+    path = resolve_job_path(path)
     if not path.is_file():
-        raise UserError(f"job file {str(path)!r} not found; job files live in jobs/ (e.g. jobs/quickstart.yaml)")
+        shipped = ", ".join(sorted(f"jobs/{p.name}" for p in PACKAGED_JOBS.glob("*.yaml")))
+        raise UserError(f"job file {str(path)!r} not found; give a YAML job file, or one of raygen's own: {shipped}")
     if path.stat().st_size > MAX_JOB_FILE_BYTES:
         raise UserError(f"job file {str(path)!r} is {path.stat().st_size} bytes; a job file holds settings "
                         f"(at most {MAX_JOB_FILE_BYTES // 1024} KiB): point to data by path instead")

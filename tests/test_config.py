@@ -54,3 +54,27 @@ def test_an_alias_bomb_is_refused_without_being_expanded(tmp_path):
     levels = ", ".join(f"&l{i} [" + ",".join([f"*l{i - 1}" if i else "x"] * 9) + "]" for i in range(10))
     with pytest.raises(UserError, match="config key 'name': the value holds more than"):
         load_job(_job(tmp_path, f"workload: sample\nname: [{levels}]\n"))
+
+
+def test_every_verb_finds_its_default_job_outside_the_repository(tmp_path, monkeypatch, capsys):
+    """A user who installed raygen has no jobs/: the defaults ship in the package (raygen/jobs_default,
+    links to jobs/ that a wheel turns into copies)."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from raygen import cli
+    from raygen.jobs import PACKAGED_JOBS
+    from raygen.workloads import WORKLOADS
+
+    repo_jobs = Path(__file__).resolve().parents[1] / "jobs"
+    monkeypatch.chdir(tmp_path)
+    for verb, workload in WORKLOADS.items():
+        rel = Path(workload.default_job)
+        assert (PACKAGED_JOBS / rel.name).read_text() == (repo_jobs / rel.name).read_text(), rel
+        assert load_job(rel).workload == verb
+        monkeypatch.setattr(sys, "argv", ["raygen", verb if verb != "quickstart" else "run",
+                                          *([str(rel)] if verb == "quickstart" else []), "--dry-run"])
+        cli.main()
+        assert json.loads(capsys.readouterr().out)["workload"] == verb
+    assert not list(tmp_path.iterdir())
