@@ -104,40 +104,42 @@ def heldout_tables(cfg: WeightgenConfig, thetas, cols, gen, gcols, meta) -> dict
     }
 
 
-def plots_of(run_dir, cols, gcols, memo: dict | None, held: dict | None) -> list[str]:
-
-
-    names = []
+def _figure(run_dir, name: str, xlabel: str, ylabel: str, draw) -> str:
+    """One axes drawn by `draw(ax)`, labelled, with a legend, saved as `name`."""
     fig, ax = plots.pyplot().subplots(figsize=(6, 4))
-    zoo_tasks = np.isin(gcols["task_id"], np.unique(cols["task_id"]))
-    both = 100 * np.concatenate([cols["test_acc"], gcols["test_acc"][zoo_tasks]])
-    bins = np.linspace(both.min(), both.max() + 1e-9, 31)  # shared bins: the bars are comparable
-    ax.hist(100 * cols["test_acc"], bins=bins, alpha=0.6, label="original")
-    ax.hist(100 * gcols["test_acc"][zoo_tasks], bins=bins, alpha=0.6, label="generated")
-    ax.set_xlabel("test accuracy (%)")
-    ax.set_ylabel("models")
+    draw(ax)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.legend()
-    run_dir.save_figure("accuracy_hist.png", fig)
-    names.append("accuracy_hist.png")
-    if memo:
-        fig, ax = plots.pyplot().subplots(figsize=(6, 4))
-        ax.scatter(memo["raw"]["orig_nearest_dist"], memo["raw"]["orig_nearest_iou"], s=8, label="original vs nearest original")
-        ax.scatter(memo["raw"]["gen_nearest_dist"], memo["raw"]["gen_nearest_iou"], s=8, label="generated vs nearest original")
-        ax.set_xlabel("distance to nearest original (weight space)")
-        ax.set_ylabel("IoU of wrongly predicted test images")
-        ax.legend()
-        run_dir.save_figure("memorisation.png", fig)
-        names.append("memorisation.png")
-    if held:
-        fig, ax = plots.pyplot().subplots(figsize=(6, 4))
+    run_dir.save_figure(name, fig)
+    return name
+
+
+def plots_of(run_dir, cols, gcols, memo: dict | None, held: dict | None) -> list[str]:
+    zoo_tasks = np.isin(gcols["task_id"], np.unique(cols["task_id"]))
+
+    def histogram(ax):
+        both = 100 * np.concatenate([cols["test_acc"], gcols["test_acc"][zoo_tasks]])
+        bins = np.linspace(both.min(), both.max() + 1e-9, 31)  # shared bins: the bars are comparable
+        ax.hist(100 * cols["test_acc"], bins=bins, alpha=0.6, label="original")
+        ax.hist(100 * gcols["test_acc"][zoo_tasks], bins=bins, alpha=0.6, label="generated")
+
+    def nearest(ax):
+        raw = memo["raw"]
+        ax.scatter(raw["orig_nearest_dist"], raw["orig_nearest_iou"], s=8, label="original vs nearest original")
+        ax.scatter(raw["gen_nearest_dist"], raw["gen_nearest_iou"], s=8, label="generated vs nearest original")
+
+    def curves(ax):
         for arm, c in held["curves"].items():
             ax.plot(held["curve_steps"], c, label=f"{arm} init")
         ax.axhline(held["chance"], color="gray", ls=":", label="chance")
-        ax.set_xlabel("fine-tuning step")
-        ax.set_ylabel("test accuracy (%)")
-        ax.legend()
-        run_dir.save_figure("finetune.png", fig)
-        names.append("finetune.png")
+
+    names = [_figure(run_dir, "accuracy_hist.png", "test accuracy (%)", "models", histogram)]
+    if memo:
+        names.append(_figure(run_dir, "memorisation.png", "distance to nearest original (weight space)",
+                             "IoU of wrongly predicted test images", nearest))
+    if held:
+        names.append(_figure(run_dir, "finetune.png", "fine-tuning step", "test accuracy (%)", curves))
     return names
 
 

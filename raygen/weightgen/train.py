@@ -83,6 +83,14 @@ def _random_rows(state, tensors: tuple, batch_size: int):
         yield tuple(t[idx] for t in tensors)
 
 
+def _fit(cfg: StageConfig, run, state, tensors: tuple, step, export, stage: str) -> dict:
+    """The scaffold's loop over random rows of `tensors`, its lines labelled by the stage."""
+    schedule = Schedule(cfg.steps, cfg.log_every, cfg.checkpoint_every)
+    lr_key = "ae_lr" if stage == "ae" else "diff_lr"  # the run config's key a user would change
+    return fit(run, state, _random_rows(state, tensors, cfg.batch_size // run.world), step, schedule, export=export,
+               progress={f"{stage} loss": "loss"}, diverged_hint=f"lower {lr_key} (now {cfg.lr})", unit="models")
+
+
 def load_checkpoint_file(checkpoint_uri: str, filename: str) -> dict[str, Any]:
     """A stage's exported file, unpickled without running code (tensors and plain containers only)."""
     where = storage.resolve(checkpoint_uri).child(filename)
@@ -124,10 +132,7 @@ def train_autoencoder(config: dict) -> dict:
             torch.save({"spec": module.spec, "weights": module.state_dict(), "norm": norm.to_dict(),
                          "meta": meta}, directory / AE_FILE)
 
-        schedule = Schedule(cfg.steps, cfg.log_every, cfg.checkpoint_every)
-        return fit(run, state, _random_rows(state, (x,), cfg.batch_size // run.world), step, schedule,
-                   export=export, progress={"ae loss": "loss"},
-                   diverged_hint=f"lower ae_lr (now {cfg.lr})", unit="models")
+        return _fit(cfg, run, state, (x,), step, export, "ae")
     finally:
         run.close()
 
@@ -231,10 +236,7 @@ def train_diffusion(config: dict) -> dict:
             torch.save({k: {"spec": m.spec, "weights": m.state_dict()} for k, m in saved.items()},
                         directory / DIFF_FILE)
 
-        schedule = Schedule(cfg.steps, cfg.log_every, cfg.checkpoint_every)
-        return fit(run, state, _random_rows(state, (h, task_index), cfg.batch_size // run.world), step, schedule,
-                   export=export, progress={"diffusion loss": "loss"},
-                   diverged_hint=f"lower diff_lr (now {cfg.lr})", unit="models")
+        return _fit(cfg, run, state, (h, task_index), step, export, "diffusion")
     finally:
         run.close()
 
