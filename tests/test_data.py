@@ -150,3 +150,23 @@ def test_image_folder_in_a_bucket(bucket, ray_local):
     assert y.tolist() == [1, 0]
     rows = load_dataset(uri).take_all()
     assert sorted(int(r["label"]) for r in rows) == [0, 0, 1, 1]
+
+
+def test_symlink_loops_and_repeated_links_count_each_image_once(tmp_path):
+    """A link back up the tree used to be walked again and again (140 images became 5,720 rows);
+    a class folder that is itself a link still counts."""
+    from raygen import storage
+    from raygen.data.real import image_files
+
+    root = tmp_path / "folder"
+    write_folder(root, per_class=3)
+    (root / "cat" / "again").symlink_to(root / "cat")  # a loop
+    (root / "cat" / "up").symlink_to(root)  # a loop through the root
+    (root / "dog" / "sub").mkdir()
+    (root / "dog" / "sub" / "9.png").write_bytes((root / "dog" / "0.png").read_bytes())
+    elsewhere = tmp_path / "elsewhere"
+    write_folder(elsewhere, per_class=2)
+    (root / "emu").symlink_to(elsewhere / "cat")  # a linked class folder
+    paths, labels = image_files(storage.resolve(str(root)))
+    assert len(paths) == 3 + 3 + 1 + 2 == len(set(paths))
+    assert labels.tolist() == [0] * 3 + [1] * 4 + [2] * 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from typing import Any
 
 import numpy as np
@@ -92,15 +93,42 @@ def image_files(loc: storage.Location) -> tuple[list[str], np.ndarray]:
 
     where = storage.display(loc.uri)
     paths, labels = [], []
-    for index, class_dir in enumerate(_class_dirs(loc)):
-        found = sorted(e.path for e in loc.fs.get_file_info(pafs.FileSelector(class_dir.path, recursive=True))
-                       if e.type == pafs.FileType.File and e.extension.lower() in IMAGE_EXTENSIONS)
+    class_dirs = _class_dirs(loc)
+    # local: the root and every class folder count as entered, so a link to one of them is not followed
+    seen = {_identity(d) for d in [loc.path, *(c.path for c in class_dirs)]} if loc.is_local else set()
+    for index, class_dir in enumerate(class_dirs):
+        if loc.is_local:
+            found = sorted(_local_images(class_dir.path, seen))
+        else:  # object stores have no links
+            found = sorted(e.path for e in loc.fs.get_file_info(pafs.FileSelector(class_dir.path, recursive=True))
+                           if e.type == pafs.FileType.File and e.extension.lower() in IMAGE_EXTENSIONS)
         paths += found
         labels += [index] * len(found)
     if not paths:
         raise UserError(f"image folder {where!r} contains no images ({', '.join(IMAGE_EXTENSIONS)}) in its class "
                         f"subfolders; expected {where}/<class>/<image>.png")
     return paths, np.asarray(labels, dtype=np.int64)
+
+
+def _identity(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def _local_images(top: str, seen: set[tuple[int, int]]) -> list[str]:
+    """Image files under a local directory, following links (a class folder may be one) but entering
+    each real directory once: a link back up the tree (a loop) or to a folder already listed would
+    otherwise count the same images many times (140 images once became 5,720 rows)."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+        if dirpath != top:
+            if _identity(dirpath) in seen:
+                dirnames[:] = []
+                continue
+            seen.add(_identity(dirpath))
+        found += [f"{dirpath}/{name}" for name in filenames
+                  if os.path.splitext(name)[1].lstrip(".").lower() in IMAGE_EXTENSIONS and os.path.isfile(f"{dirpath}/{name}")]
+    return found
 
 
 def image_channels(loc: storage.Location, first: str, channels: int | None) -> int:
