@@ -8,8 +8,13 @@ the summary is the mean over evaluations of log10 variance; per (model, estimato
 its mean over seeds with a 95% t-interval (2 degrees of freedom), the final validation ELBO and
 ms per training iteration (wall-clock and CPU time of the run's process). The runs are pure torch (no Ray), in a process pool.
 
-Decision rule (fixed before running). The published ordering is LR ≫ LR+C > LR+C+IDB ≳ LEG ≈
-optimal. With d = the per-seed difference of mean log10 variances (paired by seed), a claim is
+Decision rule (fixed before running). The ordering tested is LR ≫ LR+C > LR+C+IDB ≳ LEG ≈ optimal.
+Only LR ≫ LR+C > LR+C+IDB is a published variance ordering. "LR+C+IDB ≳ LEG ≈ optimal" is not a
+claim of the paper's abstract, which says modern estimators *perform* close to the optimal one (a
+statement about the objective reached, not the variance); and here every estimator trains its own
+parameters, so their variances are not measured at the same θ, φ and batches. Those two rows are
+reported as "unverified" with the measured gap beside them — never as supported or contradicted.
+With d = the per-seed difference of mean log10 variances (paired by seed), a published claim is
   - "supported" when the 95% t-interval of the mean d lies entirely on its side: ≫: d > 1
     (10x); >: d > 0; ≳: d > −log10 2 (at most 2x below); ≈: |d| < log10 2 (within 2x);
   - "contradicted" when the interval lies entirely on the other side;
@@ -44,7 +49,10 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-ORDER = (("lr", "lr_baseline", "≫"), ("lr_baseline", "nvil", ">"), ("nvil", "leg", "≳"), ("leg", "optimal", "≈"))
+# (a, b, relation, published): unpublished relations are measured but not judged (see the module docs)
+ORDER = (("lr", "lr_baseline", "≫", True), ("lr_baseline", "nvil", ">", True), ("nvil", "leg", "≳", False),
+         ("leg", "optimal", "≈", False))
+UNVERIFIED = "unverified (not a published claim; estimators at different parameters)"
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776}  # Student t quantiles for 95% intervals
 
 
@@ -98,11 +106,11 @@ def variance_arm(args) -> dict:
                          "test_iw_bound": interval([r["test_iw_bound"] for r in rs]),
                          "ms_per_iteration": statistics.fmean(r["ms_per_iteration"] for r in rs),
                          "cpu_ms_per_iteration": statistics.fmean(r["cpu_ms_per_iteration"] for r in rs)})
-        for a, b, sym in ORDER:
+        for a, b, sym, published in ORDER:
             if a in by and b in by:
                 d = interval([ra["log10_var"] - rb["log10_var"] for ra, rb in zip(by[a], by[b])])
-                claims.append({"model": model, "claim": f"{a} {sym} {b}", "log10_ratio": d,
-                               "verdict": verdict(sym, d[1], d[2])})
+                claims.append({"model": model, "claim": f"{a} {sym} {b}", "log10_ratio": d, "published": published,
+                               "verdict": verdict(sym, d[1], d[2]) if published else UNVERIFIED})
         if "lr" in by and len(by) > 1:
             elbo = {e: interval([r["val_elbo"] for r in rs]) for e, rs in by.items()}
             others = sorted((v for e, v in elbo.items() if e != "lr"), key=lambda v: v[0])
@@ -175,7 +183,7 @@ def main() -> None:
     for r in variance["rows"]:
         print(f"{r['model']:8} {r['estimator']:12} {fmt(r['log10_var']):28} {fmt(r['val_elbo']):28} "
               f"{r['ms_per_iteration']:6.1f} {r['cpu_ms_per_iteration']:9.1f}")
-    print("\npublished ordering, paired by seed (log10 ratio [95% CI]):")
+    print("\nvariance ordering, paired by seed (log10 ratio [95% CI]; only published rows get a verdict):")
     for c in variance["claims"]:
         ratio = "" if c["log10_ratio"] is None else fmt(c["log10_ratio"])
         print(f"{c['model']:8} {c['claim']:28} {ratio:28} {c['verdict']}")

@@ -49,3 +49,16 @@ def test_job_file_parses_and_bad_values_are_one_line_errors():
         with pytest.raises(UserError, match=message) as err:
             GradvarConfig.from_dict({**job, key: value})
         assert "\n" not in str(err.value) and key in str(err.value)
+
+
+def test_only_published_variance_claims_are_judged():
+    from raygen.workloads.gradvar import compare
+
+    rows = [{"model": "linear", "estimator": e, "finished": True, "log10_grad_var": (v,), "val_elbo": (elbo,)}
+            for e, v, elbo in [("lr", 0.0, -50.0), ("lr_baseline", -2.0, -40.0), ("nvil", -3.0, -39.0),
+                               ("leg", -2.0, -39.5), ("optimal", -4.4, -39.0)]]
+    verdicts = {c["claim"]: c["holds"] for c in compare(rows, ["linear"])}
+    assert verdicts["var LR ≫ LR+C"] is True and verdicts["var LR+C > LR+C+IDB (NVIL)"] is True
+    # LEG 2.4 decades above optimal: measured, but "LEG ≈ optimal" is no published claim, so not judged
+    assert verdicts["var LEG ≈ optimal"] is None and verdicts["var LR+C+IDB (NVIL) ≳ LEG"] is None
+    assert verdicts["LR has the worst validation ELBO"] is True

@@ -7,8 +7,10 @@ fresh mini-batches at the current parameters, the validation ELBO and the wall-c
 iteration; its last report adds the importance-weighted test bound. The driver picks, per (model,
 estimator), the learning rate with the best mean final validation ELBO over seeds, and reports
 variance curves, bounds, timings and how the measured variance ordering compares with the
-published one: LR ≫ LR+C > LR+C+IDB (NVIL) ≳ LEG ≈ optimal. LEG+C (`leg_baseline`, LEG with a
-centred signal) is an addition of this project, outside the published comparison.
+published one, LR ≫ LR+C > LR+C+IDB (NVIL). "NVIL ≳ LEG ≈ optimal" in variance is not a claim of the
+paper's abstract (it says modern estimators *perform* close to optimal): those gaps are shown as
+measured and labelled unverified, never judged. LEG+C (`leg_baseline`, LEG with a centred signal)
+is an addition of this project, outside the published comparison.
 """
 
 from __future__ import annotations
@@ -158,23 +160,26 @@ def summarise(config: GradvarConfig, trials: list[dict[str, Any]]) -> list[dict[
     return rows
 
 
-# The published variance ordering as pairwise claims on mean log10 variance, d = log10(var a / var b):
+# The variance ordering as pairwise relations on mean log10 variance, d = log10(var a / var b):
 # "≫" d >= 1 (10x), ">" d > 0, "≳" d >= -log10(2) (at most 2x below), "≈" |d| <= log10(2) (within 2x).
-CLAIMS = (("lr", "lr_baseline", "≫"), ("lr_baseline", "nvil", ">"), ("nvil", "leg", "≳"), ("leg", "optimal", "≈"))
+# The last flag: a published claim (judged) or not (measured, "holds" None: unverified).
+CLAIMS = (("lr", "lr_baseline", "≫", True), ("lr_baseline", "nvil", ">", True), ("nvil", "leg", "≳", False),
+          ("leg", "optimal", "≈", False))
 _HOLDS = {"≫": lambda d: d >= 1.0, ">": lambda d: d > 0.0, "≳": lambda d: d >= -math.log10(2),
           "≈": lambda d: abs(d) <= math.log10(2)}
 
 
 def compare(rows: list[dict[str, Any]], models: list[str]) -> list[dict[str, Any]]:
-    """Each published claim per model: the measured log10 ratio and whether the claim holds."""
+    """Each relation per model: the measured log10 ratio and whether it holds (None where it is not a published claim)."""
     out = []
     for model in models:
         var = {r["estimator"]: r["log10_grad_var"][0] for r in rows if r["model"] == model and r["finished"]}
         elbo = {r["estimator"]: r["val_elbo"][0] for r in rows if r["model"] == model and r["finished"]}
-        for a, b, sym in CLAIMS:
+        for a, b, sym, published in CLAIMS:
             if a in var and b in var:
-                out.append({"model": model, "claim": f"var {LABELS[a]} {sym} {LABELS[b]}",
-                            "log10_ratio": var[a] - var[b], "holds": bool(_HOLDS[sym](var[a] - var[b]))})
+                d = var[a] - var[b]
+                out.append({"model": model, "claim": f"var {LABELS[a]} {sym} {LABELS[b]}", "log10_ratio": d,
+                            "holds": bool(_HOLDS[sym](d)) if published else None})
         if "lr" in elbo and len(elbo) > 1:
             out.append({"model": model, "claim": "LR has the worst validation ELBO", "log10_ratio": None,
                         "holds": bool(elbo["lr"] == min(elbo.values()))})
@@ -230,13 +235,17 @@ def markdown(config: GradvarConfig, summary: dict[str, Any]) -> str:
                      f"| {pm(r['ms_per_iteration'], '.1f')} | {pm(r['cpu_ms_per_iteration'], '.1f')} |")
     lines += ["", "![gradient variance](grad_variance.png)", "", "![validation ELBO](val_elbo.png)", "",
               "## Against the published pattern", "",
-              "Tokui & Sato: LR ≫ LR+C > LR+C+IDB ≳ LEG ≈ optimal in variance, plain LR worst in ELBO. Checked on "
+              "Tokui & Sato: LR ≫ LR+C > LR+C+IDB in variance, plain LR worst in ELBO. Checked on "
               "the mean log10 variance over evaluations (≫: ≥ 10×, >: any margin, ≳: at most 2× below, ≈: within "
-              "2× either way; each estimator on its own training trajectory at its own best lr).", "",
+              "2× either way; each estimator on its own training trajectory at its own best lr). "
+              "LR+C+IDB ≳ LEG ≈ optimal in variance is not a claim of the paper's abstract (it says modern "
+              "estimators *perform* close to optimal) and the estimators here are not at the same parameters: "
+              "those rows show the measured gap, unverified.", "",
               "| model | claim | measured log10 ratio | holds |", "|---|---|---|---|"]
     for c in summary["pattern"]:
         ratio = "" if c["log10_ratio"] is None else f"{c['log10_ratio']:+.2f}"
-        lines.append(f"| {c['model']} | {c['claim']} | {ratio} | {'yes' if c['holds'] else '**no**'} |")
+        holds = "unverified" if c["holds"] is None else "yes" if c["holds"] else "**no**"
+        lines.append(f"| {c['model']} | {c['claim']} | {ratio} | {holds} |")
     if summary["failed"]:
         lines += ["", f"## Failed trials ({len(summary['failed'])})", ""]
         lines += [f"- {_describe(f)}: {f['error']}" for f in summary["failed"]]
@@ -286,6 +295,7 @@ def run(config: GradvarConfig, *, verbose: bool = False) -> dict[str, Any]:
     run_dir.write_report(summary, text)
     run_dir.close()
     print(text[text.index("| model | estimator"):text.index("![gradient")].strip())
-    print("\n".join(f"{c['model']}: {c['claim']}: {'holds' if c['holds'] else 'does not hold'}"
+    print("\n".join(f"{c['model']}: {c['claim']}: "
+                    + ("unverified" if c["holds"] is None else "holds" if c["holds"] else "does not hold")
                     for c in summary["pattern"]))
     return summary
