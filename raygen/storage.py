@@ -20,6 +20,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow.fs as pafs
@@ -118,27 +119,37 @@ def resolve(location: str) -> Location:
     return Location(fs, path.rstrip("/"), location)
 
 
+def _within(timeout_s: float, where: str, probe) -> dict[str, Any]:
+    """Run probe(outcome) in a thread for at most timeout_s; an exception lands in outcome['error']."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            probe(outcome)
+            outcome["error"] = None
+        except BaseException as exc:  # noqa: BLE001 - reported by the caller
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if "error" not in outcome:
+        raise UserError(f"storage {where!r} did not answer within {timeout_s:.0f} s; check the endpoint "
+                        "(?endpoint_override=HOST:PORT&scheme=http for an S3-compatible server) and the network")
+    return outcome
+
+
 def check_reachable(loc: Location, timeout_s: float = REACH_TIMEOUT_S) -> None:
     """Touch a remote location once, so that a bad endpoint, bucket or credentials is one line, not a hang."""
     if loc.is_local:
         return
-    outcome: dict[str, BaseException | None] = {}
-
-    def probe() -> None:
-        try:
-            bucket = loc.path.split("/", 1)[0]
-            outcome["bucket_found"] = loc.fs.get_file_info(bucket).type != pafs.FileType.NotFound
-            outcome["error"] = None
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout_s)
     where = display(loc.uri)
-    if "error" not in outcome:
-        raise UserError(f"storage {where!r} did not answer within {timeout_s:.0f} s; check the endpoint "
-                        "(?endpoint_override=HOST:PORT&scheme=http for an S3-compatible server) and the network")
+
+    def probe(outcome: dict[str, Any]) -> None:
+        bucket = loc.path.split("/", 1)[0]
+        outcome["bucket_found"] = loc.fs.get_file_info(bucket).type != pafs.FileType.NotFound
+
+    outcome = _within(timeout_s, where, probe)
     if outcome["error"] is not None:
         raise UserError(f"cannot reach storage {where!r}: {first_line(outcome['error'])}; check the bucket "
                         "name, the endpoint and the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
@@ -148,9 +159,26 @@ def check_reachable(loc: Location, timeout_s: float = REACH_TIMEOUT_S) -> None:
                         "credentials cannot see it); create it first or fix the name")
 
 
-def check_writable(loc: Location) -> None:
-    """Locally: the nearest existing ancestor must be a writable directory (checked before Ray starts)."""
+WRITE_PROBE = ".raygen-write-probe"
+
+
+def check_writable(loc: Location, timeout_s: float = REACH_TIMEOUT_S) -> None:
+    """Checked before Ray starts. Locally: the nearest existing ancestor must be a writable directory.
+    Remotely: write, read back and delete one small object: a bucket that anonymous or read-only
+    credentials can list passes `check_reachable` but would fail the run's first write."""
     if not loc.is_local:
+        probe_loc = loc.child(WRITE_PROBE)
+
+        def probe(outcome: dict[str, Any]) -> None:
+            write_bytes(probe_loc, b"raygen")
+            if read_bytes(probe_loc) != b"raygen":
+                raise OSError("the object read back differs from the one written")
+            delete(probe_loc)
+
+        outcome = _within(timeout_s, display(loc.uri), probe)
+        if outcome["error"] is not None:
+            raise UserError(f"cannot write to storage {display(loc.uri)!r} ({first_line(outcome['error'])}); these "
+                            f"credentials may not write there (or none were found): {HOW_TO_PASS_CREDENTIALS}")
         return
     path = Path(loc.path)
     while not path.exists():

@@ -65,3 +65,19 @@ def test_unreachable_endpoint_and_missing_bucket_are_clear_lines(s3_server):
     assert time.monotonic() - start < storage.REACH_TIMEOUT_S + 5
     with pytest.raises(UserError, match="bucket 'no-such-bucket' .* does not exist"):
         storage.check_reachable(storage.resolve(f"s3://no-such-bucket/runs?endpoint_override={s3_server}&scheme=http"))
+
+
+def test_bucket_write_probe_leaves_nothing_behind(bucket):
+    loc = storage.resolve(storage.join(bucket, "probe_run"))
+    storage.check_writable(loc)
+    assert storage.listdir(loc) == [] and not storage.exists(loc.child(storage.WRITE_PROBE))
+
+
+def test_credentials_in_a_uri_are_refused_and_never_shown():
+    for uri in ("s3://AKIAX:s3cr3t@bucket/runs", "s3://bucket/runs?secret_key=s3cr3t&access_key=AKIAX",
+                "gs://bucket/runs?access_token=s3cr3t"):
+        with pytest.raises(UserError, match="holds credentials .* environment variables") as caught:
+            storage.resolve(uri)
+        assert "s3cr3t" not in str(caught.value)
+    assert storage.display("s3://user@bucket/runs?x=1") == "s3://bucket/runs"
+    assert storage.find_credentials("s3://bucket/runs?endpoint_override=127.0.0.1:9000&scheme=http") is None
