@@ -52,7 +52,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import grad, jvp, vmap
 
-from raygen.hypergrad.hypergradient import flatten, functional_module, unflatten
+from raygen.hypergrad.hypergradient import functional_module
+from raygen.models.params import pack, unpack
 from raygen.hypergrad.sketch import nystrom_pcg_ihvp, nystrom_sketch, randomized_nystrom_ihvp
 from raygen.hypergrad.solvers import SolverDivergence, cg_ihvp, neumann_ihvp, nystrom_ihvp
 
@@ -95,9 +96,9 @@ def trained_problem(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch
     wd = 1e-3
 
     def loss(theta_flat):
-        return F.cross_entropy(apply(unflatten(theta_flat, params), x), y) + 0.5 * wd * (theta_flat**2).sum()
+        return F.cross_entropy(apply(unpack(theta_flat, [p.shape for p in params]), x), y) + 0.5 * wd * (theta_flat**2).sum()
 
-    theta = flatten(params).requires_grad_(True)
+    theta = pack(params).requires_grad_(True)
     opt = torch.optim.SGD([theta], lr=0.5, momentum=0.9)
     for step in range(train_steps):
         if step == train_steps - stale_steps:

@@ -109,7 +109,7 @@ def write_zoo_part(store, chunk, chunks, arch, layout_names=None):
     """A weightgen zoo part of random parameters (seeded by the chunk) for the classifier `arch`."""
     import numpy as np
 
-    from raygen.weightgen.params import ParamLayout
+    from raygen.models.params import ParamLayout
     from raygen.weightgen.store import params_table
     from raygen.weightgen.zoo import build_classifier
 

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from raygen.hypergrad.hypergradient import flatten, functional_module, hypergradient
+from raygen.hypergrad.hypergradient import functional_module, hypergradient
+from raygen.models.params import pack
 
 torch_f64 = dict(dtype=torch.float64)
 
@@ -116,7 +117,7 @@ def test_module_with_batchnorm_matches_dense_autograd(mode):
             start += s
         return tuple(theta), (z[p:],)
 
-    z = torch.cat([flatten(params), log_wd])
+    z = torch.cat([pack(params), log_wd])
     hess = torch.autograd.functional.hessian(lambda z: inner(*split(z)), z)
     dg = torch.autograd.functional.jacobian(lambda z: outer(*split(z)), z)
     H_tt, H_pt = hess[:p, :p], hess[p:, :p]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from raygen.errors import UserError
-from raygen.weightgen.params import (
+from raygen.models.params import (
     ParamLayout, base_state, batched_accuracy, batched_logits, flatten, functional_logits, unflatten,
 )
 from raygen.weightgen.zoo import init_model, subset_names
@@ -71,3 +71,18 @@ def test_layout_mismatch_and_bad_vectors_are_user_errors():
         unflatten(torch.zeros(layout.numel + 1), layout)
     with pytest.raises(UserError, match="do not exist"):
         ParamLayout.of(model, ["nope.weight"])
+
+
+def test_pack_unpack_round_trip_batched_and_differentiable():
+    from raygen.models.params import pack, unpack
+
+    tensors = (torch.randn(2, 3, requires_grad=True), torch.randn(4), torch.randn(()))
+    flat = pack(tensors)
+    assert flat.shape == (11,)
+    back = unpack(flat, [t.shape for t in tensors])
+    assert all(torch.equal(a, b) for a, b in zip(back, tensors))
+    (back[0].sum() * 2).backward()  # gradients flow through pack and unpack to the original tensor
+    assert torch.equal(tensors[0].grad, torch.full((2, 3), 2.0))
+    stack = torch.stack([flat.detach(), 2 * flat.detach()])  # leading dims are kept
+    assert torch.equal(unpack(stack, [t.shape for t in tensors])[1][1], 2 * tensors[1])
+

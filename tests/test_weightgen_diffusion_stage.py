@@ -8,7 +8,7 @@ import torch
 
 from raygen.parts import Chunks, PartStore
 from raygen.train_loop import checkpoint_name
-from raygen.weightgen.params import ParamLayout
+from raygen.models.params import ParamLayout
 from raygen.weightgen.store import params_table
 from raygen.weightgen.zoo import build_classifier
 from raygen.workloads import weightgen

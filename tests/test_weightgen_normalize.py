@@ -3,7 +3,7 @@ import torch
 
 from raygen.errors import UserError
 from raygen.weightgen.normalize import TensorNorm
-from raygen.weightgen.params import ParamLayout
+from raygen.models.params import ParamLayout
 
 
 def _zoo():

@@ -9,7 +9,7 @@ import torch
 
 from raygen.errors import UserError
 from raygen.parts import Chunks, PartStore
-from raygen.weightgen.params import ParamLayout, unflatten
+from raygen.models.params import ParamLayout, unflatten
 from raygen.weightgen.zoo import build_classifier, task_splits, zoo_splits
 from raygen.workloads import weightgen, zoo
 from raygen.workloads.weightgen import WeightgenConfig

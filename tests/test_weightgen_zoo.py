@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from raygen.errors import UserError
-from raygen.weightgen.params import ParamLayout, flatten
+from raygen.models.params import ParamLayout, flatten
 from raygen.weightgen.zoo import (
     apply_task, init_model, make_task, split, subset_names, support_set, train_member, trajectory,
 )

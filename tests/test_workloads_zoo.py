@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from raygen.parts import Chunks, PartStore
-from raygen.weightgen.params import ParamLayout, unflatten
+from raygen.models.params import ParamLayout, unflatten
 from raygen.weightgen.zoo import SPLIT, build_classifier, load_source
 from raygen.workloads import weightgen, zoo
 from raygen.weightgen.store import read_zoo

@@ -16,6 +16,7 @@ import torch
 from torch.func import functional_call, grad, jvp
 
 from raygen.errors import UserError
+from raygen.models.params import pack, unpack
 from raygen.hypergrad.sketch import nystrom_pcg_ihvp, randomized_nystrom_ihvp
 from raygen.hypergrad.solvers import cg_ihvp, exact_ihvp, neumann_ihvp, nystrom_ihvp
 
@@ -33,18 +34,6 @@ SOLVERS: dict[str, Callable[..., torch.Tensor]] = {
 }
 RANDOMIZED = {"nystrom", "randomized_nystrom", "nystrom_pcg"}  # take a `generator` keyword
 SKETCHED = {"randomized_nystrom", "nystrom_pcg"}  # take a reusable `sketch` keyword
-
-
-def flatten(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    return torch.cat([t.reshape(-1) for t in tensors])
-
-
-def unflatten(flat: torch.Tensor, like: Sequence[torch.Tensor]) -> Tensors:
-    out, start = [], 0
-    for t in like:
-        out.append(flat[start : start + t.numel()].view_as(t))
-        start += t.numel()
-    return tuple(out)
 
 
 def resolve_solver(solver: str | Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
@@ -73,13 +62,14 @@ def hypergradient(
     solve = resolve_solver(solver)
     params = tuple(p.detach() for p in params)
     hparams = tuple(h.detach() for h in hparams)
-    theta = flatten(params)
+    theta = pack(params)
+    shapes = [p.shape for p in params]
 
     def f(theta_flat: torch.Tensor, phi: Tensors) -> torch.Tensor:
-        return inner_loss(unflatten(theta_flat, params), phi)
+        return inner_loss(unpack(theta_flat, shapes), phi)
 
     def g(theta_flat: torch.Tensor, phi: Tensors) -> torch.Tensor:
-        return outer_loss(unflatten(theta_flat, params), phi)
+        return outer_loss(unpack(theta_flat, shapes), phi)
 
     grad_f_theta = grad(f, argnums=0)
 

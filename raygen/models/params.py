@@ -1,5 +1,9 @@
 """Parameter vectors <-> modules, and batched evaluation of many parameter vectors at once.
 
+One home for flat parameter vectors: `pack` / `unpack` (tensors <-> one vector, gradients flow:
+the hypergradient's theta) and, on top of them, `ParamLayout` with `flatten` / `unflatten` (named
+tensors of a module <-> theta, batched over leading dimensions: weight generation's zoos).
+
 A zoo stores each member as one flat float32 vector theta of the *generated* parameters (all of a
 network's parameters, or a subset such as the head or the normalisation layers as in p-diff);
 `ParamLayout` records which tensors, in which order and shape, make up theta. The network is
@@ -70,17 +74,27 @@ class ParamLayout:
                         "use a checkpoint written for this architecture and parameter subset")
 
 
+def pack(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """One vector: the tensors flattened row-major and concatenated ([P]); differentiable."""
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def unpack(flat: torch.Tensor, shapes: Sequence[Sequence[int]]) -> tuple[torch.Tensor, ...]:
+    """The inverse of `pack`: flat [..., P] -> tensors [..., *shape] (views where possible)."""
+    lead, sizes = flat.shape[:-1], [math.prod(s) for s in shapes]
+    return tuple(t.reshape((*lead, *s)) for s, t in zip(shapes, flat.split(sizes, -1)))
+
+
 def flatten(params: Mapping[str, torch.Tensor], layout: ParamLayout) -> torch.Tensor:
-    """theta = concat of the layout's tensors, each flattened row-major ([P])."""
-    return torch.cat([params[n].detach().reshape(-1) for n in layout.names])
+    """theta = the layout's tensors packed in its order, detached ([P])."""
+    return pack([params[n] for n in layout.names]).detach()
 
 
 def unflatten(theta: torch.Tensor, layout: ParamLayout) -> dict[str, torch.Tensor]:
     """The inverse of `flatten`: theta [..., P] -> {name: tensor [..., *shape]} (views, no copy)."""
     if theta.shape[-1] != layout.numel:
         raise UserError(f"parameter vector has {theta.shape[-1]} entries but the layout needs {layout.numel}")
-    lead = theta.shape[:-1]
-    return {n: t.reshape(*lead, *s) for n, s, t in zip(layout.names, layout.shapes, theta.split(layout.sizes, -1))}
+    return dict(zip(layout.names, unpack(theta, layout.shapes)))
 
 
 def base_state(module: nn.Module) -> dict[str, torch.Tensor]:

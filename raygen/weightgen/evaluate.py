@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from raygen.weightgen.params import ParamLayout, base_state, batched_accuracy, unflatten
+from raygen.models.params import ParamLayout, base_state, batched_accuracy, unflatten
 from raygen.weightgen.zoo import fit
 
 

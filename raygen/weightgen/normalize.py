@@ -13,7 +13,7 @@ import dataclasses
 import torch
 
 from raygen.errors import UserError
-from raygen.weightgen.params import ParamLayout
+from raygen.models.params import ParamLayout
 
 
 @dataclasses.dataclass

@@ -15,7 +15,7 @@ from raygen.seeds import Stream, stream_seed
 from raygen.threads import one_thread
 from raygen.weightgen.evaluate import (accuracies, accuracy_summary, finetune_curve, memorisation,
                                        steps_to_fraction)
-from raygen.weightgen.params import ParamLayout, batched_predictions, flatten
+from raygen.models.params import ParamLayout, batched_predictions, flatten
 from raygen.weightgen.zoo import base_from, build_classifier, init_model, task_classes, task_splits, zoo_splits
 
 if TYPE_CHECKING:  # the run's config, read only; no import of the workload at run time

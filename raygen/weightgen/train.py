@@ -33,7 +33,7 @@ from raygen.train_loop import Schedule, TrainRun, TrainState, fit, seeded
 from raygen.weightgen.autoencoder import ParamAutoencoder
 from raygen.weightgen.latent import VectorDenoiser, latent_loss
 from raygen.weightgen.normalize import TensorNorm
-from raygen.weightgen.params import ParamLayout
+from raygen.models.params import ParamLayout
 from raygen.weightgen.set_encoder import ContrastiveHeads, SetEncoder, contrastive_loss
 from raygen.weightgen.store import read_zoo
 from raygen.weightgen.zoo import support_set, task_classes, task_splits, zoo_splits

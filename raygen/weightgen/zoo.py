@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from raygen.errors import UserError
 from raygen.models.classifier import ConvClassifier
-from raygen.weightgen.params import ParamLayout, flatten
+from raygen.models.params import ParamLayout, flatten
 
 FAMILIES = ("digits", "subset", "permutation", "rotation")  # "digits": the whole source as one task
 SUBSETS = ("all", "head", "last2")
@@ -235,7 +235,7 @@ def support_set(x: torch.Tensor, y: torch.Tensor, num_classes: int, shots: int) 
 
 def base_from(model: ConvClassifier, metadata: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The fixed part of a functional call: the zoo's base weights (trajectory) or the model's own."""
-    from raygen.weightgen.params import base_state, unflatten
+    from raygen.models.params import base_state, unflatten
 
     base = base_state(model)
     if metadata.get("base") is not None:

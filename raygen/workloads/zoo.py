@@ -141,7 +141,7 @@ class ZooWorker:
     def __init__(self, config: dict, metadata: dict[str, Any]):
         import torch
 
-        from raygen.weightgen.params import ParamLayout
+        from raygen.models.params import ParamLayout
         from raygen.weightgen.zoo import base_from, build_classifier, zoo_splits
 
         torch.set_num_threads(1)
@@ -157,7 +157,7 @@ class ZooWorker:
     def _job(self, j: int):
         """(thetas [rows, P], steps [rows]) of zoo job j."""
         from raygen.seeds import Stream, stream_seed
-        from raygen.weightgen.params import flatten
+        from raygen.models.params import flatten
         from raygen.weightgen.zoo import task_splits, train_member, trajectory
 
         cfg = self.cfg
@@ -203,7 +203,7 @@ def collect(config: ZooConfig, run_dir, data, tasks: dict[int, dict]) -> dict[st
 
     from raygen import storage
     from raygen.parts import PartStore
-    from raygen.weightgen.params import ParamLayout, flatten
+    from raygen.models.params import ParamLayout, flatten
     from raygen.weightgen.zoo import split, task_classes
 
     store = PartStore(run_dir.child(PARTS), id_column=ID_COLUMN)
