@@ -175,11 +175,18 @@ def load_weights(path: Path, fix: str, map_location: str = "cpu") -> Any:
         raise UserError(f"{path} is damaged ({type(exc).__name__}); {fix}") from None
 
 
-def _read_checkpoint(directory: Path, rank: int, fix: str | None = None) -> dict[str, Any]:
+def _read_checkpoint(directory: Path, rank: int, fix: str | None = None, settings: str | None = None) -> dict[str, Any]:
     """The checkpoint's state; a damaged file is one line naming it and `fix` (default: the resume
-    advice, for the run's own checkpoints)."""
+    advice, for the run's own checkpoints). With `settings` (the resuming run's `RunDir.settings_hash`),
+    a checkpoint recorded under other settings is refused: reuse follows what is stored with the
+    results, not `config.json` alone (a hand edit of it let results of other settings pass)."""
     fix = fix or f"delete {directory.name} to resume from the checkpoint before it"
     state = load_weights(directory / STATE_FILE, fix)
+    recorded = state.pop("settings", None)  # None: written before checkpoints recorded it
+    if settings is not None and recorded is not None and recorded != settings:
+        raise UserError(f"{directory.name} was made with other settings than this run's (was its config.json "
+                        "edited?); re-run with the settings it was made with, pick another name (--set name=...), "
+                        "or start it over with --fresh")
     if (directory / _rng_file(rank)).exists():
         state["generator"] = load_weights(directory / _rng_file(rank), fix)
     return state
@@ -227,7 +234,8 @@ class RunDirStore:
 
     def load(self, rank: int) -> dict[str, Any] | None:
         with self.fetched() as directory:
-            return None if directory is None else _read_checkpoint(directory, rank)
+            return None if directory is None else _read_checkpoint(directory, rank,
+                                                                   settings=self.run_dir.settings_hash)
 
     def save(self, step: int, directory: Path, metrics: dict[str, Any]) -> None:
         name = checkpoint_name(step)
@@ -274,7 +282,9 @@ class RayTrainStore:
             directory.mkdir()
             for file, data in files.items():
                 (directory / file).write_bytes(data)
-            return _read_checkpoint(directory, rank)
+            # rank 0 checks the recorded settings (only it has the run dir); its error ends the group
+            settings = self.local.run_dir.settings_hash if self.local is not None else None
+            return _read_checkpoint(directory, rank, settings=settings)
 
     def save(self, step: int, directory: Path, metrics: dict[str, Any]) -> None:
         from accelerate.utils import gather_object
@@ -346,6 +356,7 @@ class TrainRun:
             full = state.state_dict()
             torch.save(full.pop("generator"), directory / _rng_file(self.rank))
             if self.rank == 0:
+                full["settings"] = self.run_dir.settings_hash  # what a resume checks (`_read_checkpoint`)
                 torch.save(full, directory / STATE_FILE)
                 if export is not None:
                     export(state, directory)

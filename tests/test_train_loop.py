@@ -234,3 +234,16 @@ def test_minimal_trainer_stops_on_a_nonfinite_loss_keeping_the_last_good_checkpo
     assert [r["step"] for r in _curve(tmp_path / "bad")] == [1, 2, 3]  # the bad step is not logged
     with pytest.raises(UserError, match=r"loss is nan at step 1; lower lr\. No checkpoint was written yet"):
         linear_train_func(dict(storage_path=str(tmp_path), name="first"), fail_at=0, bad_loss=float("nan"))
+
+
+def test_a_checkpoint_made_with_other_settings_is_refused_even_when_config_json_was_edited(tmp_path):
+    """Reuse follows the settings recorded in the checkpoint: a hand edit of config.json (lr changed
+    to match a new --set) no longer lets the old checkpoint pass as one made with the new lr."""
+    train_func(dict(FAST, name="r", storage_path=str(tmp_path), steps=2))
+    config_file = tmp_path / "r" / "config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "lr": 0.5}))
+    with pytest.raises(UserError, match="checkpoint_000002 was made with other settings"):
+        train_func(dict(FAST, name="r", storage_path=str(tmp_path), steps=4, lr=0.5))
+    out = train_func(dict(FAST, name="r2", storage_path=str(tmp_path), steps=2))  # unedited: resumes as before
+    assert _state(tmp_path / "r2" / "checkpoint_000002")["settings"]
+    assert out["step"] == 2
