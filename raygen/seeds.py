@@ -25,6 +25,8 @@ actor count, worker count), and one table says which stream is which:
 | 17 | CMT_SPLIT       | target, n, split   | a CMT few-shot split: which target rows train            |
 | 18 | CMT_FIT         | target, n, split, g| a CMT trial: g=0 torch (INN init, GCL batches, wrong     |
 |    |                 |                    | domains), g=1 numpy (recombination subsets, FastICA)     |
+| 19 | GRADVAR         | sub-stream, step   | gradvar batches, split, inits: LEGACY keys kept so the   |
+|    |                 |                    | README figures reproduce (`raygen.gradvar.training`)     |
 
 `stream_seed` gives a 63-bit integer (numpy's SeedSequence over the key), `numpy_rng` and
 `torch_generator` wrap it. `per_item_seeds` is the vectorised form for one seed per item of a huge
@@ -59,6 +61,7 @@ class Stream(enum.IntEnum):
     CMT_PANEL = 16
     CMT_SPLIT = 17
     CMT_FIT = 18
+    GRADVAR = 19  # legacy key mapping: raygen.gradvar.training.gradvar_rng / gradvar_torch
 
 
 def stream_seed(seed: int, stream: Stream, *index: int) -> int:

@@ -20,7 +20,7 @@ X = torch.tensor([[1.0, 0.0, 1.0]], dtype=DT)
 
 
 def random_sbn(nonlinear: bool = False):
-    model = SBN([2, 2, 2, 3], nonlinear=nonlinear, dtype=DT, seed=0)
+    model = SBN([2, 2, 2, 3], nonlinear=nonlinear, dtype=DT, generator=torch.Generator().manual_seed(0))
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for p in model.parameters():
@@ -61,7 +61,7 @@ def noise_for(model, z_row: list[torch.Tensor]) -> torch.Tensor:
 
 def state_baselines(model, estimator):
     """Non-trivial baseline state: unbiasedness must not depend on the baselines being good."""
-    b = make_baselines(model, estimator, hidden=5)
+    b = make_baselines(model, estimator, hidden=5, generator=torch.Generator().manual_seed(0))
     b.c += torch.tensor([1.5, -2.0, 3.0], dtype=DT)
     if b.nets is not None:
         g = torch.Generator().manual_seed(2)

@@ -47,3 +47,19 @@ def test_bad_specs_are_one_line(data):
         assert "\n" not in str(err.value)
     with pytest.raises(UserError, match="validation"):
         split_digits(0, validation=0, test=10)
+
+
+def test_gradvar_streams_keep_their_legacy_keys():
+    # Stream.GRADVAR's documented legacy mapping: the README's gradvar figures were made with these keys
+    import numpy as np
+
+    from raygen.gradvar.training import Sub, gradvar_rng, gradvar_torch
+
+    assert np.array_equal(gradvar_rng(5, Sub.TRAIN, 7).integers(1000, size=8),
+                          np.random.default_rng([5, 0, 7]).integers(1000, size=8))
+    assert np.array_equal(gradvar_rng(5, Sub.VARIANCE, 9).integers(1000, size=8),
+                          np.random.default_rng([5, 1, 9]).integers(1000, size=8))
+    assert np.array_equal(gradvar_rng(5, Sub.SPLIT).permutation(50), np.random.default_rng([5, 3]).permutation(50))
+    assert torch.equal(torch.rand(4, generator=gradvar_torch(5)), torch.rand(4, generator=torch.Generator().manual_seed(5)))
+    assert torch.equal(torch.rand(4, generator=gradvar_torch(5, baseline_nets=True)),
+                       torch.rand(4, generator=torch.Generator().manual_seed(6)))

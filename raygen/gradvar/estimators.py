@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from raygen.errors import UserError
 from raygen.gradvar.sbn import (SBN, Sample, bernoulli_entropy, bernoulli_log_prob, generative_terms, infer,
-                                inference_terms, seeded_init, split_noise)
+                                inference_terms, lecun_init, split_noise)
 
 ESTIMATORS = ("lr", "lr_baseline", "nvil", "leg", "leg_baseline", "optimal")
 MOVING_BASELINE = ("lr_baseline", "nvil", "leg_baseline")  # estimators that subtract c and update it
@@ -61,8 +61,10 @@ class Baselines:
     alpha: float = 0.8
 
 
-def make_baselines(model: SBN, estimator: str, *, hidden: int = 100, alpha: float = 0.8, seed: int = 0) -> Baselines:
-    """Zero moving averages; for ``nvil`` one MLP b_l(z_{l-1}) per latent layer (inputs: x − x̄, z_1, ...)."""
+def make_baselines(model: SBN, estimator: str, *, hidden: int = 100, alpha: float = 0.8,
+                   generator: torch.Generator | None = None) -> Baselines:
+    """Zero moving averages; for ``nvil`` one MLP b_l(z_{l-1}) per latent layer (inputs: x − x̄, z_1, ...),
+    initialised from `generator` (required for nvil)."""
     check_estimator(estimator)
     if hidden < 1:
         raise UserError(f"the NVIL baseline needs >= 1 hidden units, got {hidden}; set baseline_hidden >= 1")
@@ -72,7 +74,9 @@ def make_baselines(model: SBN, estimator: str, *, hidden: int = 100, alpha: floa
     if estimator == "nvil":
         parents = [model.visible] + model.latent_sizes[:-1]
         nets = nn.ModuleList(nn.Sequential(nn.Linear(n, hidden), nn.Tanh(), nn.Linear(hidden, 1)) for n in parents)
-        seeded_init(nets, seed)
+        if generator is None:
+            raise ValueError("the nvil baseline nets need a torch generator for their initial weights")
+        lecun_init(nets, generator)
         nets.to(dtype)
     return Baselines(c=torch.zeros(L, dtype=dtype), nets=nets, alpha=alpha)
 

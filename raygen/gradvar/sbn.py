@@ -41,10 +41,9 @@ def _conditional(n_in: int, n_out: int, nonlinear: bool) -> nn.Module:
     return nn.Sequential(nn.Linear(n_in, hidden), nn.Tanh(), nn.Linear(hidden, n_out))
 
 
-def seeded_init(module: nn.Module, seed: int) -> None:
-    """LeCun-normal weights and zero biases for every Linear, drawn from `seed` alone (not torch's
-    global generator, so a run depends only on its own seed)."""
-    generator = torch.Generator().manual_seed(seed)
+def lecun_init(module: nn.Module, generator: torch.Generator) -> None:
+    """LeCun-normal weights and zero biases for every Linear, drawn from `generator` (not torch's
+    global generator, so a run depends only on the generator it is given)."""
     with torch.no_grad():
         for m in module.modules():
             if isinstance(m, nn.Linear):
@@ -60,7 +59,7 @@ class SBN(nn.Module):
     """
 
     def __init__(self, sizes: list[int], *, nonlinear: bool = False, x_mean: Tensor | None = None,
-                 dtype: torch.dtype = torch.float32, seed: int = 0):
+                 dtype: torch.dtype = torch.float32, generator: torch.Generator):
         super().__init__()
         if len(sizes) < 2:
             raise UserError(f"an SBN needs at least one latent and one visible layer, got sizes {sizes}")
@@ -72,7 +71,7 @@ class SBN(nn.Module):
         self.inference = nn.ModuleList(_conditional(up[k], up[k + 1], nonlinear) for k in range(len(up) - 1))
         self.prior_logit = nn.Parameter(torch.zeros(up[-1]))
         self.register_buffer("x_mean", torch.zeros(up[0]) if x_mean is None else x_mean.reshape(-1).clone())
-        seeded_init(self, seed)
+        lecun_init(self, generator)
         self.to(dtype)
 
     @property
@@ -190,8 +189,7 @@ def draw_batch(pixels: Tensor, model: SBN, seeds: np.ndarray, *, draws: int = 1)
     return x, (u if draws == 1 else u.reshape(len(seeds), draws, width))
 
 
-def example_seeds(base: int, stream: int, step: int, n: int, population: int) -> tuple[np.ndarray, np.ndarray]:
+def example_seeds(rng: np.random.Generator, n: int, population: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices of n examples drawn with replacement from `population` and one 63-bit seed per example,
-    fixed by (base, stream, step): a training batch, a variance batch or an evaluation set."""
-    rng = np.random.default_rng([base, stream, step])
+    both from `rng` (one per training batch, variance batch or evaluation set)."""
     return rng.integers(population, size=n), rng.integers(2**63 - 1, size=n)

@@ -6,12 +6,21 @@ the chosen estimator), weight decay, mini-batches of binarised digits drawn afre
 gradient over `variance_batches` fresh mini-batches (mean over elements), and the validation ELBO.
 At the end: validation ELBO and the importance-weighted test bound with K samples.
 
-Every batch is drawn from (seed, stream, iteration) and every example from its own seed, so a run
-depends only on its spec.
+Every batch is drawn from (seed, sub-stream, iteration) and every example from its own seed, so a
+run depends only on its spec.
+
+Randomness: stream GRADVAR of `raygen.seeds` (id 19) under a documented legacy mapping, kept so that
+the README's gradvar figures (which this change could not re-run) stay reproducible: its sub-streams
+keep the keys they had before the named-stream rule, numpy SeedSequence([seed, sub, step]) for
+batches (`Sub.TRAIN` 0, `Sub.VARIANCE` 1, `Sub.EVAL` 2) and [seed, 3] for the data split
+(`Sub.SPLIT`); the SBN's weights torch manual_seed(seed), NVIL's baseline nets manual_seed(seed + 1).
+`gradvar_rng` / `gradvar_torch` are the only places these keys are formed; the algorithms in
+`sbn.py` / `estimators.py` take the generators.
 """
 
 from __future__ import annotations
 
+import enum
 import math
 import time
 from collections.abc import Callable
@@ -28,7 +37,25 @@ from raygen.gradvar.estimators import (MOVING_BASELINE, Baselines, baseline_loss
 from raygen.gradvar.sbn import SBN, draw_batch, example_seeds, iw_bound, model_sizes
 from raygen.gradvar.variance import welford
 
-TRAIN, VARIANCE, EVAL = 0, 1, 2  # seed streams
+
+
+class Sub(enum.IntEnum):
+    """Sub-streams of Stream.GRADVAR (legacy keys, see the module docs)."""
+
+    TRAIN = 0
+    VARIANCE = 1
+    EVAL = 2
+    SPLIT = 3
+
+
+def gradvar_rng(seed: int, sub: Sub, *index: int) -> np.random.Generator:
+    """Stream.GRADVAR, numpy: the legacy key [seed, sub, *index]."""
+    return np.random.default_rng([int(seed), int(sub), *(int(i) for i in index)])
+
+
+def gradvar_torch(seed: int, baseline_nets: bool = False) -> torch.Generator:
+    """Stream.GRADVAR, torch: the legacy keys seed (the SBN) and seed + 1 (NVIL's baseline nets)."""
+    return torch.Generator().manual_seed(int(seed) + int(baseline_nets))
 
 
 @dataclass(frozen=True)
@@ -65,17 +92,17 @@ class TrainSpec:
 def build(spec: TrainSpec, train_pixels: Tensor) -> tuple[SBN, Baselines]:
     sizes = model_sizes(spec.model, spec.units, train_pixels.shape[1])
     model = SBN(sizes, nonlinear=spec.model == "nonlinear", x_mean=train_pixels.mean(0), dtype=train_pixels.dtype,
-                seed=spec.seed)
+                generator=gradvar_torch(spec.seed))
     return model, make_baselines(model, spec.estimator, hidden=spec.baseline_hidden, alpha=spec.alpha,
-                                 seed=spec.seed + 1)
+                                 generator=gradvar_torch(spec.seed, baseline_nets=True))
 
 
 def gradient_variance(model: SBN, pixels: Tensor, spec: TrainSpec, baselines: Baselines, iteration: int) -> float:
     """Mean over inference parameters of the per-element variance of the estimator's mini-batch gradient."""
     def grads():
         for m in range(spec.variance_batches):
-            idx, seeds = example_seeds(spec.seed, VARIANCE, iteration * spec.variance_batches + m, spec.batch_size,
-                                       len(pixels))
+            idx, seeds = example_seeds(gradvar_rng(spec.seed, Sub.VARIANCE, iteration * spec.variance_batches + m),
+                                       spec.batch_size, len(pixels))
             x, u = draw_batch(pixels[idx], model, seeds)
             yield inference_gradient(model, x, u, spec.estimator, baselines)
 
@@ -84,7 +111,7 @@ def gradient_variance(model: SBN, pixels: Tensor, spec: TrainSpec, baselines: Ba
 
 def evaluate(model: SBN, pixels: Tensor, *, eval_seed: int, samples: int) -> float:
     """Mean bound over the whole set with fixed per-example noise: ELBO for samples = 1, else the IW bound."""
-    _, seeds = example_seeds(eval_seed, EVAL, samples, len(pixels), 1)
+    _, seeds = example_seeds(gradvar_rng(eval_seed, Sub.EVAL, samples), len(pixels), 1)
     x, u = draw_batch(pixels, model, seeds, draws=samples)
     return float(iw_bound(model, x, u.reshape(len(pixels), samples, -1)).mean())
 
@@ -99,7 +126,7 @@ def train(spec: TrainSpec, train_pixels: Tensor, val_pixels: Tensor, test_pixels
     train_seconds, cpu_seconds, metrics = 0.0, 0.0, {}
     for it in range(1, spec.iterations + 1):
         start, cpu_start = time.perf_counter(), time.process_time()
-        idx, seeds = example_seeds(spec.seed, TRAIN, it, spec.batch_size, len(train_pixels))
+        idx, seeds = example_seeds(gradvar_rng(spec.seed, Sub.TRAIN, it), spec.batch_size, len(train_pixels))
         x, u = draw_batch(train_pixels[idx], model, seeds)
         est = estimate(model, x, u, spec.estimator, baselines)
         loss = -est.objective
@@ -142,6 +169,6 @@ def split_digits(seed: int, *, validation: int, test: int, dtype: torch.dtype = 
     if validation < 1 or test < 1 or validation + test >= len(pixels):
         raise UserError(f"validation ({validation}) and test ({test}) examples must be >= 1 and leave training "
                         f"examples out of {len(pixels)}; lower them")
-    order = torch.from_numpy(np.random.default_rng([seed, 3]).permutation(len(pixels)))
+    order = torch.from_numpy(gradvar_rng(seed, Sub.SPLIT).permutation(len(pixels)))
     val, test_idx, train_idx = order[:validation], order[validation:validation + test], order[validation + test:]
     return pixels[train_idx], pixels[val], pixels[test_idx]
