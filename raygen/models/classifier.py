@@ -7,7 +7,7 @@ work for any image size (8x8 digits, 32x32 folders).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +34,45 @@ class ConvClassifier(nn.Module):
         return self.head(self.features(x))
 
 
+def epoch_batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """One epoch: every row once, in a seeded order, the last batch possibly short."""
+    order = torch.randperm(n, generator=generator)
+    return [order[start:start + batch_size] for start in range(0, n, batch_size)]
+
+
+def random_batches(n: int, batch_size: int, steps: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """`steps` batches of rows drawn with replacement."""
+    return (torch.randint(n, (batch_size,), generator=generator) for _ in range(steps))
+
+
+def carried_batches(n: int, batch_size: int, steps: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """`steps` full batches from replacement-free epochs: a new seeded order when the rest of one
+    cannot fill a batch (the rest is dropped)."""
+    batch_size = min(batch_size, n)
+    order, pos = torch.randperm(n, generator=generator), 0
+    for _ in range(steps):
+        if pos + batch_size > n:
+            order, pos = torch.randperm(n, generator=generator), 0
+        yield order[pos:pos + batch_size]
+        pos += batch_size
+
+
+def train_cross_entropy(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                        batches: Iterable[torch.Tensor], after_step: Callable[[int], None] | None = None) -> float:
+    """One optimiser step on the cross-entropy of each batch of rows; returns the mean loss per row.
+    `after_step(step)` runs after step 1, 2, ... (the model's train/eval mode is the caller's)."""
+    total, seen = 0.0, 0
+    for step, idx in enumerate(batches, 1):
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total, seen = total + loss.item() * len(idx), seen + len(idx)
+        if after_step is not None:
+            after_step(step)
+    return total / max(seen, 1)
+
+
 def fit_classifier(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int, seed: int, lr: float,
                    batch_size: int, epochs: int | None = None, steps: int | None = None,
                    on_epoch: Callable[[int, float, ConvClassifier], None] | None = None) -> ConvClassifier:
@@ -53,20 +92,10 @@ def fit_classifier(images: torch.Tensor, labels: torch.Tensor, *, num_classes: i
     g = torch.Generator().manual_seed(seed)
     n = len(images)
     for epoch in range(1, (epochs or 1) + 1):
-        if steps is None:
-            order = torch.randperm(n, generator=g)
-            batches = [order[start:start + batch_size] for start in range(0, n, batch_size)]
-        else:
-            batches = (torch.randint(n, (batch_size,), generator=g) for _ in range(steps))
+        batches = epoch_batches(n, batch_size, g) if steps is None else random_batches(n, batch_size, steps, g)
         model.train()
-        total, seen = 0.0, 0
-        for idx in batches:
-            loss = F.cross_entropy(model(images[idx]), labels[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total, seen = total + loss.item() * len(idx), seen + len(idx)
+        mean_loss = train_cross_entropy(model, opt, images, labels, batches)
         model.eval()
         if on_epoch is not None:
-            on_epoch(epoch, total / max(seen, 1), model)
+            on_epoch(epoch, mean_loss, model)
     return model

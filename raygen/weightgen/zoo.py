@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from raygen.errors import UserError
-from raygen.models.classifier import ConvClassifier
+from raygen.models.classifier import ConvClassifier, carried_batches, train_cross_entropy
 from raygen.models.params import ParamLayout, flatten
 
 FAMILIES = ("digits", "subset", "permutation", "rotation")  # "digits": the whole source as one task
@@ -259,27 +259,20 @@ def init_model(arch: dict[str, Any], seed: int) -> ConvClassifier:
 def fit(model: torch.nn.Module, names: Sequence[str], x: torch.Tensor, y: torch.Tensor, *, steps: int, lr: float,
         batch_size: int, generator: torch.Generator, optimizer: str = "adam",
         every: int = 0, callback: Callable[[int], None] | None = None) -> None:
-    """Minibatch training of the named parameters only (cross-entropy; batches drawn with
-    replacement-free epochs from `generator`). `callback(step)` runs after every `every` steps."""
+    """Minibatch training of the named parameters only (cross-entropy; batches from replacement-free
+    epochs drawn from `generator`). `callback(step)` runs after every `every` steps."""
     params = dict(model.named_parameters())
     for n, p in params.items():
         p.requires_grad_(n in set(names))
     chosen = [params[n] for n in names]
     opt = (torch.optim.Adam(chosen, lr=lr) if optimizer == "adam"
            else torch.optim.SGD(chosen, lr=lr, momentum=0.9))
-    order, pos = torch.randperm(len(x), generator=generator), 0
-    batch_size = min(batch_size, len(x))
-    for step in range(1, steps + 1):
-        if pos + batch_size > len(x):
-            order, pos = torch.randperm(len(x), generator=generator), 0
-        idx = order[pos:pos + batch_size]
-        pos += batch_size
-        loss = F.cross_entropy(model(x[idx]), y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+
+    def after_step(step: int) -> None:
         if callback is not None and every and step % every == 0:
             callback(step)
+
+    train_cross_entropy(model, opt, x, y, carried_batches(len(x), batch_size, steps, generator), after_step)
     for p in params.values():
         p.requires_grad_(True)
 
