@@ -92,3 +92,61 @@ def test_a_gradvar_rerun_reads_no_pickle(tmp_path, ray_local):
     run(config)
     assert not marker.exists()
     assert json.loads((tmp_path / "gv" / "trials.json").read_text()) == first
+
+
+@pytest.mark.ray
+def test_a_cmt_rerun_reads_no_pickle(tmp_path, ray_local):
+    from raygen.workloads.cmt import CmtConfig, run
+
+    config = CmtConfig.from_dict(dict(
+        name="cm", storage_path=str(tmp_path), data="synthetic", n_train=[4], splits=1, methods=["target_only"],
+        depths=[2], coupling_hidden=[8], classifier_hidden=[8], weight_decays=[0.01], epochs=2, eval_every=1,
+        max_augment=50, n_sources=3, source_size=40, test_size=40,
+    ))
+    run(config)
+    first = json.loads((tmp_path / "cm" / "report.json").read_text())
+    marker = tmp_path / "code-ran"
+    assert _plant_everywhere(tmp_path / "cm", marker) > 5
+    run(config)
+    assert not marker.exists()
+    second = json.loads((tmp_path / "cm" / "report.json").read_text())
+    assert second.get("table", second.get("trials")) == first.get("table", first.get("trials"))
+
+
+@pytest.mark.ray
+def test_a_study_rerun_reads_no_pickle(tmp_path, ray_local):
+    """A study re-run reads its mixes (Parquet) and trial records (JSON); everything else of the
+    first run, Tune's state included, is replaced by a code-running pickle."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from raygen.data import digits_arrays
+    from raygen.workloads.study import StudyConfig, run
+
+    images, labels = digits_arrays()
+    for i in range(400):  # the "generated" set: an image folder of real digits, about 40 per class
+        folder = tmp_path / "generated" / str(labels[i])
+        folder.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        Image.fromarray((images[i, 0] * 255).astype(np.uint8)).save(buffer, format="PNG")
+        (folder / f"{i}.png").write_bytes(buffer.getvalue())
+    config = StudyConfig.from_dict(dict(name="st", storage_path=str(tmp_path / "runs"),
+                                        generated=str(tmp_path / "generated"), ratios=[0.0, 0.2], seeds=[0],
+                                        epochs=1, feature_steps=5, diversity_images=40))
+    run(config)
+    run_dir = tmp_path / "runs" / "st"
+    first = json.loads((run_dir / "trials.json").read_text())
+    marker = tmp_path / "code-ran"
+    planted = 0
+    for path in run_dir.rglob("*"):  # the mixes stay: a re-run reads them as Parquet
+        if path.is_file() and path.name != "config.json" and "raygen_trials" not in path.parts \
+                and "mixes" not in path.relative_to(run_dir).parts:
+            path.write_bytes(pickle.dumps(_Planted(marker)))
+            planted += 1
+    assert planted > 5
+    run(config)
+    assert not marker.exists()
+    strip = lambda trials: [{k: v for k, v in t.items() if k != "path"} for t in trials]
+    assert strip(json.loads((run_dir / "trials.json").read_text())) == strip(first)
