@@ -26,7 +26,7 @@ def plain_loop(cfg) -> float:
     """Seconds to train every member in this process (the same per-member work as an actor)."""
     import torch
 
-    from raygen.seeds import Stream, stream_seed
+    from raygen.seeds import Stream, stream_seed, torch_generator
     from raygen.weightgen.zoo import load_source, split, task_classes, task_splits, train_member
     from raygen.workloads.zoo import zoo_tasks
 
@@ -39,7 +39,7 @@ def plain_loop(cfg) -> float:
     for j in range(cfg.jobs):
         t, s = cfg.job(j)
         train_member(arch, task_splits(tasks[t], splits)["train"],
-                     init_seed=stream_seed(cfg.seed, Stream.MEMBER_INIT, t, s), order_seed=stream_seed(cfg.seed, Stream.MEMBER_ORDER, t, s),
+                     init_seed=stream_seed(cfg.seed, Stream.MEMBER_INIT, t, s), order=torch_generator(cfg.seed, Stream.MEMBER_ORDER, t, s),
                      steps=cfg.member_steps, lr=cfg.member_lr, batch_size=cfg.member_batch)
     return time.perf_counter() - start
 

@@ -27,9 +27,28 @@ actor count, worker count), and one table says which stream is which:
 |    |                 |                    | domains), g=1 numpy (recombination subsets, FastICA)     |
 | 19 | GRADVAR         | sub-stream, step   | gradvar batches, split, inits: LEGACY keys kept so the   |
 |    |                 |                    | README figures reproduce (`raygen.gradvar.training`)     |
+| 20 | ZOO_BASE_INIT   | -                  | L: seed      the trajectory zoo's base model init        |
+| 21 | ZOO_BASE_ORDER  | -                  | L: seed + 1  the base model's data order                 |
+| 22 | TASK_DEF        | task               | L: [seed, task, 7] (numpy) a zoo task's definition       |
+| 23 | ZOO_SPLIT       | -                  | L: 0         the zoo data's train/val/test split (fixed) |
+| 24 | ENCODER_INIT    | -                  | L: seed + 1  weightgen's set encoder init                |
+| 25 | ALIGN_INIT      | -                  | L: seed + 2  weightgen's contrastive heads init           |
+| 26 | NOISE_PERTURB   | task               | L: seed + task  the report's noise-perturbed originals   |
+| 27 | FINETUNE        | model index        | L: seed + i  a held-out fine-tuning run's data order     |
+| 28 | CRITIC_INIT     | -                  | L: seed + 1  SADM's critic (structure encoder) init      |
+| 29 | SAMPLE_GRID     | -                  | L: seed      the noise of a trainer's logged sample grid |
+| 30 | PREVIEW         | -                  | L: seed      exact target draws of the sampling report   |
+| 31 | MODEL_INIT      | -                  | L: seed      a trainer's main model init (SADM denoiser, |
+|    |                 |                    |              parameter AE, latent denoiser)              |
 
 `stream_seed` gives a 63-bit integer (numpy's SeedSequence over the key), `numpy_rng` and
-`torch_generator` wrap it. `per_item_seeds` is the vectorised form for one seed per item of a huge
+`torch_generator` wrap it. Streams marked L are *legacy* keys, registered as named streams from the
+ad-hoc keys (`seed + 1`, `[seed, task, 7]`) raygen used before this rule: their draws are what they
+were, so the README's published figures reproduce, at a known cost: a legacy key of run seed s can
+equal another legacy key of run seed s + k. A new stream follows the rule. Stream SAMPLE's
+derivation is `per_item_seeds`; weightgen's generation draws vector i with it too (the same seed
+as sample i of the same run seed: a legacy sharing, kept for the same reason).
+`per_item_seeds` is the vectorised form for one seed per item of a huge
 id range (10^9 samples): a splitmix64 hash of (run seed, id), so that a sample depends only on its
 own id. Algorithms take generators as arguments; only workloads and trainers derive them here.
 """
@@ -37,6 +56,7 @@ own id. Algorithms take generators as arguments; only workloads and trainers der
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 
 import numpy as np
 
@@ -62,15 +82,51 @@ class Stream(enum.IntEnum):
     CMT_SPLIT = 17
     CMT_FIT = 18
     GRADVAR = 19  # legacy key mapping: raygen.gradvar.training.gradvar_rng / gradvar_torch
+    ZOO_BASE_INIT = 20
+    ZOO_BASE_ORDER = 21
+    TASK_DEF = 22
+    ZOO_SPLIT = 23
+    ENCODER_INIT = 24
+    ALIGN_INIT = 25
+    NOISE_PERTURB = 26
+    FINETUNE = 27
+    CRITIC_INIT = 28
+    SAMPLE_GRID = 29
+    PREVIEW = 30
+    MODEL_INIT = 31
+
+
+# The legacy keys of the table above: (run seed, *index) -> the key the draws used before.
+LEGACY: dict[Stream, Callable[..., int | list[int]]] = {
+    Stream.ZOO_BASE_INIT: lambda seed: seed,
+    Stream.ZOO_BASE_ORDER: lambda seed: seed + 1,
+    Stream.TASK_DEF: lambda seed, task: [seed, task, 7],
+    Stream.ZOO_SPLIT: lambda seed: 0,
+    Stream.ENCODER_INIT: lambda seed: seed + 1,
+    Stream.ALIGN_INIT: lambda seed: seed + 2,
+    Stream.NOISE_PERTURB: lambda seed, task: seed + task,
+    Stream.FINETUNE: lambda seed, i: seed + i,
+    Stream.CRITIC_INIT: lambda seed: seed + 1,
+    Stream.SAMPLE_GRID: lambda seed: seed,
+    Stream.PREVIEW: lambda seed: seed,
+    Stream.MODEL_INIT: lambda seed: seed,
+}
 
 
 def stream_seed(seed: int, stream: Stream, *index: int) -> int:
     """A 63-bit seed for stream `stream` of run seed `seed` at `index` (e.g. rank, epoch)."""
+    if stream in LEGACY:
+        key = LEGACY[stream](int(seed), *(int(i) for i in index))
+        if isinstance(key, int):
+            return key
+        raise ValueError(f"legacy stream {stream.name} keys numpy generators only (numpy_rng)")
     key = [int(seed), int(stream), *(int(i) for i in index)]
     return int(np.random.SeedSequence(key).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
 def numpy_rng(seed: int, stream: Stream, *index: int) -> np.random.Generator:
+    if stream in LEGACY:
+        return np.random.default_rng(LEGACY[stream](int(seed), *(int(i) for i in index)))
     return np.random.default_rng(stream_seed(seed, stream, *index))
 
 

@@ -73,13 +73,13 @@ def test_split_is_a_partition_and_support_sets_follow_labels():
 
 def test_members_and_trajectories_are_bit_reproducible():
     x, y = _data()
-    a = train_member(ARCH, (x, y), init_seed=1, order_seed=2, steps=5, lr=0.01, batch_size=16)
-    b = train_member(ARCH, (x, y), init_seed=1, order_seed=2, steps=5, lr=0.01, batch_size=16)
+    a = train_member(ARCH, (x, y), init_seed=1, order=torch.Generator().manual_seed(2), steps=5, lr=0.01, batch_size=16)
+    b = train_member(ARCH, (x, y), init_seed=1, order=torch.Generator().manual_seed(2), steps=5, lr=0.01, batch_size=16)
     layout = ParamLayout.of(a, subset_names(a, "head"))
     assert torch.equal(flatten(dict(a.named_parameters()), ParamLayout.of(a)),
                        flatten(dict(b.named_parameters()), ParamLayout.of(b)))
-    t1 = trajectory(a, layout, (x, y), order_seed=3, checkpoints=4, steps_per_checkpoint=2, lr=0.05, batch_size=16)
-    t2 = trajectory(a, layout, (x, y), order_seed=3, checkpoints=4, steps_per_checkpoint=2, lr=0.05, batch_size=16)
+    t1 = trajectory(a, layout, (x, y), order=torch.Generator().manual_seed(3), checkpoints=4, steps_per_checkpoint=2, lr=0.05, batch_size=16)
+    t2 = trajectory(a, layout, (x, y), order=torch.Generator().manual_seed(3), checkpoints=4, steps_per_checkpoint=2, lr=0.05, batch_size=16)
     assert t1.shape == (4, layout.numel) and torch.equal(t1, t2)
     assert not torch.equal(t1[0], t1[1])  # it moves
     # only the head trained: the base model is untouched and the rest is not in theta

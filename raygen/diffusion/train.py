@@ -241,7 +241,7 @@ def _sample_grid(cfg: TrainSADMConfig):
     def draw(state: TrainState, batch: tuple) -> torch.Tensor:
         model = state.emas["denoiser"].model
         labels = torch.arange(cfg.num_samples) % cfg.num_classes if cfg.num_classes else None
-        x = heun_sample(model, (cfg.num_samples, *model.sample_shape), torch.Generator().manual_seed(cfg.seed),
+        x = heun_sample(model, (cfg.num_samples, *model.sample_shape), torch_generator(cfg.seed, Stream.SAMPLE_GRID),
                         labels=labels, data_mean=cfg.data_mean, device=batch[0].device)
         return x.clamp(*model.data_range)
 
@@ -284,11 +284,11 @@ def train_func(config: dict) -> dict:
         if sample_shape[0] != cfg.channels:
             raise UserError(f"data {cfg.data!r} have {sample_shape[0]} channels but channels={cfg.channels}; "
                             f"set channels: {sample_shape[0]}")
-        denoiser = seeded(cfg.seed, lambda: build_denoiser(
+        denoiser = seeded(stream_seed(cfg.seed, Stream.MODEL_INIT), lambda: build_denoiser(
             cfg.model_size, cfg.channels, cfg.num_classes, cfg.energy, cfg.sigma_data, cfg.data_mean,
             sample_shape=sample_shape, data_range=PIXEL_RANGE))  # raygen.data yields [0, 1]
         critic = SpectralEncoder if cfg.sadm_form == "gated" else StructureEncoder
-        encoder = seeded(cfg.seed + 1, lambda: critic(cfg.channels, embed_dim=cfg.embed_dim))
+        encoder = seeded(stream_seed(cfg.seed, Stream.CRITIC_INIT), lambda: critic(cfg.channels, embed_dim=cfg.embed_dim))
         state = TrainState(
             modules={"denoiser": denoiser, "encoder": encoder},
             optimizers={"opt": torch.optim.Adam(denoiser.parameters(), lr=cfg.lr),

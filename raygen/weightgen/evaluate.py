@@ -51,9 +51,9 @@ def memorisation(gen: torch.Tensor, orig: torch.Tensor, pred_gen: torch.Tensor, 
 
 def finetune_curve(model: nn.Module, layout: ParamLayout, theta0: torch.Tensor,
                    train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor], *,
-                   steps: int, every: int, lr: float, batch_size: int, seed: int) -> np.ndarray:
+                   steps: int, every: int, lr: float, batch_size: int, order: torch.Generator) -> np.ndarray:
     """Test accuracy (in [0, 1]) at steps 0, every, 2 every, ..., steps of training layout's tensors
-    from theta0 (the rest of `model` fixed) with Adam on `train`."""
+    from theta0 (the rest of `model` fixed) with Adam on `train`, batches drawn from `order`."""
     net = copy.deepcopy(model).eval()
     with torch.no_grad():
         params = dict(net.named_parameters())
@@ -66,7 +66,7 @@ def finetune_curve(model: nn.Module, layout: ParamLayout, theta0: torch.Tensor,
 
     curve = [accuracy()]
     fit(net, layout.names, *train, steps=steps, lr=lr, batch_size=batch_size,
-        generator=torch.Generator().manual_seed(seed), every=every, callback=lambda _step: curve.append(accuracy()))
+        generator=order, every=every, callback=lambda _step: curve.append(accuracy()))
     return np.asarray(curve)
 
 

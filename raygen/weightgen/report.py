@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from raygen import plots
-from raygen.seeds import Stream, stream_seed
+from raygen.seeds import Stream, stream_seed, torch_generator
 from raygen.threads import one_thread
 from raygen.weightgen.evaluate import (accuracies, accuracy_summary, finetune_curve, memorisation,
                                        steps_to_fraction)
@@ -24,9 +24,8 @@ if TYPE_CHECKING:  # the run's config, read only; no import of the workload at r
 NOISE_SIGMAS = (0.001, 0.05, 0.15)  # p-diff's noise-perturbed originals, in normalised space
 
 
-def _noise_perturbed(thetas, norm, sigma: float, seed: int):
+def _noise_perturbed(thetas, norm, sigma: float, g: torch.Generator):
     """Originals perturbed by N(0, sigma^2) in normalised space (p-diff's baseline)."""
-    g = torch.Generator().manual_seed(seed)
     z = norm.normalize(thetas.double())
     return norm.denormalize(z + sigma * torch.randn(z.shape, generator=g, dtype=z.dtype)).float()
 
@@ -51,7 +50,7 @@ def zoo_tables(cfg: WeightgenConfig, thetas, cols, gen, gcols, meta, norm) -> tu
         rows["original"].append(cols["test_acc"][cols["task_id"] == t])
         rows["generated"].append(gcols["test_acc"][gcols["task_id"] == t])
         for s in NOISE_SIGMAS:
-            noisy = _noise_perturbed(orig, norm, s, cfg.seed + t)
+            noisy = _noise_perturbed(orig, norm, s, torch_generator(cfg.seed, Stream.NOISE_PERTURB, t))
             rows[f"noise_{s}"].append(accuracies(model, layout, noisy, {"test": test}, base)["test"])
         rand = _random_init(cfg, layout, meta["arch"], min(len(orig), 50))
         rows["random"].append(accuracies(model, layout, rand, {"test": test}, base)["test"])
@@ -89,7 +88,7 @@ def heldout_tables(cfg: WeightgenConfig, thetas, cols, gen, gcols, meta) -> dict
             for i, v in enumerate(vecs):
                 curves[arm].append(finetune_curve(model, layout, v, sp["train"], sp["test"],
                                                   steps=cfg.finetune_steps, every=cfg.finetune_every,
-                                                  lr=cfg.finetune_lr, batch_size=cfg.member_batch, seed=cfg.seed + i))
+                                                  lr=cfg.finetune_lr, batch_size=cfg.member_batch, order=torch_generator(cfg.seed, Stream.FINETUNE, i)))
     mean_curves = {arm: np.mean(c, 0) for arm, c in curves.items()}
     return {
         "tasks": cfg.heldout_tasks,

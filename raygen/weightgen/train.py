@@ -27,7 +27,7 @@ from raygen.diffusion.ema import EMA
 from raygen.diffusion.losses import DenoisingLoss
 from raygen.errors import UserError
 from raygen.storage import first_line
-from raygen.seeds import Stream, torch_generator
+from raygen.seeds import Stream, stream_seed, torch_generator
 from raygen.threads import one_thread
 from raygen.train_loop import Schedule, TrainRun, TrainState, fit, seeded
 from raygen.weightgen.autoencoder import ParamAutoencoder
@@ -112,7 +112,7 @@ def train_autoencoder(config: dict) -> dict:
     run = TrainRun(cfg, keep_checkpoints=cfg.keep_checkpoints)
     try:
         restored = run.store.load(run.rank)
-        ae = seeded(cfg.seed, lambda: ParamAutoencoder(layout.numel, cfg.latent_dim, cfg.ae_kind, cfg.hidden,
+        ae = seeded(stream_seed(cfg.seed, Stream.MODEL_INIT), lambda: ParamAutoencoder(layout.numel, cfg.latent_dim, cfg.ae_kind, cfg.hidden,
                                                        input_noise=cfg.input_noise, latent_noise=cfg.latent_noise))
         state = TrainState(modules={"ae": ae}, optimizers={"opt": torch.optim.AdamW(ae.parameters(), lr=cfg.lr)},
                            generator=torch_generator(cfg.seed, Stream.AE_INIT, run.rank))
@@ -183,16 +183,16 @@ def train_diffusion(config: dict) -> dict:
     run = TrainRun(cfg, keep_checkpoints=cfg.keep_checkpoints)
     try:
         restored = run.store.load(run.rank)
-        denoiser = seeded(cfg.seed, lambda: VectorDenoiser(h.shape[1], cfg.cond_dim if conditional else 0,
+        denoiser = seeded(stream_seed(cfg.seed, Stream.MODEL_INIT), lambda: VectorDenoiser(h.shape[1], cfg.cond_dim if conditional else 0,
                                                            cfg.hidden, cfg.depth, sigma_data=sd, data_mean=mu))
         modules = {"denoiser": denoiser}
         optimizers = {"denoiser": torch.optim.AdamW(denoiser.parameters(), lr=cfg.lr)}
         contrastive = conditional and cfg.encoder_training == "contrastive"
         if conditional:
-            modules["encoder"] = seeded(cfg.seed + 1, lambda: SetEncoder(support.shape[-1], support.shape[1],
+            modules["encoder"] = seeded(stream_seed(cfg.seed, Stream.ENCODER_INIT), lambda: SetEncoder(support.shape[-1], support.shape[1],
                                                                          cond_dim=cfg.cond_dim, kind=cfg.set_encoder))
             if contrastive:
-                modules["align"] = seeded(cfg.seed + 2, lambda: ContrastiveHeads(cfg.cond_dim, h.shape[1]))
+                modules["align"] = seeded(stream_seed(cfg.seed, Stream.ALIGN_INIT), lambda: ContrastiveHeads(cfg.cond_dim, h.shape[1]))
             optimizers["encoder"] = torch.optim.AdamW([p for k in ("encoder", "align") if k in modules
                                                        for p in modules[k].parameters()], lr=cfg.lr)
         state = TrainState(modules=modules, optimizers=optimizers,

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from raygen.errors import UserError
 from raygen.models.classifier import ConvClassifier, carried_batches, train_cross_entropy
+from raygen.seeds import Stream, numpy_rng, torch_generator
 from raygen.models.params import ParamLayout, flatten
 
 FAMILIES = ("digits", "subset", "permutation", "rotation")  # "digits": the whole source as one task
@@ -65,7 +66,7 @@ def make_task(family: str, task_id: int, seed: int, *, num_classes: int, numel: 
               classes_per_task: int = 5) -> dict[str, Any]:
     """The definition of task `task_id` of a family over a source of `num_classes` classes and
     `numel` values per image (a JSON-able dict; equal dicts = same task)."""
-    rng = np.random.default_rng([seed, task_id, 7])
+    rng = numpy_rng(seed, Stream.TASK_DEF, task_id)
     if family == "digits":
         return {"family": "digits", "num_classes": num_classes}
     if family == "subset":
@@ -115,11 +116,13 @@ def apply_task(task: dict[str, Any], x: torch.Tensor, y: torch.Tensor,
     raise UserError(f"unknown task family {family!r}")
 
 
-def split(x: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None = None,
-          seed: int = 0) -> dict[str, tuple[torch.Tensor, ...]]:
-    """A fixed train / val / test split of the whole data set (before any task is applied);
-    each split is (x, y) or, with task-column indices t, (x, y, t)."""
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+def split(x: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None = None, *,
+          generator: torch.Generator | None = None) -> dict[str, tuple[torch.Tensor, ...]]:
+    """A train / val / test split of the whole data set (before any task is applied); each split is
+    (x, y) or, with task-column indices t, (x, y, t). Default order: stream ZOO_SPLIT, the same
+    for every run seed (a zoo's members and its report must agree on it)."""
+    generator = generator or torch_generator(0, Stream.ZOO_SPLIT)
+    order = torch.randperm(len(x), generator=generator)
     n_train, n_val = int(SPLIT[0] * len(x)), int(SPLIT[1] * len(x))
     parts = {"train": order[:n_train], "val": order[n_train:n_train + n_val], "test": order[n_train + n_val:]}
     return {k: tuple(v[i] for v in (x, y, t) if v is not None) for k, i in parts.items()}
@@ -277,23 +280,23 @@ def fit(model: torch.nn.Module, names: Sequence[str], x: torch.Tensor, y: torch.
         p.requires_grad_(True)
 
 
-def train_member(arch: dict[str, Any], data: tuple[torch.Tensor, torch.Tensor], *, init_seed: int, order_seed: int,
-                 steps: int, lr: float, batch_size: int) -> ConvClassifier:
-    """A tasks-mode member: every parameter trained from the init of `init_seed` (Adam)."""
+def train_member(arch: dict[str, Any], data: tuple[torch.Tensor, torch.Tensor], *, init_seed: int,
+                 order: torch.Generator, steps: int, lr: float, batch_size: int) -> ConvClassifier:
+    """A tasks-mode member: every parameter trained from the init of `init_seed` (Adam), batches
+    drawn from `order`. (Module init draws torch's global RNG: `init_model` forks it under a seed.)"""
     model = init_model(arch, init_seed)
-    fit(model, subset_names(model, "all"), *data, steps=steps, lr=lr, batch_size=batch_size,
-        generator=torch.Generator().manual_seed(order_seed))
+    fit(model, subset_names(model, "all"), *data, steps=steps, lr=lr, batch_size=batch_size, generator=order)
     return model.eval()
 
 
 def trajectory(base: ConvClassifier, layout: ParamLayout, data: tuple[torch.Tensor, torch.Tensor], *,
-               order_seed: int, checkpoints: int, steps_per_checkpoint: int, lr: float,
+               order: torch.Generator, checkpoints: int, steps_per_checkpoint: int, lr: float,
                batch_size: int) -> torch.Tensor:
     """p-diff's collection: continue training only layout's tensors of (a copy of) the base model
     with SGD + momentum, network in eval mode; theta after every `steps_per_checkpoint` steps: [K, P]."""
     model = copy.deepcopy(base).eval()
     thetas: list[torch.Tensor] = []
     fit(model, layout.names, *data, steps=checkpoints * steps_per_checkpoint, lr=lr, batch_size=batch_size,
-        generator=torch.Generator().manual_seed(order_seed), optimizer="sgd", every=steps_per_checkpoint,
+        generator=order, optimizer="sgd", every=steps_per_checkpoint,
         callback=lambda step: thetas.append(flatten(dict(model.named_parameters()), layout).clone()))
     return torch.stack(thetas)

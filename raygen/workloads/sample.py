@@ -29,7 +29,7 @@ import numpy as np
 from raygen import fanout, parts, runtime, storage
 from raygen.config import Config, bounded, check
 from raygen.errors import UserError
-from raygen.seeds import per_item_seeds
+from raygen.seeds import Stream, per_item_seeds, stream_seed, torch_generator
 from raygen.threads import torch_threads
 from raygen.parts import Chunks, PartStore
 
@@ -298,7 +298,7 @@ def run(config: SampleConfig, *, verbose: bool = False, checked: tuple | None = 
 
         from raygen.sampling import compare_to_truth
 
-        summary["stats"] = compare_to_truth(target, torch.as_tensor(x), seed=config.seed)
+        summary["stats"] = compare_to_truth(target, torch.as_tensor(x), seed=stream_seed(config.seed, Stream.PREVIEW))
         summary["truth"] = {k: np.asarray(v).tolist() for k, v in target.truth().items()}
     run_dir.save_figure("preview.png", preview(x, labels, target, config))
     summary["preview"] = run_dir.child("preview.png").uri
@@ -312,12 +312,11 @@ def preview(x: np.ndarray, labels, target, config: SampleConfig):
     from raygen import plots
 
     if x.ndim == 2:
-        import torch
 
         n = min(len(x), PREVIEW_POINTS)
         panels = [("raygen " + config.sampler, x[:n])]
         if target is not None:
-            panels.insert(0, ("exact target", target.sample(n, torch.Generator().manual_seed(config.seed)).numpy()))
+            panels.insert(0, ("exact target", target.sample(n, torch_generator(config.seed, Stream.PREVIEW)).numpy()))
         return plots.scatter(panels)
     return plots.labelled_grids([(f"raygen {config.sampler}: {config.model}", x, labels)], per_panel=64)
 

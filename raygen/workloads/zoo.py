@@ -32,6 +32,7 @@ import numpy as np
 
 from raygen import fanout, plots
 from raygen.config import Config, bounded, check
+from raygen.seeds import Stream, stream_seed, torch_generator
 from raygen.threads import torch_threads
 from raygen.weightgen.store import COLUMNS, ID_COLUMN, PARTS, read_zoo
 
@@ -128,7 +129,8 @@ def base_model(config: ZooConfig, splits: dict, task: dict, arch: dict[str, int]
     from raygen.weightgen.zoo import task_splits, train_member
 
     train = task_splits(task, splits)["train"]
-    return train_member(arch, train, init_seed=config.seed, order_seed=config.seed + 1,
+    return train_member(arch, train, init_seed=stream_seed(config.seed, Stream.ZOO_BASE_INIT),
+                        order=torch_generator(config.seed, Stream.ZOO_BASE_ORDER),
                         steps=config.member_steps, lr=config.member_lr, batch_size=config.member_batch)
 
 
@@ -156,21 +158,20 @@ class ZooWorker:
 
     def _job(self, j: int):
         """(thetas [rows, P], steps [rows]) of zoo job j."""
-        from raygen.seeds import Stream, stream_seed
         from raygen.models.params import flatten
         from raygen.weightgen.zoo import task_splits, train_member, trajectory
 
         cfg = self.cfg
         task_id, s = cfg.job(j)
         train = task_splits(self.tasks[task_id], self.splits)["train"]
-        order_seed = stream_seed(cfg.seed, Stream.MEMBER_ORDER, task_id, s)
+        order = torch_generator(cfg.seed, Stream.MEMBER_ORDER, task_id, s)
         if cfg.mode == "trajectory":
-            thetas = trajectory(self.model, self.layout, train, order_seed=order_seed, checkpoints=cfg.checkpoints,
+            thetas = trajectory(self.model, self.layout, train, order=order, checkpoints=cfg.checkpoints,
                                 steps_per_checkpoint=cfg.steps_per_checkpoint, lr=cfg.trajectory_lr,
                                 batch_size=cfg.member_batch)
             return thetas, (np.arange(cfg.checkpoints) + 1) * cfg.steps_per_checkpoint
         init_seed = cfg.seed if cfg.member_init == "shared" else stream_seed(cfg.seed, Stream.MEMBER_INIT, task_id, s)
-        model = train_member(self.metadata["arch"], train, init_seed=init_seed, order_seed=order_seed,
+        model = train_member(self.metadata["arch"], train, init_seed=init_seed, order=order,
                              steps=cfg.member_steps, lr=cfg.member_lr, batch_size=cfg.member_batch)
         return flatten(dict(model.named_parameters()), self.layout)[None], np.asarray([cfg.member_steps])
 
