@@ -37,3 +37,46 @@ def test_a_checkpoint_of_plain_tensors_and_containers_loads(tmp_path):
     torch.save(saved, tmp_path / AE_FILE)
     loaded = load_checkpoint_file(str(tmp_path), AE_FILE)
     assert loaded["spec"] == saved["spec"] and torch.equal(loaded["weights"]["w"], saved["weights"]["w"])
+
+
+class _Identity(torch.nn.Module):
+    def encode(self, z):
+        return z
+
+    def decode(self, h):
+        return h
+
+
+class _MeanOnly(_Identity):
+    def decode(self, h):
+        return torch.zeros_like(h)  # every reconstruction is the zoo's mean vector
+
+
+def test_ae_diagnostics_tell_a_faithful_autoencoder_from_one_that_learned_the_mean():
+    import numpy as np
+
+    from raygen.models.params import ParamLayout
+    from raygen.weightgen.evaluate import accuracies
+    from raygen.weightgen.normalize import WeightNorm
+    from raygen.weightgen.report import ae_diagnostics, collapse_warning
+    from raygen.weightgen.zoo import build_classifier, task_splits, zoo_splits
+    from raygen.workloads.weightgen import WeightgenConfig
+    from tests.helpers import ZOO_ARCH
+
+    meta = {"arch": ZOO_ARCH, "base": None, "tasks": {"0": {"family": "digits", "num_classes": 10}}}
+    net = build_classifier(ZOO_ARCH)
+    layout = ParamLayout.of(net)
+    meta["layout"] = layout.to_dict()
+    thetas = torch.randn(12, layout.numel, generator=torch.Generator().manual_seed(0))
+    test = task_splits(meta["tasks"]["0"], zoo_splits(meta))["test"]
+    acc = accuracies(net.eval(), layout, thetas, {"test": test})["test"]
+    cols = {"task_id": np.zeros(12, dtype=np.int64), "test_acc": np.asarray(acc)}
+    assert np.std(acc) > 0  # random networks do differ in accuracy: the originals have a spread
+    norm, cfg = WeightNorm.fit(thetas, layout), WeightgenConfig()
+    faithful = ae_diagnostics(cfg, thetas, cols, meta, _Identity(), norm)
+    assert faithful["recon_acc_corr"] > 0.999 and not faithful["collapsed"] and collapse_warning(faithful) is None
+    assert abs(faithful["recon_acc_std"] - faithful["orig_acc_std"]) < 1e-6
+    assert abs(faithful["normalized_dim_std"] - 1) < 1e-6  # per-weight z-scores: unit spread per dimension
+    mean_only = ae_diagnostics(cfg, thetas, cols, meta, _MeanOnly(), norm)
+    assert mean_only["recon_acc_std"] == 0 and mean_only["recon_acc_corr"] is None and mean_only["collapsed"]
+    assert collapse_warning(mean_only).startswith("warning: the autoencoder's reconstructions collapse")

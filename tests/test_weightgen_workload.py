@@ -37,6 +37,10 @@ def test_tiny_tasks_run_end_to_end(ray_local, tmp_path, capsys):
     assert 0 <= held["generated"]["zero_shot_mean"] <= 100
     assert set(held["steps_to_90"]) == {"generated", "random", "other_task"}
     assert (tmp_path / "tiny" / "accuracy_hist.png").exists() and (tmp_path / "tiny" / "finetune.png").exists()
+    # the autoencoder's diagnostics: tasks zoos are z-scored per tensor unless the job says otherwise
+    assert report["ae"]["normalize"] == "tensor" and report["ae"]["latent_noise"] == 0.1
+    assert 0 <= report["ae"]["recon_acc_std"] and "## Autoencoder (tensor normalisation)" in (
+        tmp_path / "tiny" / "report.md").read_text()
     # every member / generated model exactly once
     PartStore.at(summary["zoo"]["uri"], "model_id").verify(Chunks(4, 2), check="ids")
     PartStore.at(summary["generated"]["uri"], "model_id").verify(Chunks(12, 4), check="ids")

@@ -66,6 +66,47 @@ def zoo_tables(cfg: WeightgenConfig, thetas, cols, gen, gcols, meta, norm) -> tu
 
 
 @one_thread
+def ae_diagnostics(cfg: WeightgenConfig, thetas, cols, meta, ae, norm) -> dict[str, Any]:
+    """Would the autoencoder have caught a collapse? Its reconstructions' test accuracies beside the
+    originals' (mean, sd, correlation), and the zoo's and the latents' per-dimension spread beside
+    the noise the AE adds to them. `collapsed`: reconstructions' sd below a quarter of the originals'."""
+    splits = zoo_splits(meta)
+    layout = ParamLayout.from_dict(meta["layout"])
+    model = build_classifier(meta["arch"]).eval()
+    base = base_from(model, meta)
+    with torch.no_grad():
+        z = norm.normalize(thetas.double()).float()
+        h = ae.encode(z)
+        recon = norm.denormalize(ae.decode(h).double()).float()
+    acc = np.zeros(len(thetas))
+    for t in sorted(set(cols["task_id"].tolist())):
+        mine = cols["task_id"] == t
+        test = task_splits(meta["tasks"][str(t)], splits)["test"]
+        acc[mine] = accuracies(model, layout, recon[torch.as_tensor(mine)], {"test": test}, base)["test"]
+    orig = np.asarray(cols["test_acc"], dtype=np.float64)
+    corr = float(np.corrcoef(orig, acc)[0, 1]) if orig.std() > 0 and acc.std() > 0 else None
+    out = {"recon_acc_mean": float(100 * acc.mean()), "recon_acc_std": float(100 * acc.std()),
+           "orig_acc_mean": float(100 * orig.mean()), "orig_acc_std": float(100 * orig.std()),
+           "recon_acc_corr": corr, "normalize": norm.kind,
+           "zoo_dim_std": float(thetas.double().std(0, correction=0).mean()),
+           "normalized_dim_std": float(z.double().std(0, correction=0).mean()),
+           "latent_dim_std": float(h.double().std(0, correction=0).mean()),
+           "input_noise": cfg.input_noise, "latent_noise": cfg.latent_noise}
+    out["collapsed"] = bool(out["orig_acc_std"] > 0 and out["recon_acc_std"] < out["orig_acc_std"] / 4)
+    return out
+
+
+def collapse_warning(diag: dict[str, Any]) -> str | None:
+    """The console / report line when the AE reconstructs the zoo as (nearly) one model."""
+    if not diag["collapsed"]:
+        return None
+    return (f"warning: the autoencoder's reconstructions collapse: accuracy sd {diag['recon_acc_std']:.2f} points vs "
+            f"the originals' {diag['orig_acc_std']:.2f} (latent per-dimension std {diag['latent_dim_std']:.3g}, latent "
+            f"noise {diag['latent_noise']:g}); generated models will not have the zoo's spread. Try normalize: weight, "
+            "a lower latent_noise or more ae_steps")
+
+
+@one_thread
 def heldout_tables(cfg: WeightgenConfig, thetas, cols, gen, gcols, meta) -> dict[str, Any]:
     """Zero-shot accuracy on held-out tasks and fine-tuning curves from generated / random /
     other-task init (the first `finetune_models` of each), averaged per arm."""
@@ -152,6 +193,19 @@ def markdown(cfg: WeightgenConfig, summary: dict[str, Any], figures: list[str]) 
             key, f"noise-perturbed originals, sigma = {key.split('_', 1)[-1]}")
         lines.append(f"| {label} | {row['acc_mean']:.2f} | {row['acc_median']:.2f} | {row['acc_max']:.2f} | "
                      f"{row['acc_min']:.2f} | {row['n']} |")
+    d = summary.get("ae")
+    if d:
+        corr = "n/a" if d["recon_acc_corr"] is None else f"{d['recon_acc_corr']:.2f}"
+        lines += ["", f"## Autoencoder ({d['normalize']} normalisation)", "",
+                  "| | mean acc (%) | sd (points) |", "|---|---|---|",
+                  f"| originals | {d['orig_acc_mean']:.2f} | {d['orig_acc_std']:.2f} |",
+                  f"| reconstructions | {d['recon_acc_mean']:.2f} | {d['recon_acc_std']:.2f} |", "",
+                  f"Correlation of a reconstruction's accuracy with its original's: {corr}. Mean per-dimension std: "
+                  f"zoo {d['zoo_dim_std']:.3g} (raw), {d['normalized_dim_std']:.3g} (normalised; input noise "
+                  f"{d['input_noise']:g}), latents {d['latent_dim_std']:.3g} (latent noise {d['latent_noise']:g})."]
+        warning = collapse_warning(d)
+        if warning:
+            lines += ["", f"**{warning}**"]
     m = summary.get("memorisation")
     if m:
         lines += ["", "## Memorisation (means over models)", "",

@@ -32,7 +32,7 @@ from raygen.threads import one_thread
 from raygen.train_loop import Schedule, TrainRun, TrainState, fit, seeded
 from raygen.weightgen.autoencoder import ParamAutoencoder
 from raygen.weightgen.latent import VectorDenoiser, latent_loss
-from raygen.weightgen.normalize import TensorNorm
+from raygen.weightgen.normalize import NORMS, norm_from_dict
 from raygen.models.params import ParamLayout
 from raygen.weightgen.set_encoder import ContrastiveHeads, SetEncoder, contrastive_loss
 from raygen.weightgen.store import read_zoo
@@ -50,6 +50,7 @@ class StageConfig(Config):
     mode: Literal["trajectory", "tasks"] = "trajectory"
     support_shots: int = 5
     ae_kind: Literal["mlp", "conv"] = "mlp"
+    normalize: Literal["weight", "tensor"] = "weight"
     latent_dim: int = 32
     hidden: int = 256
     depth: int = 3
@@ -103,11 +104,11 @@ def load_checkpoint_file(checkpoint_uri: str, filename: str) -> dict[str, Any]:
 
 @one_thread
 def train_autoencoder(config: dict) -> dict:
-    """p-diff's parameter autoencoder on the per-tensor-normalised zoo (a Ray Train `train_func`)."""
+    """p-diff's parameter autoencoder on the normalised zoo (a Ray Train `train_func`)."""
     cfg = StageConfig.from_dict(config)
     thetas, _, meta = read_zoo(cfg.zoo)
     layout = ParamLayout.from_dict(meta["layout"])
-    norm = TensorNorm.fit(thetas, layout)
+    norm = NORMS[cfg.normalize].fit(thetas, layout)
     x = norm.normalize(thetas.double()).float()
     run = TrainRun(cfg, keep_checkpoints=cfg.keep_checkpoints)
     try:
@@ -138,11 +139,11 @@ def train_autoencoder(config: dict) -> dict:
 
 
 def load_autoencoder(checkpoint_uri: str):
-    """(autoencoder in eval mode, TensorNorm, zoo metadata) from an `ae` checkpoint."""
+    """(autoencoder in eval mode, its normalisation, zoo metadata) from an `ae` checkpoint."""
     saved = load_checkpoint_file(checkpoint_uri, AE_FILE)
     ae = ParamAutoencoder(**saved["spec"])
     ae.load_state_dict(saved["weights"])
-    return ae.eval(), TensorNorm.from_dict(saved["norm"]), saved["meta"]
+    return ae.eval(), norm_from_dict(saved["norm"]), saved["meta"]
 
 
 def task_supports(meta: dict, task_ids: list[int], shots: int, splits: dict | None = None):

@@ -61,6 +61,9 @@ class WeightgenConfig(ZooConfig):
     heldout_tasks: list[int] = dataclasses.field(default_factory=list)  # task ids kept out of the zoo
     # parameter autoencoder
     ae_kind: Literal["mlp", "conv"] = "mlp"
+    # z-scoring over the zoo: per weight keeps a trajectory's tiny per-coordinate spread (per tensor
+    # left p-diff's 200 heads 0.009 apart, under the latent noise); auto = weight for trajectory zoos
+    normalize: Literal["auto", "weight", "tensor"] = "auto"
     latent_dim: int = bounded(32, ge=1)
     ae_hidden: int = bounded(256, ge=1)
     ae_steps: int = bounded(1500, ge=1)
@@ -119,7 +122,8 @@ def stage_config(cfg: WeightgenConfig, stage: str, root: str, zoo: str, autoenco
     common = dict(storage_path=root, seed=cfg.seed, zoo=zoo, mode=cfg.mode, keep_checkpoints=cfg.keep_checkpoints,
                   num_workers=cfg.train_workers, max_failures=cfg.max_failures, log_every=cfg.log_every)
     if stage == "ae":
-        return StageConfig(name="ae", stage="ae", ae_kind=cfg.ae_kind, latent_dim=cfg.latent_dim,
+        normalize = cfg.normalize if cfg.normalize != "auto" else "weight" if cfg.mode == "trajectory" else "tensor"
+        return StageConfig(name="ae", stage="ae", ae_kind=cfg.ae_kind, normalize=normalize, latent_dim=cfg.latent_dim,
                            hidden=cfg.ae_hidden, input_noise=cfg.input_noise, latent_noise=cfg.latent_noise,
                            steps=cfg.ae_steps, lr=cfg.ae_lr, batch_size=cfg.ae_batch,
                            checkpoint_every=max(1, cfg.ae_steps // 3), **common)
@@ -236,7 +240,11 @@ def run(config: WeightgenConfig, *, verbose: bool = False, checked: tuple | None
 
     print("       evaluating: originals vs generated vs noise-perturbed vs random init"
           + (", fine-tuning on held-out tasks" if config.heldout_tasks else ""))
-    _, norm, _ = load_autoencoder(ae_uri)
+    ae, norm, _ = load_autoencoder(ae_uri)
+    diagnostics = report.ae_diagnostics(config, thetas, cols, meta, ae, norm)
+    warning = report.collapse_warning(diagnostics)
+    if warning:
+        print(warning)
     on_zoo = np.isin(gcols["task_id"], cols["task_id"])
     table, memo = report.zoo_tables(config, thetas, cols, gen[torch.as_tensor(on_zoo)],
                              {k: v[on_zoo] for k, v in gcols.items()}, meta, norm)
@@ -246,7 +254,7 @@ def run(config: WeightgenConfig, *, verbose: bool = False, checked: tuple | None
         "run_dir": root, "report": run_dir.child_uri("report.md"), "mode": config.mode,
         "zoo": {**zoo_stage, "members": len(thetas), "parameters": thetas.shape[1],
                 "original": {k: table["original"][k] for k in ("acc_mean", "acc_median", "acc_max", "acc_min")}},
-        "generated": gen_stage, "table": table,
+        "generated": gen_stage, "table": table, "ae": diagnostics,
         "memorisation": {k: v for k, v in memo.items() if k != "raw"},
         "checkpoints": {"ae": ae_uri, "diffusion": diff_uri}, "seconds": time.perf_counter() - started,
     }
