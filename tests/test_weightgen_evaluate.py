@@ -34,3 +34,19 @@ def test_accuracy_summary_and_steps_to_fraction():
     curve = np.array([0.1, 0.5, 0.8, 0.85, 1.0])
     assert steps_to_fraction(curve, every=10) == 40  # 0.9 * 1.0 first reached at index 4
     assert steps_to_fraction(curve, every=10, fraction=0.8) == 20
+
+
+def test_held_out_baselines_pick_by_support_accuracy_and_count_shared_pairs():
+    import numpy as np
+
+    from raygen.weightgen.report import picked_by_support, shared_pairs, support_split
+
+    support, test = np.array([0.2, 0.9, 0.9, 0.5]), np.array([0.1, 0.7, 0.3, 0.8])
+    assert picked_by_support(support, test, 1) == 0.7  # a tie goes to the lower index
+    assert picked_by_support(support, test, 3) == pytest.approx((0.7 + 0.3 + 0.8) / 3)
+    zoo = [{"family": "subset", "classes": [3, 1, 4, 0, 2]}, {"family": "subset", "classes": [3, 9, 4, 0, 8]}]
+    assert shared_pairs({"family": "subset", "classes": [3, 9, 7, 0, 2]}, zoo) == 3  # 3, 9, 0 in place
+    assert shared_pairs({"family": "rotation", "angle": 1.0}, zoo) == 0
+    x, y = torch.arange(10.0)[:, None], torch.tensor([1, 0, 1, 0, 1, 0, 1, 0, 1, 0])
+    xs, ys = support_split(x, y, 2, 2)
+    assert ys.tolist() == [0, 0, 1, 1] and xs[:, 0].tolist() == [1.0, 3.0, 0.0, 2.0]

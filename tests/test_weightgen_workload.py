@@ -35,6 +35,10 @@ def test_tiny_tasks_run_end_to_end(ray_local, tmp_path, capsys):
     held = report["heldout"]
     assert held["chance"] == pytest.approx(100 / 3)
     assert 0 <= held["generated"]["zero_shot_mean"] <= 100
+    for value in (held["retrieval"]["zero_shot_mean"], held["generated"]["top1_zero_shot_mean"],
+                  held["generated"]["top3_zero_shot_mean"]):
+        assert 0 <= value <= 100
+    assert set(held["shared_pairs"]) == {"7"} and 0 <= held["shared_pairs"]["7"] <= 3
     assert set(held["steps_to_90"]) == {"generated", "random", "other_task"}
     assert (tmp_path / "tiny" / "accuracy_hist.png").exists() and (tmp_path / "tiny" / "finetune.png").exists()
     # the autoencoder's diagnostics: tasks zoos are z-scored per tensor unless the job says otherwise
