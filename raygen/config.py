@@ -260,4 +260,6 @@ def parse_overrides(pairs: typing.Iterable[str]) -> dict[str, Any]:
             out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             out[key.strip()] = raw
+        except RecursionError:
+            raise UserError(f"--set {key.strip()}: the value nests too deeply to be a setting") from None
     return out

@@ -99,6 +99,7 @@ CASES = [
     ("number-as-key", ["run", "k.yaml"], {"k.yaml": "workload: sample\n7: 1\n"}, "config key 7 is not a name"),
     ("deep-nesting", ["run", "n.yaml"], {"n.yaml": "workload: sample\nname: " + "[" * 20000 + "]" * 20000 + "\n"},
      "nests too deeply"),
+    ("deep-nesting-set", ["run", SAMPLE, "--set", "name=" + "[" * 20000 + "]" * 20000], {}, "--set name: the value nests"),
     ("alias-bomb-name", ["run", "a.yaml"], {"a.yaml": "workload: sample\nname: [&a [x,x,x,x,x,x,x,x,x], &b [*a,*a,*a,*a,*a,*a,*a,*a,*a], &c [*b,*b,*b,*b,*b,*b,*b,*b,*b], &d [*c,*c,*c,*c,*c,*c,*c,*c,*c], &e [*d,*d,*d,*d,*d,*d,*d,*d,*d], &f [*e,*e,*e,*e,*e,*e,*e,*e,*e], &g [*f,*f,*f,*f,*f,*f,*f,*f,*f], &h [*g,*g,*g,*g,*g,*g,*g,*g,*g], &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]]\n"},
      "config key 'name': the value holds more than"),
     ("alias-bomb-list-key", ["run", "a.yaml"], {"a.yaml": "workload: cmt\nn_train: [&a [x,x,x,x,x,x,x,x,x], &b [*a,*a,*a,*a,*a,*a,*a,*a,*a], &c [*b,*b,*b,*b,*b,*b,*b,*b,*b], &d [*c,*c,*c,*c,*c,*c,*c,*c,*c], &e [*d,*d,*d,*d,*d,*d,*d,*d,*d], &f [*e,*e,*e,*e,*e,*e,*e,*e,*e], &g [*f,*f,*f,*f,*f,*f,*f,*f,*f], &h [*g,*g,*g,*g,*g,*g,*g,*g,*g], &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]]\n"},
