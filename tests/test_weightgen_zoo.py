@@ -86,3 +86,19 @@ def test_members_and_trajectories_are_bit_reproducible():
     assert torch.equal(flatten(dict(a.named_parameters()), layout), flatten(dict(b.named_parameters()), layout))
     fresh = init_model(ARCH, 1)
     assert not torch.equal(fresh.head.weight, a.head.weight)
+
+
+def test_an_adamw_trajectory_spreads_its_checkpoints_far_more_than_sgd():
+    """p-diff's collection (AdamW at lr 0.03) scatters checkpoints per coordinate; SGD with momentum
+    at lr 0.01 (raygen's default trajectory) keeps them close: the spread the normalisation must keep."""
+    x, y = _data()
+    base = train_member(ARCH, (x, y), init_seed=1, order=torch.Generator().manual_seed(2), steps=40, lr=0.01,
+                        batch_size=16)
+    layout = ParamLayout.of(base, subset_names(base, "head"))
+
+    def spread(optimizer, lr):
+        t = trajectory(base, layout, (x, y), order=torch.Generator().manual_seed(3), checkpoints=30,
+                       steps_per_checkpoint=1, lr=lr, batch_size=16, optimizer=optimizer)
+        return float(t.std(0).mean())
+
+    assert spread("adamw", 0.03) > 10 * spread("sgd", 0.01)

@@ -259,6 +259,13 @@ def init_model(arch: dict[str, Any], seed: int) -> ConvClassifier:
         return build_classifier(arch)
 
 
+OPTIMIZERS = {
+    "adam": lambda params, lr: torch.optim.Adam(params, lr=lr),
+    "sgd": lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9),
+    "adamw": lambda params, lr: torch.optim.AdamW(params, lr=lr),  # weight decay 0.01, as p-diff's AdamW
+}
+
+
 def fit(model: torch.nn.Module, names: Sequence[str], x: torch.Tensor, y: torch.Tensor, *, steps: int, lr: float,
         batch_size: int, generator: torch.Generator, optimizer: str = "adam",
         every: int = 0, callback: Callable[[int], None] | None = None) -> None:
@@ -268,8 +275,7 @@ def fit(model: torch.nn.Module, names: Sequence[str], x: torch.Tensor, y: torch.
     for n, p in params.items():
         p.requires_grad_(n in set(names))
     chosen = [params[n] for n in names]
-    opt = (torch.optim.Adam(chosen, lr=lr) if optimizer == "adam"
-           else torch.optim.SGD(chosen, lr=lr, momentum=0.9))
+    opt = OPTIMIZERS[optimizer](chosen, lr)
 
     def after_step(step: int) -> None:
         if callback is not None and every and step % every == 0:
@@ -291,12 +297,14 @@ def train_member(arch: dict[str, Any], data: tuple[torch.Tensor, torch.Tensor], 
 
 def trajectory(base: ConvClassifier, layout: ParamLayout, data: tuple[torch.Tensor, torch.Tensor], *,
                order: torch.Generator, checkpoints: int, steps_per_checkpoint: int, lr: float,
-               batch_size: int) -> torch.Tensor:
-    """p-diff's collection: continue training only layout's tensors of (a copy of) the base model
-    with SGD + momentum, network in eval mode; theta after every `steps_per_checkpoint` steps: [K, P]."""
+               batch_size: int, optimizer: str = "sgd") -> torch.Tensor:
+    """p-diff's collection: continue training only layout's tensors of (a copy of) the base model,
+    network in eval mode; theta after every `steps_per_checkpoint` steps: [K, P]. `optimizer`:
+    "sgd" (momentum 0.9) gives a smooth path; "adamw" at a high lr a noisy one, p-diff's own regime
+    (its checkpoints scatter around a point whose average can beat the best of them)."""
     model = copy.deepcopy(base).eval()
     thetas: list[torch.Tensor] = []
     fit(model, layout.names, *data, steps=checkpoints * steps_per_checkpoint, lr=lr, batch_size=batch_size,
-        generator=order, optimizer="sgd", every=steps_per_checkpoint,
+        generator=order, optimizer=optimizer, every=steps_per_checkpoint,
         callback=lambda step: thetas.append(flatten(dict(model.named_parameters()), layout).clone()))
     return torch.stack(thetas)

@@ -63,7 +63,9 @@ class ZooConfig(Config):
     member_batch: int = bounded(64, ge=1)
     checkpoints: int = bounded(200, ge=1)  # trajectory: K checkpoints per trajectory
     steps_per_checkpoint: int = bounded(1, ge=1)
-    trajectory_lr: float = bounded(0.01, gt=0)  # SGD + momentum, as p-diff
+    trajectory_lr: float = bounded(0.01, gt=0)
+    # sgd (momentum 0.9): a smooth path; adamw at a high lr: p-diff's noisy regime
+    trajectory_optimizer: Literal["sgd", "adamw"] = "sgd"
     jobs_per_part: int = bounded(1, ge=1)
     num_actors: int = bounded(2, ge=1)
 
@@ -168,7 +170,7 @@ class ZooWorker:
         if cfg.mode == "trajectory":
             thetas = trajectory(self.model, self.layout, train, order=order, checkpoints=cfg.checkpoints,
                                 steps_per_checkpoint=cfg.steps_per_checkpoint, lr=cfg.trajectory_lr,
-                                batch_size=cfg.member_batch)
+                                batch_size=cfg.member_batch, optimizer=cfg.trajectory_optimizer)
             return thetas, (np.arange(cfg.checkpoints) + 1) * cfg.steps_per_checkpoint
         init_seed = cfg.seed if cfg.member_init == "shared" else stream_seed(cfg.seed, Stream.MEMBER_INIT, task_id, s)
         model = train_member(self.metadata["arch"], train, init_seed=init_seed, order=order,
