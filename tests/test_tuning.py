@@ -150,3 +150,24 @@ def test_a_study_rerun_reads_no_pickle(tmp_path, ray_local):
     assert not marker.exists()
     strip = lambda trials: [{k: v for k, v in t.items() if k != "path"} for t in trials]
     assert strip(json.loads((run_dir / "trials.json").read_text())) == strip(first)
+
+
+def test_only_trials_that_really_ended_are_recorded(tmp_path):
+    """Tune calls on_trial_complete also for trials it stops because the experiment was interrupted
+    (Ctrl-C) or that never started; only a trial whose last result is `done` (its trainable returned,
+    or ASHA stopped it) may be replayed later."""
+    from types import SimpleNamespace
+
+    from raygen.workloads.tuning import _Records, _TrialProgress
+
+    records = _Records({"storage_path": str(tmp_path)}, "exp", "s1")
+    progress = _TrialProgress("t", 3, None, records, progress=False)
+    finished = SimpleNamespace(trial_id="a", config={"x": 1}, last_result={"score": 2, "done": True})
+    cut_off = SimpleNamespace(trial_id="b", config={"x": 2}, last_result={"score": 1, "done": False})
+    never_ran = SimpleNamespace(trial_id="c", config={"x": 3}, last_result={})
+    for trial in (finished, cut_off):
+        for score in (1, 2):
+            progress.on_trial_result(0, [], trial, {"score": score, "done": False, "trial_id": trial.trial_id})
+    for trial in (finished, cut_off, never_ran):
+        progress.on_trial_complete(0, [], trial)
+    assert list(records.load().values()) == [[{"score": 1}, {"score": 2}]]

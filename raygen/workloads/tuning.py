@@ -119,7 +119,11 @@ class _TrialProgress(tune.Callback):
               file=sys.stderr, flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.records.write(trial.config, self.rows.pop(trial.trial_id, []))
+        rows = self.rows.pop(trial.trial_id, [])
+        # Tune sets `done` when the trainable returned or a scheduler (ASHA) stopped the trial; a trial
+        # "completed" because the experiment was interrupted (Ctrl-C) has not: it must run again.
+        if rows and (trial.last_result or {}).get("done"):
+            self.records.write(trial.config, rows)
         self._ended(trial, "finished")
 
     def on_trial_error(self, iteration, trials, trial, **info):
