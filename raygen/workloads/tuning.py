@@ -5,7 +5,8 @@ anything read from the run directory: run directories live in shared buckets and
 around, and Tune's own resume (`Tuner.restore`) unpickles `tuner.pkl`, the searcher state and the
 trials from it, so a planted pickle would run its code. Instead:
 
-- raygen keeps its own record of every trial that ended (not errored), as JSON under
+- raygen keeps its own record of every trial that ended (its trainable returned or the scheduler
+  stopped it; not an errored trial, nor one cut off by Ctrl-C), as JSON under
   `<experiment>/raygen_trials/<key>.json`: the trial's config, every metrics row it reported, and
   the run's settings hash (`RunDir.settings_hash`). `<key>` hashes the settings and the trial config.
 - Every session starts a fresh Tuner with the same search space and seeds, so it proposes the same
