@@ -40,6 +40,8 @@ actor count, worker count), and one table says which stream is which:
 | 30 | PREVIEW         | -                  | L: seed      exact target draws of the sampling report   |
 | 31 | MODEL_INIT      | -                  | L: seed      a trainer's main model init (SADM denoiser, |
 |    |                 |                    |              parameter AE, latent denoiser)              |
+| 32 | HPO_TASK        | -                  | L: seed      a bilevel task's data, split and batches    |
+| 33 | HPO_INIT        | -                  | L: seed + 1  a bilevel task's MLP initialisation         |
 
 `stream_seed` gives a 63-bit integer (numpy's SeedSequence over the key), `numpy_rng` and
 `torch_generator` wrap it. Streams marked L are *legacy* keys, registered as named streams from the
@@ -94,6 +96,8 @@ class Stream(enum.IntEnum):
     SAMPLE_GRID = 29
     PREVIEW = 30
     MODEL_INIT = 31
+    HPO_TASK = 32
+    HPO_INIT = 33
 
 
 # The legacy keys of the table above: (run seed, *index) -> the key the draws used before.
@@ -110,6 +114,8 @@ LEGACY: dict[Stream, Callable[..., int | list[int]]] = {
     Stream.SAMPLE_GRID: lambda seed: seed,
     Stream.PREVIEW: lambda seed: seed,
     Stream.MODEL_INIT: lambda seed: seed,
+    Stream.HPO_TASK: lambda seed: seed,
+    Stream.HPO_INIT: lambda seed: seed + 1,
 }
 
 

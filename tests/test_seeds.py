@@ -33,6 +33,7 @@ def test_legacy_streams_reproduce_the_keys_they_replaced():
     assert [stream_seed(5, s) for s in (Stream.ZOO_BASE_INIT, Stream.ZOO_BASE_ORDER, Stream.ENCODER_INIT,
                                         Stream.ALIGN_INIT, Stream.CRITIC_INIT, Stream.MODEL_INIT)] == [5, 6, 6, 7, 6, 5]
     assert stream_seed(5, Stream.NOISE_PERTURB, 3) == 8 and stream_seed(5, Stream.ZOO_SPLIT) == 0
+    assert (stream_seed(5, Stream.HPO_TASK), stream_seed(5, Stream.HPO_INIT)) == (5, 6)
     assert np.array_equal(numpy_rng(5, Stream.TASK_DEF, 3).random(4), np.random.default_rng([5, 3, 7]).random(4))
     assert torch.equal(torch.rand(3, generator=torch_generator(5, Stream.FINETUNE, 2)),
                        torch.rand(3, generator=torch.Generator().manual_seed(7)))

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from raygen.errors import UserError
 from raygen.hypergrad.bilevel import GlobalHparam, Task
 from raygen.hypergrad.hypergradient import Tensors, functional_module
+from raygen.seeds import Stream, torch_generator
 
 
 def _classification_eval(
@@ -44,7 +45,7 @@ def _classification_eval(
 
 def weight_decay(seed: int, *, n: int = 1000, d: int = 100, init_decay: float = 1e-2) -> Task:
     """Per-feature L2 penalty phi_i·w_i²/2 on logistic regression; 10 of d features matter."""
-    g = torch.Generator().manual_seed(seed)
+    g = torch_generator(seed, Stream.HPO_TASK)
     w_true = torch.zeros(d)
     w_true[torch.randperm(d, generator=g)[:10]] = 3 * torch.randn(10, generator=g)
 
@@ -85,7 +86,7 @@ def _digits_splits(seed: int, val_per_class: int, test_per_class: int):
     data = load_digits()
     x = torch.tensor(data.data, dtype=torch.float32)
     y = torch.tensor(data.target, dtype=torch.long)
-    g = torch.Generator().manual_seed(seed)
+    g = torch_generator(seed, Stream.HPO_TASK)
     pool, val, test = [], [], []
     for c in range(10):
         idx = torch.nonzero(y == c)[:, 0]
@@ -102,7 +103,7 @@ def _classifier(seed: int, hidden: int) -> tuple[Tensors, Callable[[Tensors, tor
     """A linear softmax classifier on the 64 pixels (hidden = 0) or a one-hidden-layer tanh MLP."""
     if hidden == 0:
         return (torch.zeros(64, 10), torch.zeros(10)), lambda p, x: x @ p[0] + p[1]
-    torch_gen = torch.Generator().manual_seed(seed + 1)
+    torch_gen = torch_generator(seed, Stream.HPO_INIT)
     model = torch.nn.Sequential(torch.nn.Linear(64, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, 10))
     with torch.no_grad():
         for p in model.parameters():  # seeded init, never the global RNG
