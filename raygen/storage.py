@@ -18,6 +18,7 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,9 @@ HOW_TO_PASS_CREDENTIALS = (
     "AWS_SECRET_ACCESS_KEY, or GOOGLE_APPLICATION_CREDENTIALS), a profile (AWS_PROFILE, ~/.aws/credentials, "
     "gcloud auth) or the machine's instance identity (an IAM role / service account)"
 )
+
+
+WRITE_ATTEMPTS = 4  # tries per bucket write (see write_bytes)
 
 
 def find_credentials(text: str) -> str | None:
@@ -105,6 +109,15 @@ class Location:
                         join(self.uri, *parts))
 
 
+def _single_put(uri: str) -> str:
+    """An s3:// URI with `allow_delayed_open`: pyarrow then sends a file smaller than its part size
+    (a Parquet part, a manifest) as one PUT, not a three-request multipart upload."""
+    scheme, netloc, path, query, fragment = urlsplit(uri)
+    if scheme != "s3" or "allow_delayed_open" in query:
+        return uri
+    return urlunsplit((scheme, netloc, path, "&".join(q for q in (query, "allow_delayed_open=true") if q), fragment))
+
+
 def resolve(location: str) -> Location:
     """Resolve a path or URI to its filesystem; an unknown scheme is a UserError."""
     if not is_uri(location):
@@ -112,7 +125,7 @@ def resolve(location: str) -> Location:
         return Location(pafs.LocalFileSystem(), path, path)
     check_no_credentials(location, f"storage location {display(location)!r}")
     try:
-        fs, path = pafs.FileSystem.from_uri(location)
+        fs, path = pafs.FileSystem.from_uri(_single_put(location))
     except Exception as exc:  # noqa: BLE001 - pyarrow raises ArrowInvalid / OSError for bad URIs
         raise UserError(f"cannot use storage location {display(location)!r}: {first_line(exc)}; use a local "
                         "path or an s3://, gs:// or other pyarrow.fs URI") from None
@@ -203,7 +216,8 @@ def write_bytes(loc: Location, data: bytes) -> None:
     """Write a whole file atomically: readers see the old file or the new one, never a part.
 
     Locally: a temp name in the same directory, then a rename. On an object store a single PUT
-    only becomes visible once complete, so the final name is written directly.
+    (`_single_put`) only becomes visible once complete, so the final name is written directly;
+    a failed PUT is retried WRITE_ATTEMPTS times with exponential backoff (0.5, 1, 2 s).
     """
     parent = loc.path.rsplit("/", 1)[0]
     if loc.is_local:
@@ -213,8 +227,15 @@ def write_bytes(loc: Location, data: bytes) -> None:
             f.write(data)
         os.replace(tmp, loc.path)
         return
-    with loc.fs.open_output_stream(loc.path) as f:  # object stores have no directories to create
-        f.write(data)
+    for attempt in range(WRITE_ATTEMPTS):  # object stores have no directories to create
+        try:
+            with loc.fs.open_output_stream(loc.path) as f:
+                f.write(data)
+            return
+        except OSError:  # a throttled or briefly unreachable bucket (each try has the AWS SDK's own retries)
+            if attempt == WRITE_ATTEMPTS - 1:
+                raise
+            time.sleep(0.5 * 2**attempt)
 
 
 def read_bytes(loc: Location) -> bytes:

@@ -81,3 +81,37 @@ def test_credentials_in_a_uri_are_refused_and_never_shown():
         assert "s3cr3t" not in str(caught.value)
     assert storage.display("s3://user@bucket/runs?x=1") == "s3://bucket/runs"
     assert storage.find_credentials("s3://bucket/runs?endpoint_override=127.0.0.1:9000&scheme=http") is None
+
+
+def test_a_bucket_file_is_one_put_and_a_dead_endpoint_fails_after_bounded_retries(bucket, monkeypatch):
+    import logging
+
+    requests = []
+
+    class Requests(logging.Handler):
+        def emit(self, record):
+            requests.append(record.getMessage())
+
+    log = logging.getLogger("werkzeug")  # moto's server logs one line per request
+    handler, level = Requests(), log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        storage.write_bytes(storage.resolve(storage.join(bucket, "one", "part-0000000.parquet")), b"x" * 300_000)
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+    calls = [r.split('"')[1].split(" HTTP")[0] for r in requests if '"' in r]
+    assert len(calls) == 1 and calls[0].startswith("PUT ") and "uploads" not in calls[0], calls
+    # a bucket that keeps failing: WRITE_ATTEMPTS tries with backoff, then the error (no hang)
+    tries, sleeps = [], []
+
+    class Failing:
+        def open_output_stream(self, path):
+            tries.append(path)
+            raise OSError("AWS Error NETWORK_CONNECTION during CreateMultipartUpload operation")
+
+    monkeypatch.setattr(storage.time, "sleep", sleeps.append)
+    with pytest.raises(OSError, match="NETWORK_CONNECTION"):
+        storage.write_bytes(storage.Location(Failing(), "b/x/part.parquet", "s3://b/x/part.parquet"), b"x")
+    assert len(tries) == storage.WRITE_ATTEMPTS and sleeps == [0.5, 1.0, 2.0]
