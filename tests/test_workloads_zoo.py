@@ -214,6 +214,9 @@ BAD_DATA = [
      ["source={tmp}/d.parquet", *COLUMN, "zoo_tasks=2"], "have 2 and 3 classes"),
     ("heldout-same-task", None, WG_JOB, ["task_family=digits", "zoo_tasks=1", "heldout_tasks=[5]"],
      "held-out task 5 defines the same task as zoo task 0"),
+    ("parquet-of-0-rows", lambda tmp: pq.write_table(pa.table({"image": pa.array([], pa.binary()),
+                                                               "label": pa.array([], pa.int64())}), tmp / "e.parquet"),
+     ZOO_JOB, ["source={tmp}/e.parquet"], "holds no images (0 rows)"),
     ("heldout-not-in-data", _parquet_case(), WG_JOB,
      ["source={tmp}/d.parquet", *COLUMN, "zoo_tasks=2", "heldout_tasks=[9]"], "task 9 is not in the data"),
 ]

@@ -55,6 +55,8 @@ def decode_image(data: bytes, where: str, *, channels: int, image_size: int | No
 
 
 def stack_images(images: list[np.ndarray], where: str) -> np.ndarray:
+    if not images:
+        raise UserError(f"{where} holds no images (0 rows); point the source at data with at least one image per class")
     shapes = {im.shape for im in images}
     if len(shapes) > 1:
         raise UserError(
