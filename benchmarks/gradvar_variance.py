@@ -27,6 +27,14 @@ it was added after the first full run found LEG's variance near LR+C's rather th
 estimator's, to test the explanation that LEG's signal keeps a term F·(w − σ(η)) that a constant
 removes without bias. It is reported in the table; no published claim involves it.
 
+Arm 1b — matched parameters (`--arm matched`). The table above has each estimator on its own
+training trajectory. Here one SBN per (model, seed) is trained with the optimal estimator, and at
+every evaluation the variance of LR, LEG and optimal is measured at those same θ, φ and on the same
+`variance_batches` mini-batches (estimators without learned baseline state only: LR+C, NVIL and
+LEG+C would need their baselines trained along). Reported: per model, mean over seeds of the mean
+log10 variance over evaluations, and the paired LEG − optimal gap with a 95% t-interval. It
+measures the variance gap; it does not test the paper's claim, which is about performance.
+
 Arm 2 — Tune throughput. The same small grid of `raygen gradvar` trials (the workload's own
 trainable) run by one Tuner with at most 1 and then at most 2 concurrent trials on a local Ray with
 2 CPUs; trials/s for each and the ratio. On a shared machine the ratio is bounded by the cores
@@ -122,6 +130,48 @@ def variance_arm(args) -> dict:
     return {"runs": runs, "rows": rows, "claims": claims, "seconds": time.perf_counter() - start}
 
 
+MATCHED = ("lr", "leg", "optimal")
+
+
+def matched_run(job: dict) -> dict:
+    """One SBN trained with the optimal estimator; LR, LEG and optimal variances at every evaluation."""
+    import dataclasses
+
+    import torch
+
+    from raygen.gradvar.estimators import make_baselines
+    from raygen.gradvar.training import TrainSpec, gradient_variance, split_digits, train
+
+    torch.set_num_threads(1)
+    data = split_digits(0, validation=200, test=200)
+    spec = TrainSpec(**job)
+    curves: dict[str, list[float]] = {e: [] for e in MATCHED}
+
+    def on_eval(model, iteration: int) -> None:
+        for e in MATCHED:  # same parameters, same batches (the batch keys depend on seed and iteration only)
+            other = dataclasses.replace(spec, estimator=e)
+            curves[e].append(math.log10(gradient_variance(model, data[0], other, make_baselines(model, e), iteration)))
+
+    train(spec, *data, on_eval=on_eval)
+    return {**job, "log10_var": {e: statistics.fmean(v) for e, v in curves.items()}, "curves": curves}
+
+
+def matched_arm(args) -> dict:
+    jobs = [dict(model=m, estimator="optimal", lr=args.lr, seed=s, units=16, batch_size=args.batch_size,
+                 iterations=args.iterations, eval_every=args.eval_every, variance_batches=args.variance_batches,
+                 iw_samples=args.iw_samples)
+            for m, s in itertools.product(args.models, args.seeds)]
+    start = time.perf_counter()
+    with ProcessPoolExecutor(args.workers) as pool:
+        runs = list(pool.map(matched_run, jobs))
+    rows = []
+    for model in args.models:
+        mine = sorted((r for r in runs if r["model"] == model), key=lambda r: r["seed"])
+        rows.append({"model": model, **{e: interval([r["log10_var"][e] for r in mine]) for e in MATCHED},
+                     "leg_minus_optimal": interval([r["log10_var"]["leg"] - r["log10_var"]["optimal"] for r in mine])})
+    return {"runs": runs, "rows": rows, "seconds": time.perf_counter() - start}
+
+
 def throughput_arm(args) -> dict:
     from ray import tune
 
@@ -159,6 +209,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="linear model, 2 seeds, few iterations (smoke run)")
     parser.add_argument("--workers", type=int, default=2, help="processes for the variance arm")
+    parser.add_argument("--arm", choices=("all", "matched"), default="all",
+                        help="matched: only the matched-parameter arm (arm 1b)")
     args = parser.parse_args()
     args.models = ["linear"] if args.quick else ["linear", "deep"]
     args.estimators = ["lr", "lr_baseline", "nvil", "leg", "leg_baseline", "optimal"]
@@ -168,6 +220,19 @@ def main() -> None:
     args.iw_samples = 5 if args.quick else 50
     args.tune_seeds, args.tune_iterations = (1, 20) if args.quick else (2, 100)
 
+    fmt = lambda t: f"{t[0]:.2f} [{t[1]:.2f}, {t[2]:.2f}]"
+    if args.arm == "matched":
+        matched = matched_arm(args)
+        out = Path(__file__).parent / "results" / f"gradvar_matched{'_quick' if args.quick else ''}.json"
+        out.parent.mkdir(exist_ok=True)
+        out.write_text(json.dumps({"settings": vars(args), "matched": matched}, indent=1))
+        print(f"matched arm: trained with optimal, {len(matched['runs'])} runs, seeds {args.seeds}, "
+              f"{args.iterations} iterations, {args.variance_batches} batches per variance ({matched['seconds']:.0f} s)")
+        for r in matched["rows"]:
+            print(f"{r['model']:8} " + "  ".join(f"{e} {fmt(r[e])}" for e in MATCHED)
+                  + f"  LEG - optimal {fmt(r['leg_minus_optimal'])} (log10)")
+        print(f"wrote {out}")
+        return
     variance = variance_arm(args)
     throughput = throughput_arm(args)
     result = {"settings": vars(args), "variance": variance, "throughput": throughput}
@@ -175,7 +240,6 @@ def main() -> None:
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
 
-    fmt = lambda t: f"{t[0]:.2f} [{t[1]:.2f}, {t[2]:.2f}]"
     print(f"variance arm: {len(variance['runs'])} runs, lr {args.lr}, {args.iterations} iterations, "
           f"{args.variance_batches} batches per variance, seeds {args.seeds} ({variance['seconds']:.0f} s)")
     print(f"{'model':8} {'estimator':12} {'mean log10 var [95% CI]':28} {'val ELBO [95% CI]':28} {'ms/it':>6} "

@@ -63,3 +63,13 @@ def test_gradvar_streams_keep_their_legacy_keys():
     assert torch.equal(torch.rand(4, generator=gradvar_torch(5)), torch.rand(4, generator=torch.Generator().manual_seed(5)))
     assert torch.equal(torch.rand(4, generator=gradvar_torch(5, baseline_nets=True)),
                        torch.rand(4, generator=torch.Generator().manual_seed(6)))
+
+
+def test_on_eval_sees_every_evaluation_and_changes_nothing(data):
+    spec = TrainSpec(estimator="leg", lr=3e-3, **SMALL)
+    seen = []
+    with_hook = train(spec, *data, on_eval=lambda model, it: seen.append((it, float(model.prior_logit.sum()))))
+    assert [it for it, _ in seen] == [15, 30]
+    without = train(spec, *data)
+    timing = ("seconds_per_iteration", "cpu_seconds_per_iteration")
+    assert {k: v for k, v in with_hook.items() if k not in timing} == {k: v for k, v in without.items() if k not in timing}

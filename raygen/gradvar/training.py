@@ -117,8 +117,13 @@ def evaluate(model: SBN, pixels: Tensor, *, eval_seed: int, samples: int) -> flo
 
 
 def train(spec: TrainSpec, train_pixels: Tensor, val_pixels: Tensor, test_pixels: Tensor,
-          report: Callable[[dict[str, Any]], None] = lambda metrics: None) -> dict[str, Any]:
-    """Train; call `report` after every evaluation (the last one holds the test bound); return the last metrics."""
+          report: Callable[[dict[str, Any]], None] = lambda metrics: None,
+          on_eval: Callable[[SBN, int], None] | None = None) -> dict[str, Any]:
+    """Train; call `report` after every evaluation (the last one holds the test bound); return the last metrics.
+
+    `on_eval(model, iteration)` runs at every evaluation too, before `report` (e.g. to measure other
+    estimators at these very parameters); it must not change the model.
+    """
     spec.check()
     model, baselines = build(spec, train_pixels)
     params = list(model.parameters()) + ([] if baselines.nets is None else list(baselines.nets.parameters()))
@@ -152,6 +157,8 @@ def train(spec: TrainSpec, train_pixels: Tensor, val_pixels: Tensor, test_pixels
                 "seconds_per_iteration": train_seconds / it,
                 "cpu_seconds_per_iteration": cpu_seconds / it,
             }
+            if on_eval is not None:
+                on_eval(model, it)
             if it == spec.iterations:
                 metrics["test_iw_bound"] = evaluate(model, test_pixels, eval_seed=spec.eval_seed,
                                                     samples=spec.iw_samples)
@@ -162,7 +169,7 @@ def train(spec: TrainSpec, train_pixels: Tensor, val_pixels: Tensor, test_pixels
 def split_digits(seed: int, *, validation: int, test: int, dtype: torch.dtype = torch.float32
                  ) -> tuple[Tensor, Tensor, Tensor]:
     """Digits pixels (intensity / 16 as Bernoulli means, [N, 64]) split into train / validation / test by seed."""
-    from raygen.data.real import digits_arrays
+    from raygen.data.arrays import digits_arrays
 
     images, _ = digits_arrays()
     pixels = torch.from_numpy(images.reshape(len(images), -1)).to(dtype)
