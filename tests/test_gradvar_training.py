@@ -68,7 +68,7 @@ def test_gradvar_streams_keep_their_legacy_keys():
 def test_on_eval_sees_every_evaluation_and_changes_nothing(data):
     spec = TrainSpec(estimator="leg", lr=3e-3, **SMALL)
     seen = []
-    with_hook = train(spec, *data, on_eval=lambda model, it: seen.append((it, float(model.prior_logit.sum()))))
+    with_hook = train(spec, *data, on_eval=lambda model, it: seen.append((it, float(model.prior_logit.detach().sum()))))
     assert [it for it, _ in seen] == [15, 30]
     without = train(spec, *data)
     timing = ("seconds_per_iteration", "cpu_seconds_per_iteration")
