@@ -25,8 +25,9 @@ actor count, worker count), and one table says which stream is which:
 | 17 | CMT_SPLIT       | target, n, split   | a CMT few-shot split: which target rows train            |
 | 18 | CMT_FIT         | target, n, split, g| a CMT trial: g=0 torch (INN init, GCL batches, wrong     |
 |    |                 |                    | domains), g=1 numpy (recombination subsets, FastICA)     |
-| 19 | GRADVAR         | sub-stream, step   | gradvar batches, split, inits: LEGACY keys kept so the   |
-|    |                 |                    | README figures reproduce (`raygen.gradvar.training`)     |
+| 19 | GRADVAR         | sub (, step)       | L: [seed, sub, step] gradvar batches (sub 0 train, 1     |
+|    |                 |                    | variance, 2 eval), [seed, 3] the digits split; torch:    |
+|    |                 |                    | seed (sub 4, SBN init), seed + 1 (sub 5, NVIL nets)      |
 | 20 | ZOO_BASE_INIT   | -                  | L: seed      the trajectory zoo's base model init        |
 | 21 | ZOO_BASE_ORDER  | -                  | L: seed + 1  the base model's data order                 |
 | 22 | TASK_DEF        | task               | L: [seed, task, 7] (numpy) a zoo task's definition       |
@@ -83,7 +84,7 @@ class Stream(enum.IntEnum):
     CMT_PANEL = 16
     CMT_SPLIT = 17
     CMT_FIT = 18
-    GRADVAR = 19  # legacy key mapping: raygen.gradvar.training.gradvar_rng / gradvar_torch
+    GRADVAR = 19
     ZOO_BASE_INIT = 20
     ZOO_BASE_ORDER = 21
     TASK_DEF = 22
@@ -116,6 +117,8 @@ LEGACY: dict[Stream, Callable[..., int | list[int]]] = {
     Stream.MODEL_INIT: lambda seed: seed,
     Stream.HPO_TASK: lambda seed: seed,
     Stream.HPO_INIT: lambda seed: seed + 1,
+    # subs 0-3 numpy keys [seed, sub, *index]; subs 4, 5 torch inits seed, seed + 1
+    Stream.GRADVAR: lambda seed, sub, *index: seed + sub - 4 if sub >= 4 else [seed, sub, *index],
 }
 
 

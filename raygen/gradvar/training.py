@@ -9,13 +9,13 @@ At the end: validation ELBO and the importance-weighted test bound with K sample
 Every batch is drawn from (seed, sub-stream, iteration) and every example from its own seed, so a
 run depends only on its spec.
 
-Randomness: stream GRADVAR of `raygen.seeds` (id 19) under a documented legacy mapping, kept so that
-the README's gradvar figures (which this change could not re-run) stay reproducible: its sub-streams
-keep the keys they had before the named-stream rule, numpy SeedSequence([seed, sub, step]) for
-batches (`Sub.TRAIN` 0, `Sub.VARIANCE` 1, `Sub.EVAL` 2) and [seed, 3] for the data split
-(`Sub.SPLIT`); the SBN's weights torch manual_seed(seed), NVIL's baseline nets manual_seed(seed + 1).
-`gradvar_rng` / `gradvar_torch` are the only places these keys are formed; the algorithms in
-`sbn.py` / `estimators.py` take the generators.
+Randomness: stream GRADVAR of `raygen.seeds` (id 19), a legacy stream (see its table), so that the
+README's gradvar figures stay reproducible: its sub-streams keep the keys they had before the
+named-stream rule, numpy SeedSequence([seed, sub, step]) for batches (`Sub.TRAIN` 0, `Sub.VARIANCE`
+1, `Sub.EVAL` 2) and [seed, 3] for the data split (`Sub.SPLIT`); the SBN's weights torch
+manual_seed(seed) (`Sub.SBN_INIT`), NVIL's baseline nets manual_seed(seed + 1) (`Sub.BASELINE_INIT`).
+The trainer derives the generators (`gradvar_rng` / `gradvar_torch`); the algorithms in `sbn.py` /
+`estimators.py` take them.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from raygen.gradvar.estimators import (MOVING_BASELINE, Baselines, baseline_loss
                                        inference_gradient, make_baselines, update_baselines)
 from raygen.gradvar.sbn import SBN, draw_batch, example_seeds, iw_bound, model_sizes
 from raygen.gradvar.variance import welford
+from raygen.seeds import Stream, numpy_rng, torch_generator
 
 
 
@@ -46,16 +47,18 @@ class Sub(enum.IntEnum):
     VARIANCE = 1
     EVAL = 2
     SPLIT = 3
+    SBN_INIT = 4
+    BASELINE_INIT = 5
 
 
 def gradvar_rng(seed: int, sub: Sub, *index: int) -> np.random.Generator:
     """Stream.GRADVAR, numpy: the legacy key [seed, sub, *index]."""
-    return np.random.default_rng([int(seed), int(sub), *(int(i) for i in index)])
+    return numpy_rng(seed, Stream.GRADVAR, sub, *index)
 
 
 def gradvar_torch(seed: int, baseline_nets: bool = False) -> torch.Generator:
     """Stream.GRADVAR, torch: the legacy keys seed (the SBN) and seed + 1 (NVIL's baseline nets)."""
-    return torch.Generator().manual_seed(int(seed) + int(baseline_nets))
+    return torch_generator(seed, Stream.GRADVAR, Sub.BASELINE_INIT if baseline_nets else Sub.SBN_INIT)
 
 
 @dataclass(frozen=True)
