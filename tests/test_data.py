@@ -156,7 +156,7 @@ def test_symlink_loops_and_repeated_links_count_each_image_once(tmp_path):
     """A link back up the tree used to be walked again and again (140 images became 5,720 rows);
     a class folder that is itself a link still counts."""
     from raygen import storage
-    from raygen.data.real import image_files
+    from raygen.data.arrays import image_files
 
     root = tmp_path / "folder"
     write_folder(root, per_class=3)

@@ -138,7 +138,7 @@ def test_a_parquet_written_by_ray_data_reads_before_ray_is_imported(ray_local, t
     pixels = _pixels(labels)
     ray.data.from_items([{"image": p, "label": lb} for p, lb in zip(pixels, labels)]).repartition(1).write_parquet(
         str(tmp_path / "t.parquet"))
-    script = ("import sys; import numpy as np; from raygen.data.real import read_arrays; "
+    script = ("import sys; import numpy as np; from raygen.data.arrays import read_arrays; "
               "assert 'ray' not in sys.modules; "
               f"x, y, names, _ = read_arrays({str(tmp_path / 't.parquet')!r}); "
               "np.save(sys.argv[1], x); print(y.tolist(), names, x.shape)")

@@ -5,6 +5,7 @@ nothing is downloaded), an image folder in ImageFolder layout (`root/<class>/<fi
 Parquet with an image column (encoded bytes or a tensor) and a label column.
 """
 
-from raygen.data.real import IMAGE_EXTENSIONS, digits_arrays, digits_dataset, load_dataset
+from raygen.data.arrays import IMAGE_EXTENSIONS, digits_arrays
+from raygen.data.real import digits_dataset, load_dataset
 
 __all__ = ["IMAGE_EXTENSIONS", "digits_arrays", "digits_dataset", "load_dataset"]

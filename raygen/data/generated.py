@@ -9,7 +9,7 @@ folder. `labelled_ids` reads only ids and labels (cheap metadata for planning in
 
 Sources are local paths or pyarrow URIs (`s3://...`). Sample parts are read through the part
 store (`raygen.parts`: exactly the part files, never stray files beside them); image folders
-through the one ImageFolder scanner, `raygen.data.real.image_files`. Generated samples are
+through the one ImageFolder scanner, `raygen.data.arrays.image_files`. Generated samples are
 clipped to [0, 1], the range of the real images they stand in for.
 """
 
@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from raygen import parts, storage
-from raygen.data.real import (decode_image, image_channels, image_class_names, image_files, read_image_files,
-                              stack_images)
+from raygen.data.arrays import decode_image, image_channels, image_class_names, image_files, stack_images
+from raygen.data.real import read_image_files
 from raygen.errors import UserError
 from raygen.parts import PartStore
 

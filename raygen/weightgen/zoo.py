@@ -165,7 +165,7 @@ def load_source(spec: dict[str, Any]) -> Source:
 
 @functools.lru_cache(maxsize=2)
 def _load_source(key: str) -> Source:
-    from raygen.data.real import read_arrays
+    from raygen.data.arrays import read_arrays
 
     spec = json.loads(key)
     extra = {"task_column": spec["task_column"]} if spec["task_column"] else {}

@@ -56,7 +56,7 @@ def check_classes(config: TrainSADMConfig) -> None:
     import pyarrow.fs as pafs
 
     from raygen import storage
-    from raygen.data.real import image_class_names
+    from raygen.data.arrays import image_class_names
 
     if config.num_classes == 0:
         return
