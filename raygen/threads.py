@@ -26,6 +26,13 @@ def torch_threads(n: int = 1) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def use_one_thread() -> None:
+    """For a process of its own (a Ray trial or chunk worker): one torch thread from here on."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def one_thread(fn: Callable) -> Callable:
     """`fn` runs on one torch thread (see the module docstring); the caller's setting is kept."""
 

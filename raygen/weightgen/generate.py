@@ -14,6 +14,7 @@ import torch
 from raygen.errors import UserError
 from raygen.parts import Chunks
 from raygen.seeds import per_item_seeds
+from raygen.threads import use_one_thread
 from raygen.weightgen.evaluate import accuracies
 from raygen.weightgen.latent import sample_latents
 from raygen.weightgen.store import params_table
@@ -26,7 +27,7 @@ class Generator:
 
     def __init__(self, *, metadata: dict[str, Any], ae_uri: str, diff_uri: str, task_ids: list[int], seed: int,
                  n_generate: int, support_shots: int, sample_steps: int):
-        torch.set_num_threads(1)  # a worker process of its own: nothing to restore
+        use_one_thread()
         self.metadata, self.task_ids, self.seed = metadata, task_ids, seed
         self.shots, self.sample_steps = support_shots, sample_steps
         self.chunks = Chunks(len(task_ids) * n_generate, n_generate)

@@ -67,8 +67,9 @@ def run_trial(trial: dict[str, Any], *, mixes_dir: str, test_sets: dict[str, tup
     from raygen.contamination.downstream import accuracy, train_downstream
     from raygen.contamination.mixing import mix_key
     from raygen.data.mixing import read_mix
+    from raygen.threads import use_one_thread
 
-    torch.set_num_threads(1)  # one core per trial; also fixes the float summation order
+    use_one_thread()
     config = StudyConfig.from_dict(job)
     mix = read_mix(mixes_dir, mix_key(trial["ratio"], trial["arm"], trial["seed"]))
     tests = {name: (torch.from_numpy(x), torch.from_numpy(y)) for name, (x, y) in test_sets.items()}
@@ -92,17 +93,18 @@ def _describe(trial: dict[str, Any], result: dict[str, Any]) -> str:
 
 
 def _collect(results, corruptions: tuple[str, ...]) -> list[dict[str, Any]]:
+    from raygen.workloads import tuning
+
     trials, errors = [], []
-    for result in results:
-        if result.error is not None:
-            errors.append(str(result.error).strip().splitlines()[-1])
+    for result, error in tuning.outcomes(results):
+        if error is not None:
+            errors.append(error)
             continue
         m = result.metrics
         trials.append({"ratio": result.config["ratio"], "arm": result.config["arm"], "seed": result.config["seed"],
                        "clean_acc": m["clean_acc"], "ood_acc": m["ood_acc"], "replaced_share": m["replaced_share"],
                        **{f"{c}_acc": m[f"{c}_acc"] for c in corruptions}, "path": result.path})
-    if errors:
-        raise UserError(f"{len(errors)} study trial(s) failed; first error: {errors[0]}")
+    tuning.refuse_failures(errors, "study")
     return trials
 
 

@@ -135,8 +135,9 @@ def run_trial(trial: dict[str, Any], job: dict[str, Any]) -> None:
 
     from raygen.hypergrad.bilevel import BilevelOptimizer
     from raygen.hypergrad.tasks import make_task
+    from raygen.threads import use_one_thread
 
-    torch.set_num_threads(1)  # one core per trial, and the same float summation order in every run
+    use_one_thread()
     config = TuneHypergradConfig.from_dict(job)
     task = make_task(config.task, trial["seed"], **config.task_kwargs())
     solver = trial["solver"]
@@ -241,8 +242,10 @@ def _fit(config: TuneHypergradConfig, run_dir, name: str, space: dict, search_al
 
 def _collect(results, method_of) -> list[dict[str, Any]]:
     """One dict per trial: its config, per-step history and final metrics (errored trials flagged)."""
+    from raygen.workloads import tuning
+
     trials = []
-    for result in results:
+    for result, error in tuning.outcomes(results):
         history = result.metrics_dataframe
         rows = [] if history is None else history.to_dict("records")
         trials.append(
@@ -255,7 +258,7 @@ def _collect(results, method_of) -> list[dict[str, Any]]:
                                            "sketch_hvps_saved")}
                     for r in rows
                 ],
-                "error": None if result.error is None else str(result.error).strip().splitlines()[-1],
+                "error": error,
                 "path": result.path,
             }
         )
@@ -320,11 +323,9 @@ def _markdown(config: TuneHypergradConfig, methods: dict[str, Any], info: dict[s
 
 def _plot(trials: list[dict[str, Any]], methods: dict[str, Any]):
     """Validation loss per outer step: every trial faint, each method's best bold."""
-    import matplotlib
+    from raygen.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, method in enumerate(methods):

@@ -28,7 +28,7 @@ import hashlib
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -147,6 +147,18 @@ def _replaying(trainable, settings: str, recorded: dict[str, list[dict[str, Any]
     if hasattr(trainable, "_resources"):  # `tune.with_resources` keeps its request as this attribute
         replay_or_run._resources = trainable._resources
     return replay_or_run
+
+
+def outcomes(results) -> Iterator[tuple[Any, str | None]]:
+    """Each trial's Tune result with its error as one line (None when it finished)."""
+    for result in results:
+        yield result, None if result.error is None else str(result.error).strip().splitlines()[-1]
+
+
+def refuse_failures(errors: list[str], what: str) -> None:
+    """A run with failed trials is one UserError line naming the first error."""
+    if errors:
+        raise UserError(f"{len(errors)} {what} trial(s) failed; first error: {errors[0]}")
 
 
 def fit(trainable, *, storage: dict[str, Any], name: str, param_space: dict[str, Any], total: int,

@@ -33,7 +33,7 @@ import numpy as np
 from raygen import fanout, plots
 from raygen.config import Config, bounded, check
 from raygen.seeds import Stream, stream_seed, torch_generator
-from raygen.threads import torch_threads
+from raygen.threads import torch_threads, use_one_thread
 from raygen.weightgen.store import COLUMNS, ID_COLUMN, PARTS, read_zoo
 
 
@@ -143,12 +143,11 @@ class ZooWorker:
     """A chunk worker (`raygen.fanout`): trains a chunk's jobs (single-threaded) into its rows."""
 
     def __init__(self, config: dict, metadata: dict[str, Any]):
-        import torch
 
         from raygen.models.params import ParamLayout
         from raygen.weightgen.zoo import base_from, build_classifier, zoo_splits
 
-        torch.set_num_threads(1)
+        use_one_thread()
         self.cfg = ZooConfig.from_dict(config)
         self.chunks = self.cfg.chunks()
         self.metadata = metadata
