@@ -124,11 +124,9 @@ def markdown_table(rows: list[dict[str, Any]], methods: list[str], tallies: dict
 
 def plot(rows: list[dict[str, Any]], methods: list[str], *, by_n: bool):
     """Relative MSE (log scale) per target (or against n, for one target), mean ± SE over splits; a Figure."""
-    import matplotlib
+    from raygen.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     shown = [m for m in methods if any(m in r["cells"] for r in rows)]
     if by_n:
         fig, ax = plt.subplots(figsize=(6, 4))

@@ -30,7 +30,7 @@ from typing import Callable
 import torch
 
 from raygen.errors import UserError
-from raygen.hypergrad.solvers import HVP, check_rank_rho, preconditioned_cg
+from raygen.hypergrad.solvers import HVP, check_rank_rho, lowrank_shifted_solve, preconditioned_cg
 
 
 @dataclass(frozen=True)
@@ -103,9 +103,7 @@ def randomized_nystrom_ihvp(
     """
     check_rank_rho("randomized_nystrom", rank, rho, v.numel())
     sk = _sketch_for(hvp, v, rank, generator, sketch)
-    v64 = v.to(torch.float64)
-    Utv = sk.U.T @ v64
-    return (sk.U @ (Utv / (sk.lam + rho)) + (v64 - sk.U @ Utv) / rho).to(v.dtype)
+    return lowrank_shifted_solve(sk.U, sk.lam, v.to(torch.float64), rho).to(v.dtype)
 
 
 def nystrom_preconditioner(sketch: NystromSketch, rho: float, like: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -114,12 +114,12 @@ def plan(config: CmtConfig, panel) -> list[dict[str, Any]]:
 
 def run_trial(trial: dict[str, Any], *, panel, job: dict[str, Any]) -> list[dict[str, Any]]:
     """{"trial": spec, "on_eval": callback or absent} -> the spec's evaluations; used by Tune and the benchmark."""
-    import torch
 
     from raygen.cmt.methods import Setting, Training, run_method
     from raygen.seeds import Stream, numpy_rng, torch_generator
+    from raygen.threads import use_one_thread
 
-    torch.set_num_threads(1)  # one core per trial; also fixes the float summation order
+    use_one_thread()
     config = CmtConfig.from_dict(job)
     spec = trial["trial"]
     split = make_split(config, panel, spec["target"], spec["n"], spec["split"])
@@ -181,10 +181,12 @@ def fit_trials(specs: list[dict[str, Any]], trainable, storage: dict[str, Any], 
 
 def collect(results) -> list[dict[str, Any]]:
     """Per trial: its spec and its best-by-nested-LOO evaluation; a failed trial is one UserError line."""
+    from raygen.workloads import tuning
+
     trials, errors, unfinished = [], [], 0
-    for result in results:
-        if result.error is not None:
-            errors.append(str(result.error).strip().splitlines()[-1])
+    for result, error in tuning.outcomes(results):
+        if error is not None:
+            errors.append(error)
             continue
         spec, m = result.config["trial"], result.metrics
         if "best_nested_loo_mse" not in m:  # never reported: the run was interrupted before this trial ran
@@ -196,8 +198,7 @@ def collect(results) -> list[dict[str, Any]]:
                        "epoch": m["best_epoch"], "acceptance": m["best_acceptance"],
                        "evaluations": int(m["training_iteration"]), "seconds": float(m["time_total_s"]),
                        "hindsight_test_mse": float(result.metrics_dataframe["test_mse"].min())})
-    if errors:
-        raise UserError(f"{len(errors)} cmt trial(s) failed; first error: {errors[0]}")
+    tuning.refuse_failures(errors, "cmt")
     if unfinished:
         raise UserError(f"{unfinished} cmt trial(s) did not finish (interrupted); run the same command again to resume")
     return trials

@@ -84,12 +84,12 @@ CONFIG = GradvarConfig
 
 def tune_trial(trial: dict[str, Any], *, data, job: dict[str, Any]) -> None:
     """Tune function trainable: train one SBN, one `tune.report` per evaluation."""
-    import torch
     from ray import tune
 
     from raygen.gradvar.training import train
+    from raygen.threads import use_one_thread
 
-    torch.set_num_threads(1)  # one core per trial; also fixes the float summation order
+    use_one_thread()
     config = GradvarConfig.from_dict(job)
     train(config.spec(trial["model"], trial["estimator"], trial["lr"], trial["seed"]), *data, report=tune.report)
 
@@ -108,11 +108,13 @@ HISTORY_KEYS = ("iteration", "grad_var", "val_elbo", "train_elbo", "seconds_per_
 
 def collect(results) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(finished trials with their evaluation history, failed trials with their one-line error)."""
+    from raygen.workloads import tuning
+
     trials, failed = [], []
-    for result in results:
+    for result, error in tuning.outcomes(results):
         key = {k: result.config[k] for k in ("model", "estimator", "lr", "seed")}
-        if result.error is not None:
-            failed.append({**key, "error": str(result.error).strip().splitlines()[-1]})
+        if error is not None:
+            failed.append({**key, "error": error})
             continue
         rows = result.metrics_dataframe.to_dict("records")
         history = [{k: float(r[k]) for k in HISTORY_KEYS} for r in rows]
