@@ -30,6 +30,8 @@ def bounded(default: Any, *, ge: float | None = None, gt: float | None = None, l
             lt: float | None = None) -> Any:
     """A dataclass field with numeric bounds, declared once and checked by `Config.validate` (None passes)."""
     bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
+    if isinstance(default, list):  # a list field: every entry is checked; each config gets its own copy
+        return dataclasses.field(default_factory=lambda: list(default), metadata={"bounds": bounds})
     return dataclasses.field(default=default, metadata={"bounds": bounds})
 
 

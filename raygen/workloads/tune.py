@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from raygen.config import Config, check
+from raygen.config import Config, bounded, check
 from raygen.errors import UserError
 
 # The trial keys each solver of `raygen.hypergrad.SOLVERS` uses ("sketch_every" goes to the bilevel
@@ -45,33 +45,33 @@ EXPERIMENT = "hypergrad"
 class TuneHypergradConfig(Config):
     name: str = "tune_hypergrad"
     task: Literal["weight_decay", "reweight", "distill"] = "reweight"
-    imbalance: float = 50.0  # reweight: largest / smallest class size
+    imbalance: float = bounded(50.0, ge=1)  # reweight: largest / smallest class size
     per: Literal["class", "example"] = "class"  # reweight: one weight per class or per example
-    images_per_class: int = 1  # distill
+    images_per_class: int = bounded(1, ge=1)  # distill
     # search space (flat lists; each trial samples one value of each)
     solvers: list[str] = dataclasses.field(default_factory=lambda: ["nystrom", "nystrom_pcg", "cg", "neumann"])
-    ranks: list[int] = dataclasses.field(default_factory=lambda: [5, 10])  # nystrom, randomized_nystrom, nystrom_pcg
-    rhos: list[float] = dataclasses.field(default_factory=lambda: [0.01, 0.1, 1.0])  # the same three
-    iters: list[int] = dataclasses.field(default_factory=lambda: [5, 10])  # cg, neumann; nystrom_pcg: at most
-    alphas: list[float] = dataclasses.field(default_factory=lambda: [0.01, 0.1])  # neumann
-    tols: list[float] = dataclasses.field(default_factory=lambda: [1e-4])  # nystrom_pcg: stop at |r| <= tol |v|
-    sketch_every: list[int] = dataclasses.field(default_factory=lambda: [1])  # sketched solvers: refresh interval
-    outer_lrs: list[float] = dataclasses.field(default_factory=lambda: [0.3, 1.0])
-    unrolls: list[int] = dataclasses.field(default_factory=lambda: [50])
-    seeds: list[int] = dataclasses.field(default_factory=lambda: [0])
-    num_samples: int = 2  # trials per solver
-    max_outer_steps: int = 20
-    inner_lr: float = 0.1
+    ranks: list[int] = bounded([5, 10], ge=1)  # nystrom, randomized_nystrom, nystrom_pcg
+    rhos: list[float] = bounded([0.01, 0.1, 1.0], gt=0)  # the same three
+    iters: list[int] = bounded([5, 10], ge=1)  # cg, neumann; nystrom_pcg: at most
+    alphas: list[float] = bounded([0.01, 0.1], gt=0)  # neumann
+    tols: list[float] = bounded([1e-4], gt=0)  # nystrom_pcg: stop at |r| <= tol |v|
+    sketch_every: list[int] = bounded([1], ge=1)  # sketched solvers: refresh interval
+    outer_lrs: list[float] = bounded([0.3, 1.0], gt=0)
+    unrolls: list[int] = bounded([50], ge=1)
+    seeds: list[int] = bounded([0], ge=0)
+    num_samples: int = bounded(2, ge=1)  # trials per solver
+    max_outer_steps: int = bounded(20, ge=1)
+    inner_lr: float = bounded(0.1, gt=0)
     outer_optimizer: Literal["sgd", "adam"] = "sgd"
     outer_momentum: float = 0.9
     scheduler: Literal["asha", "fifo"] = "asha"
-    grace_period: int = 5  # ASHA: outer steps before a trial can be stopped
-    reduction_factor: int = 2
+    grace_period: int = bounded(5, ge=1)  # ASHA: outer steps before a trial can be stopped
+    reduction_factor: int = bounded(2, ge=2)
     # black-box baselines over the task's global hyperparameter (empty list: none)
     baselines: list[str] = dataclasses.field(default_factory=lambda: ["random", "optuna"])
-    baseline_samples: int = 4
-    checkpoint_every: int = 5  # outer steps between trial checkpoints
-    cpus_per_trial: float = 1.0
+    baseline_samples: int = bounded(4, ge=1)
+    checkpoint_every: int = bounded(5, ge=1)  # outer steps between trial checkpoints
+    cpus_per_trial: float = bounded(1.0, gt=0)
 
     def validate(self) -> None:
         super().validate()
@@ -84,17 +84,6 @@ class TuneHypergradConfig(Config):
               "the distill task has no global hyperparameter for black-box search; set baselines: []")
         for key in ("ranks", "rhos", "iters", "alphas", "tols", "sketch_every", "outer_lrs", "unrolls", "seeds"):
             check(bool(getattr(self, key)), key, "must list at least one value")
-        for key in ("ranks", "iters", "sketch_every", "unrolls"):
-            check(min(getattr(self, key)) >= 1, key, "values must be >= 1")
-        for key in ("rhos", "alphas", "tols", "outer_lrs"):
-            check(min(getattr(self, key)) > 0, key, "values must be > 0")
-        for key in ("num_samples", "max_outer_steps", "grace_period", "checkpoint_every", "images_per_class"):
-            check(getattr(self, key) >= 1, key, "must be >= 1")
-        check(self.baseline_samples >= 1, "baseline_samples", "must be >= 1")
-        check(self.reduction_factor >= 2, "reduction_factor", "must be >= 2")
-        check(self.imbalance >= 1, "imbalance", "must be >= 1")
-        check(self.inner_lr > 0, "inner_lr", "must be > 0")
-        check(self.cpus_per_trial > 0, "cpus_per_trial", "must be > 0")
 
     def task_kwargs(self) -> dict[str, Any]:
         if self.task == "reweight":

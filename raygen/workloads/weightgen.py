@@ -45,9 +45,9 @@ from raygen.weightgen import report
 from raygen.weightgen.generate import Generator
 from raygen.weightgen.store import ID_COLUMN, read_zoo
 from raygen.weightgen.train import StageConfig, load_autoencoder, train_autoencoder, train_diffusion
-from raygen.weightgen.zoo import define_tasks, load_source
+from raygen.weightgen.zoo import define_tasks, load_source, member_layout
 from raygen.workloads import zoo
-from raygen.workloads.zoo import ZooConfig, zoo_layout
+from raygen.workloads.zoo import ZooConfig
 
 
 @dataclasses.dataclass
@@ -219,7 +219,8 @@ def run(config: WeightgenConfig, *, verbose: bool = False, checked: tuple | None
                      if k in ("run_dir", "uri", "parts", "written", "seconds")}
     zoo_uri = zoo_stage["uri"]
     thetas, cols, meta = read_zoo(zoo_uri)
-    target = zoo_layout(config, {**meta["arch"], "width": config.width, "feature_dim": config.feature_dim})
+    target = member_layout({**meta["arch"], "width": config.width, "feature_dim": config.feature_dim},
+                           config.param_subset if config.mode == "trajectory" else "all")
     target.check_matches(type(target).from_dict(meta["layout"]), f"zoo {zoo_uri}")
     overlap = sorted(set(config.heldout_tasks) & set(cols["task_id"].tolist()))
     if overlap:
