@@ -7,14 +7,15 @@ checkouts (e.g. `git worktree add /tmp/base <commit>`, then `PYTHONPATH=/tmp/bas
 refactor (issue 22) left all 11 parts byte-identical on this machine. Digests are only comparable
 on one machine (float rounding may differ between CPUs).
 
-    .venv/bin/python benchmarks/parts_digest.py OUT_DIR      # writes OUT_DIR/digests.json
+    .venv/bin/python benchmarks/parts_digest.py [OUT_DIR]    # writes OUT_DIR/digests.json
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
-import sys
+import tempfile
 from pathlib import Path
 
 TINY_TASKS = dict(mode="tasks", task_family="subset", zoo_tasks=2, heldout_tasks=[7], classes_per_task=3, seeds=2,
@@ -29,7 +30,11 @@ def main() -> None:
     from raygen import runtime
     from raygen.workloads import sample, weightgen, zoo
 
-    out = Path(sys.argv[1])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", nargs="?", default=None, help="where the runs go (default: a new temp directory)")
+    parser.add_argument("--quick", action="store_true", help="accepted for `make bench`; the runs are tiny anyway")
+    args = parser.parse_args()
+    out = Path(args.out or tempfile.mkdtemp(prefix="raygen-digest-"))
     out.mkdir(parents=True, exist_ok=True)
     runtime.init(num_cpus=2)
     sample.run(sample.SampleConfig.from_dict({"name": "s", "storage_path": str(out), "n_samples": 300,
