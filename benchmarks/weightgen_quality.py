@@ -30,6 +30,12 @@ model, the trajectories, the autoencoder, the diffusion and the generation seeds
     accuracy sd 0.34 / 0.24 / 0.26 vs the originals' 0.34 / 0.25 / 0.27 (correlation 0.96-0.98);
     wrong-prediction IoU generated-vs-nearest 0.984 = original-vs-nearest-other 0.984.
 
+    Added in the fifth session, before its run: p-diff's own collection regime (AdamW at lr 0.03,
+    `jobs/weightgen_pdiff_adamw.yaml`, arm `--only pdiff --tag adamw` run with that job's keys as
+    `--set`s: trajectory_optimizer=adamw, trajectory_lr=0.03): the same rule (d_mean >= -0.5 and
+    d_max >= -0.2 on every seed); "exceeds" is read off d_max > 0 on every seed, reported, no
+    verdict of its own.
+
 D2NWG (jobs/weightgen_tasks.yaml, held-out class-subset tasks, seeds 0, 1, 2):
     r = steps_to_90(generated init) / steps_to_90(random init)  (steps to 90% of each curve's
         final accuracy, curves averaged over `finetune_models` inits and the held-out tasks)
