@@ -68,6 +68,8 @@ def test_every_verb_finds_its_default_job_outside_the_repository(tmp_path, monke
     from raygen.workloads import WORKLOADS
 
     repo_jobs = Path(__file__).resolve().parents[1] / "jobs"
+    # every job file of the repository ships (a new one without its link would be missing outside)
+    assert sorted(p.name for p in PACKAGED_JOBS.glob("*.yaml")) == sorted(p.name for p in repo_jobs.glob("*.yaml"))
     monkeypatch.chdir(tmp_path)
     for verb, workload in WORKLOADS.items():
         rel = Path(workload.default_job)
