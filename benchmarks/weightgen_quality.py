@@ -35,6 +35,9 @@ model, the trajectories, the autoencoder, the diffusion and the generation seeds
     `--set`s: trajectory_optimizer=adamw, trajectory_lr=0.03): the same rule (d_mean >= -0.5 and
     d_max >= -0.2 on every seed); "exceeds" is read off d_max > 0 on every seed, reported, no
     verdict of its own.
+    Result: NOT SUPPORTED. d_mean +0.14 (CI -0.22..+0.50), d_max +0.40 / -0.40 / 0.00 (exceeds on
+    1 of 3 seeds); reconstructions' sd 0.62 / 0.80 / 1.05 vs 0.64 / 0.81 / 1.01 (corr 0.97-0.99);
+    wrong-prediction IoU generated 0.914 vs originals 0.896.
 
 D2NWG (jobs/weightgen_tasks.yaml, held-out class-subset tasks, seeds 0, 1, 2):
     r = steps_to_90(generated init) / steps_to_90(random init)  (steps to 90% of each curve's
