@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from raygen.errors import UserError
-from raygen.parts import Chunks, PartStore, part_name
+from raygen.parts import Chunks, PartStore, Scan, part_name
 from raygen.storage import first_line
 
 
@@ -50,7 +50,6 @@ class Output:
 class Outcome:
     """What one `run_chunks` call did: `rows` written by this run (resumed rows not counted)."""
 
-    chunks: int
     resumed: int
     rows: int
     seconds: float
@@ -97,17 +96,18 @@ def check_layout(layout: Chunks, keys: str) -> None:
 
 def run_chunks(output: Output, worker: Callable[..., Callable[[int], Any]], kwargs: dict[str, Any], *,
                what: str, workers: int, run_dir=None, num_cpus: float = 1, num_gpus: float = 0,
-               log_rate_as: str | None = None) -> Outcome:
+               log_rate_as: str | None = None, scan: Scan | None = None) -> Outcome:
     """Write every missing or damaged part of `output` with `worker(**kwargs)`, then verify exactly-once.
 
     `what` labels the progress line ("sampled", "zoo members"); each finished chunk logs
     `<log_rate_as or what>_per_s`, `chunk_seconds` and `rows_this_run` (the rate's numerator: rows
-    resumed from an earlier run are done, not counted) to `run_dir` (when given)."""
+    resumed from an earlier run are done, not counted) to `run_dir` (when given). `scan`: the
+    caller's `store.scan(layout)` when it has one already (one footer read per part, not two)."""
     from raygen.progress import Progress
 
     store, layout = output.store, output.layout
     check_layout(layout, "rows")
-    scan = store.scan(layout)
+    scan = scan or store.scan(layout)
     pending = scan.pending
     resumed = layout.count - len(pending)
     if scan.damaged:
@@ -116,7 +116,7 @@ def run_chunks(output: Output, worker: Callable[..., Callable[[int], Any]], kwar
     if resumed and pending:
         print(f"resuming: {resumed}/{layout.count} parts already written, {len(pending)} to write")
     rows = layout.rows_in(pending)
-    outcome = Outcome(chunks=layout.count, resumed=resumed, rows=rows, seconds=0.0)
+    outcome = Outcome(resumed=resumed, rows=rows, seconds=0.0)
     start = time.perf_counter()
     if pending:
         progress = Progress(layout.n, what, every_s=5.0, already=layout.n - rows)

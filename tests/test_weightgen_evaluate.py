@@ -39,7 +39,8 @@ def test_accuracy_summary_and_steps_to_fraction():
 def test_held_out_baselines_pick_by_support_accuracy_and_count_shared_pairs():
     import numpy as np
 
-    from raygen.weightgen.report import picked_by_support, shared_pairs, support_split
+    from raygen.weightgen.report import picked_by_support, shared_pairs
+    from raygen.weightgen.zoo import support_split
 
     support, test = np.array([0.2, 0.9, 0.9, 0.5]), np.array([0.1, 0.7, 0.3, 0.8])
     assert picked_by_support(support, test, 1) == 0.7  # a tie goes to the lower index

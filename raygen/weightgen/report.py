@@ -16,7 +16,8 @@ from raygen.threads import one_thread
 from raygen.weightgen.evaluate import (accuracies, accuracy_summary, finetune_curve, memorisation,
                                        steps_to_fraction)
 from raygen.models.params import ParamLayout, batched_predictions, flatten
-from raygen.weightgen.zoo import base_from, build_classifier, init_model, task_classes, task_splits, zoo_splits
+from raygen.weightgen.zoo import (base_from, build_classifier, init_model, support_split, task_classes, task_splits,
+                                  zoo_splits)
 
 if TYPE_CHECKING:  # the run's config, read only; no import of the workload at run time
     from raygen.workloads.weightgen import WeightgenConfig
@@ -104,12 +105,6 @@ def collapse_warning(diag: dict[str, Any]) -> str | None:
             f"the originals' {diag['orig_acc_std']:.2f} (latent per-dimension std {diag['latent_dim_std']:.3g}, latent "
             f"noise {diag['latent_noise']:g}); generated models will not have the zoo's spread. Try normalize: weight, "
             "a lower latent_noise or more ae_steps")
-
-
-def support_split(x: torch.Tensor, y: torch.Tensor, num_classes: int, shots: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The support set as a labelled split: the first `shots` training images of each class."""
-    idx = torch.cat([torch.nonzero(y == c)[:shots, 0] for c in range(num_classes)])
-    return x[idx], y[idx]
 
 
 def picked_by_support(support_acc: np.ndarray, test_acc: np.ndarray, k: int) -> float:

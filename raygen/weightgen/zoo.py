@@ -225,15 +225,19 @@ def define_tasks(data: Source, family: str, task_ids: Sequence[int], seed: int,
 # ---------------------------------------------------------------------- members
 
 
+def support_split(x: torch.Tensor, y: torch.Tensor, num_classes: int, shots: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The support set as a labelled split: the first `shots` images of each class, in label order."""
+    idx = [torch.nonzero(y == c)[:shots, 0] for c in range(num_classes)]
+    for c, i in enumerate(idx):
+        if len(i) < shots:
+            raise UserError(f"class {c} of a task has {len(i)} training images; lower support_shots below {shots}")
+    idx = torch.cat(idx)
+    return x[idx], y[idx]
+
+
 def support_set(x: torch.Tensor, y: torch.Tensor, num_classes: int, shots: int) -> torch.Tensor:
-    """The first `shots` training images of each class in label order, flattened: [C, shots, H*W*C]."""
-    rows = []
-    for c in range(num_classes):
-        xc = x[y == c][:shots]
-        if len(xc) < shots:
-            raise UserError(f"class {c} of a task has {len(xc)} training images; lower support_shots below {shots}")
-        rows.append(xc.flatten(1))
-    return torch.stack(rows)
+    """The support set as the set encoder reads it, flattened per class: [C, shots, H*W*C]."""
+    return support_split(x, y, num_classes, shots)[0].flatten(1).reshape(num_classes, shots, -1)
 
 
 def base_from(model: ConvClassifier, metadata: dict[str, Any]) -> dict[str, torch.Tensor]:

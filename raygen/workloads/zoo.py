@@ -211,7 +211,8 @@ def collect(config: ZooConfig, run_dir, data, tasks: dict[int, dict]) -> dict[st
     store = PartStore(run_dir.child(PARTS), id_column=ID_COLUMN)
     chunks = config.chunks()
     start = time.perf_counter()
-    pending = store.scan(chunks).pending
+    scan = store.scan(chunks)
+    pending = scan.pending
     if not pending:
         print(f"zoo: all {chunks.count} parts ({chunks.n} members) are in {storage.display(store.uri)}; "
               "reusing them, nothing to train")
@@ -233,7 +234,7 @@ def collect(config: ZooConfig, run_dir, data, tasks: dict[int, dict]) -> dict[st
           f"write on {config.num_actors} workers")
     done = fanout.run_chunks(fanout.Output(store, chunks, metadata), ZooWorker,
                              {"config": config.to_dict(), "metadata": metadata}, what="zoo members",
-                             workers=config.num_actors, run_dir=run_dir)
+                             workers=config.num_actors, run_dir=run_dir, scan=scan)
     return {"uri": store.loc.uri, "members": chunks.n, "parts": chunks.count, "written": done.rows,
             "seconds": time.perf_counter() - start}
 
