@@ -1,6 +1,12 @@
 """SADM: structure-guided adversarial training of diffusion models (Yang et al., CVPR 2024).
 
-The paper publishes neither code nor its exact choices; raygen's are:
+What is known of the paper here: its abstract and public figure captions (the method section was
+not available offline, and no code is public). From them: the denoiser minimises a structural
+distance between generated and real samples in a learned manifold space, the encoder (the
+discriminator) maximises it, the comparison is between batches through an affinity matrix, and the
+per-sample loss is the weighted denoising loss. The affinity, distance, encoder, lambda, sigma
+weighting and update ratio are NOT known; everything below is raygen's guess, not the paper's
+method:
 
 - Encoder / discriminator phi: a small conv net (`StructureEncoder`) mapping clean images (real
   x0 and denoised x_hat = D(x_tilde, sigma)) to `embed_dim` embeddings. It sees no sigma: it judges
@@ -26,8 +32,10 @@ The paper publishes neither code nor its exact choices; raygen's are:
 
 This is the "current" form (`sadm_form: current`). Its paired comparison has a floor at
 sigma >= sigma_data that even the exact posterior-mean denoiser does not get under
-(benchmarks/sadm_diagnosis.py); the gated, bounded form is `raygen.diffusion.structure`. Neither
-improved sample FD over plain training in benchmarks/sadm_quality.py.
+(benchmarks/sadm_diagnosis.py); the gated, bounded form is `raygen.diffusion.structure`, raygen's
+own design. Neither improved sample FD over plain training in benchmarks/sadm_quality.py, but that
+study fine-tuned unconverged bases for 100 steps: a verdict on these guesses at that length, not
+on the paper's method.
 """
 
 from __future__ import annotations

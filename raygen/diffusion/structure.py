@@ -1,5 +1,8 @@
 """SADM reformulated (issue 12): a gated, bounded structure term and a distribution-level variant.
 
+Both are raygen's own designs, not the paper's (whose exact form is not public; see
+`raygen.diffusion.sadm`).
+
 Why the current form (`raygen.diffusion.sadm`) hurts: it compares A(x0) with A(D(x_sigma)) at the
 training sigmas, a third of which exceed sigma_data. There even the optimal denoiser E[x0 | x_sigma]
 returns blurred images near the data mean whose affinities are all close to 1, so d has a floor
