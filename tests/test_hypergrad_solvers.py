@@ -1,18 +1,23 @@
 """IHVP solvers against dense float64 solves on small symmetric positive definite problems.
 
-The contract test runs every solver in the SOLVERS registry (a new solver without a case fails).
+The contract test runs every exact solver in the SOLVERS registry (a new solver without a case
+fails); the reference library's CG is not an exact solver and is checked against closed forms of
+its own iteration instead.
 """
 
 import pytest
 import torch
 
+from raygen.errors import UserError
 from raygen.hypergrad.hypergradient import SOLVERS
 from raygen.hypergrad.sketch import randomized_nystrom_ihvp
 from raygen.hypergrad.solvers import (
     SolverDivergence,
     cg_ihvp,
+    lambda_max,
     neumann_ihvp,
     nystrom_ihvp,
+    reference_cg_ihvp,
 )
 
 P = 12
@@ -44,8 +49,12 @@ CASES = {
 }
 
 
+INEXACT = {"reference_cg"}  # no regime where it solves H x = v in general: tested below on its iteration
+
+
 def test_every_registered_solver_has_a_contract_case():
-    assert set(CASES) == set(SOLVERS)
+    assert set(CASES) | INEXACT == set(SOLVERS)
+    assert not set(CASES) & INEXACT
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -157,3 +166,64 @@ def test_neumann_divergence_estimate_names_lambda_max():
     with pytest.raises(SolverDivergence) as info:
         neumann_ihvp(lambda u: H @ u, v, iters=200, alpha=0.2)  # 2/lambda_max = 0.1
     assert "0.1" in str(info.value)
+
+
+@pytest.mark.parametrize("alpha", [0.01, 0.3, 1.0, 5.0])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_reference_cg_first_step_is_the_exact_line_search_step_for_any_alpha(alpha, seed):
+    H, v = spd(P, seed), rhs(P, seed)
+    x = reference_cg_ihvp(lambda u: H @ u, v, iters=1, alpha=alpha)
+    assert torch.allclose(x, (v @ v) / (v @ H @ v) * v, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("alpha", [0.01, 0.3, 1.0, 5.0])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_reference_cg_second_step_stays_on_v_its_closed_form(alpha, seed):
+    # its second direction is built from the OLD residual r0 = v: p1 = (1 + β)·v with β = |r1|²/|v|²,
+    # r1 = v − (|v|² / (alpha·vᵀHv))·Hv, so after two steps x = (|v|² + |r1|²/(1 + β)) / vᵀHv · v
+    # (textbook CG would leave span{v} after its first step)
+    H, v = spd(P, seed), rhs(P, seed)
+    vv, vHv = v @ v, v @ H @ v
+    r1 = v - vv / (alpha * vHv) * (H @ v)
+    beta = (r1 @ r1) / vv
+    expected = (vv + (r1 @ r1) / (1 + beta)) / vHv * v
+    x = reference_cg_ihvp(lambda u: H @ u, v, iters=2, alpha=alpha)
+    assert torch.allclose(x, expected, rtol=1e-12, atol=0)
+
+
+def test_reference_cg_exact_on_a_scaled_identity_at_alpha_one_and_no_nan_after():
+    # H = λI, alpha = 1: the first step reaches v/λ with a zero residual; later steps must not divide 0 by 0
+    v = rhs(P, 11)
+    x = reference_cg_ihvp(lambda u: 4.0 * u, v, iters=5, alpha=1.0)
+    assert torch.allclose(x, v / 4.0, rtol=1e-14, atol=0)
+
+
+def test_reference_cg_is_not_textbook_cg():
+    H, v = spd(P, 12, cond=3.0), rhs(P, 12)
+    exact = torch.linalg.solve(H, v)
+    err = lambda x: float(torch.linalg.vector_norm(x - exact) / torch.linalg.vector_norm(exact))
+    textbook = cg_ihvp(lambda u: H @ u, v, iters=5, tol=0.0)
+    reference = reference_cg_ihvp(lambda u: H @ u, v, iters=5, alpha=1.0)
+    assert err(textbook) < 1e-2 < err(reference)
+
+
+def test_reference_cg_rejects_bad_settings():
+    H, v = spd(P, 0), rhs(P, 0)
+    with pytest.raises(UserError, match="alpha"):
+        reference_cg_ihvp(lambda u: H @ u, v, iters=3, alpha=0.0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_lambda_max_power_iteration_matches_eigvalsh(seed):
+    H = spd(P, seed, cond=20.0)  # eigenvalues log-spaced in [1, 20]: a gap of 20/15.5 at the top
+    top = float(torch.linalg.eigvalsh(H)[-1])
+    g = torch.Generator().manual_seed(seed)
+    estimate, u = lambda_max(lambda w: H @ w, rhs(P, seed), iters=100, generator=g)
+    assert abs(estimate - top) / top < 1e-8
+    assert torch.allclose(H @ u, top * u, atol=1e-4)
+    # warm-started from its own vector, one product recovers it
+    again, _ = lambda_max(lambda w: H @ w, rhs(P, seed), iters=1, start=u)
+    assert abs(again - top) / top < 1e-8
+    # from a cold start, few products give a lower bound (Rayleigh quotient of a PSD matrix)
+    rough, _ = lambda_max(lambda w: H @ w, rhs(P, seed), iters=3, generator=torch.Generator().manual_seed(seed))
+    assert rough <= top * (1 + 1e-12)

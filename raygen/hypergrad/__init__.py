@@ -1,4 +1,4 @@
-"""Hypergradients by implicit differentiation (column and randomized Nyström, Nyström-PCG, CG, Neumann, exact) and bilevel HPO.
+"""Hypergradients by implicit differentiation (column and randomized Nyström, Nyström-PCG, CG, the reference library's CG, Neumann, exact) and bilevel HPO.
 
 Pure torch: nothing here imports Ray (the Tune adapter is `raygen.workloads.tune`).
 """
@@ -6,7 +6,15 @@ Pure torch: nothing here imports Ray (the Tune adapter is `raygen.workloads.tune
 from raygen.hypergrad.bilevel import BilevelOptimizer, Task
 from raygen.hypergrad.hypergradient import SOLVERS, functional_module, hypergradient
 from raygen.hypergrad.sketch import NystromSketch, nystrom_pcg_ihvp, nystrom_sketch, randomized_nystrom_ihvp
-from raygen.hypergrad.solvers import SolverDivergence, cg_ihvp, exact_ihvp, neumann_ihvp, nystrom_ihvp
+from raygen.hypergrad.solvers import (
+    SolverDivergence,
+    cg_ihvp,
+    exact_ihvp,
+    lambda_max,
+    neumann_ihvp,
+    nystrom_ihvp,
+    reference_cg_ihvp,
+)
 
 __all__ = [
     "BilevelOptimizer",
@@ -16,6 +24,8 @@ __all__ = [
     "SOLVERS",
     "SolverDivergence",
     "cg_ihvp",
+    "reference_cg_ihvp",
+    "lambda_max",
     "exact_ihvp",
     "neumann_ihvp",
     "nystrom_ihvp",

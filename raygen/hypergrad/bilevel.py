@@ -11,6 +11,20 @@ of the inner Hessian and refresh it every `sketch_every` outer steps (1: a fresh
 step, exactly as without reuse). The inner Hessian moves slowly between outer steps; a stale
 sketch biases randomized Nyström's answer but only slows Nyström-PCG, which always solves the
 current system. Records count the HVPs spent on sketches and the HVPs that reuse saved.
+
+Relative damping (`rho_scale="lambda_max"`): the solvers that take rho (Nyström, randomized
+Nyström, Nyström-PCG) get rho·λ_max instead of rho, with λ_max the inner Hessian's top eigenvalue
+estimated each outer step by `power_iters` power iterations warm-started from the previous step's
+eigenvector. rho is then a property of the spectrum (rho = 1e-2: damping at 1 % of the top
+curvature) rather than an absolute number whose meaning depends on the loss's scale; every record
+reports the estimate. With an absolute rho ≫ λ_max, Nyström is nearly the scaled identity v/rho
+and rho acts as an outer step size rather than as damping.
+
+Protocols: by default θ carries over between outer steps (warm start, `unroll` more inner steps
+each time). `reset_inner=True` is the reference library's protocol: θ and the inner optimiser's
+state go back to the task's initial values before every outer step, so each hypergradient is taken
+after `unroll` steps from scratch. Either way the record's `inner_grad_norm` = ‖∇_θ f‖ at the θ the
+hypergradient is taken at: implicit differentiation assumes it is 0.
 """
 
 from __future__ import annotations
@@ -25,7 +39,7 @@ import torch
 from raygen.errors import UserError
 from raygen.hypergrad.hypergradient import RANDOMIZED, SKETCHED, Loss, Tensors, hypergradient, resolve_solver
 from raygen.hypergrad.sketch import NystromSketch, nystrom_sketch
-from raygen.hypergrad.solvers import SolverDivergence
+from raygen.hypergrad.solvers import SolverDivergence, lambda_max
 
 Constrain = Callable[[Tensors], Tensors]
 
@@ -93,11 +107,18 @@ class BilevelOptimizer:
         outer_optimizer: str = "sgd",
         generator: torch.Generator | None = None,
         sketch_every: int = 1,
+        rho_scale: str = "absolute",
+        power_iters: int = 10,
+        reset_inner: bool = False,
     ):
         if unroll < 1:
             raise UserError(f"unroll must be >= 1, got {unroll}")
         if sketch_every < 1:
             raise UserError(f"sketch_every must be >= 1 (1: a fresh sketch every outer step), got {sketch_every}")
+        if rho_scale not in ("absolute", "lambda_max"):
+            raise UserError(f"rho_scale must be 'absolute' or 'lambda_max', got {rho_scale!r}")
+        if power_iters < 1:
+            raise UserError(f"power_iters must be >= 1, got {power_iters}")
         self.task = task
         self.solver = solver
         self.solver_kwargs = dict(solver_kwargs or {})
@@ -113,6 +134,11 @@ class BilevelOptimizer:
         self.sketch: NystromSketch | None = None
         self.sketch_hvps = 0  # HVPs spent on sketches so far
         self.sketch_hvps_saved = 0  # HVPs that reusing a kept sketch saved so far
+        self.rho_scale = rho_scale
+        self.power_iters = power_iters
+        self.top_vector: torch.Tensor | None = None  # warm start of the next λ_max estimate
+        self.lambda_max: float | None = None  # the last estimate
+        self.reset_inner = reset_inner
 
         c = task.constrain
         self.inner_loss: Loss = lambda theta, u: task.inner_loss(theta, c(tuple(u)))
@@ -123,21 +149,45 @@ class BilevelOptimizer:
         with torch.no_grad():
             return self.task.constrain(tuple(self.raw))
 
-    def _inner_steps(self) -> float:
+    def _inner_steps(self) -> tuple[float, float]:
+        """(inner loss before the last step, ‖∇_θ f‖ after it) of this outer step's inner training."""
         u = tuple(h.detach() for h in self.raw)
+        if self.reset_inner:
+            with torch.no_grad():
+                for p, p0 in zip(self.params, self.task.params):
+                    p.copy_(p0)
+            self.inner_opt.state.clear()  # momentum / Adam moments belong to the discarded run
         for _ in range(self.unroll):
             self.inner_opt.zero_grad(set_to_none=True)
             loss = self.inner_loss(tuple(self.params), u)
             loss.backward()
             self.inner_opt.step()
-        return float(loss.detach())
+        grads = torch.autograd.grad(self.inner_loss(tuple(self.params), u), self.params)
+        self.inner_opt.zero_grad(set_to_none=True)
+        return float(loss.detach()), float(torch.sqrt(sum((g**2).sum() for g in grads)))
 
     def _solver(self):
-        """The solver to call this outer step: sketched solvers get the kept (or a refreshed) sketch."""
+        """The solver to call this outer step: sketched solvers get the kept (or a refreshed) sketch,
+        and with rho_scale="lambda_max" the solvers taking rho get it scaled by λ_max."""
         solve = resolve_solver(self.solver)
-        if self.solver not in SKETCHED:
-            return solve
+        if self.solver in SKETCHED:
+            solve = self._with_kept_sketch(solve)
+        if self.rho_scale == "lambda_max" and "rho" in self.solver_kwargs:
+            solve = self._with_relative_rho(solve)
+        return solve
 
+    def _with_relative_rho(self, solve):
+        def relative_rho(hvp, v, *, rho: float, **kwargs):
+            self.lambda_max, self.top_vector = lambda_max(
+                hvp, v, iters=self.power_iters, generator=self.generator, start=self.top_vector
+            )
+            if not self.lambda_max > 0:
+                raise SolverDivergence(f"λ_max estimate {self.lambda_max:.3g} <= 0: rho relative to it is undefined")
+            return solve(hvp, v, rho=rho * self.lambda_max, **kwargs)
+
+        return relative_rho
+
+    def _with_kept_sketch(self, solve):
         def with_kept_sketch(hvp, v, *, rank: int, generator: torch.Generator, **kwargs):
             if self.sketch is None or self.outer_step % self.sketch_every == 0:
                 self.sketch = nystrom_sketch(hvp, v, rank=rank, generator=generator)
@@ -171,12 +221,12 @@ class BilevelOptimizer:
         return seconds, cpu_seconds, None
 
     def step(self) -> dict:
-        inner_loss = self._inner_steps()
+        inner_loss, inner_grad_norm = self._inner_steps()
         if not math.isfinite(inner_loss):
             raise UserError(
                 f"inner loss became {inner_loss} at outer step {self.outer_step + 1}; lower inner_lr or outer_lr"
             )
-        record: dict = {"outer_step": self.outer_step + 1, "inner_loss": inner_loss}
+        record: dict = {"outer_step": self.outer_step + 1, "inner_loss": inner_loss, "inner_grad_norm": inner_grad_norm}
         if self.solver != "none":
             # CPU time stands for wall time on a quiet machine when the wall clock is shared
             seconds, cpu_seconds, skipped = self._outer_step()
@@ -187,6 +237,8 @@ class BilevelOptimizer:
                 record["skipped_reason"] = skipped
         self.outer_step += 1
         record["skipped_steps"] = self.skipped
+        if self.lambda_max is not None:
+            record["lambda_max"] = self.lambda_max
         if self.solver in SKETCHED:
             record["sketch_hvps"] = self.sketch_hvps
             record["sketch_hvps_saved"] = self.sketch_hvps_saved
@@ -208,6 +260,8 @@ class BilevelOptimizer:
             "sketch": None if sketch is None else {"U": sketch.U, "lam": sketch.lam, "dropped": sketch.dropped},
             "sketch_hvps": self.sketch_hvps,
             "sketch_hvps_saved": self.sketch_hvps_saved,
+            "top_vector": self.top_vector,
+            "lambda_max": self.lambda_max,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -224,3 +278,5 @@ class BilevelOptimizer:
         self.sketch = None if state["sketch"] is None else NystromSketch(**state["sketch"])
         self.sketch_hvps = state["sketch_hvps"]
         self.sketch_hvps_saved = state["sketch_hvps_saved"]
+        self.top_vector = state["top_vector"]
+        self.lambda_max = state["lambda_max"]

@@ -18,7 +18,7 @@ from torch.func import functional_call, grad, jvp
 from raygen.errors import UserError
 from raygen.models.params import pack, unpack
 from raygen.hypergrad.sketch import nystrom_pcg_ihvp, randomized_nystrom_ihvp
-from raygen.hypergrad.solvers import cg_ihvp, exact_ihvp, neumann_ihvp, nystrom_ihvp
+from raygen.hypergrad.solvers import cg_ihvp, exact_ihvp, neumann_ihvp, nystrom_ihvp, reference_cg_ihvp
 
 Tensors = tuple[torch.Tensor, ...]
 Loss = Callable[[Tensors, Tensors], torch.Tensor]
@@ -29,6 +29,7 @@ SOLVERS: dict[str, Callable[..., torch.Tensor]] = {
     "randomized_nystrom": randomized_nystrom_ihvp,
     "nystrom_pcg": nystrom_pcg_ihvp,
     "cg": cg_ihvp,
+    "reference_cg": reference_cg_ihvp,
     "neumann": neumann_ihvp,
     "exact": exact_ihvp,
 }

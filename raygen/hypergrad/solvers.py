@@ -121,6 +121,61 @@ def cg_ihvp(hvp: HVP, v: torch.Tensor, *, iters: int, tol: float = 1e-10) -> tor
     return preconditioned_cg(hvp, v, iters=iters, tol=tol)[0]
 
 
+def reference_cg_ihvp(hvp: HVP, v: torch.Tensor, *, iters: int, alpha: float) -> torch.Tensor:
+    """The conjugate-gradient variant of the reference library (moskomule/hypergrad), alpha its knob.
+
+    Not textbook CG (`cg_ihvp`), and not an exact solver: from x = 0, r = p = v, each of `iters`
+    steps takes a = rᵀr / (alpha·pᵀHp), x += a·p, r_new = r − a·Hp, and builds the next direction
+    from the OLD residual, p = r + (r_newᵀr_new / rᵀr)·p; it returns alpha·x. The first step is the
+    exact line-search step (vᵀv / vᵀHv)·v whatever alpha is; after that alpha rescales the residual
+    update and so the whole path. Kept as the paper's comparison arm (Hataya & Yamada plot Nyström's
+    rho against this alpha). It stops early only at an exactly zero residual, where the reference
+    would divide 0 by 0.
+    """
+    if iters < 1 or not alpha > 0:
+        raise UserError(f"reference_cg needs iters >= 1 and alpha > 0, got iters={iters}, alpha={alpha}")
+    x = torch.zeros_like(v)
+    r = v.clone()
+    p = v.clone()
+    rr = r @ r
+    for _ in range(iters):
+        if rr == 0:
+            break
+        Hp = hvp(p)
+        a = rr / (alpha * (p @ Hp))
+        x = x + a * p
+        r_new = r - a * Hp
+        rr_new = r_new @ r_new
+        p = r + (rr_new / rr) * p
+        r, rr = r_new, rr_new
+    return alpha * x
+
+
+def lambda_max(
+    hvp: HVP, like: torch.Tensor, *, iters: int, generator: torch.Generator | None = None,
+    start: torch.Tensor | None = None,
+) -> tuple[float, torch.Tensor]:
+    """(estimate of H's largest-magnitude eigenvalue, its unit eigenvector estimate) by power iteration.
+
+    `iters` Hessian-vector products from `start` (a previous call's vector: the Hessian moves little
+    between outer steps, so a warm start needs few products) or from a Gaussian draw of `generator`.
+    The estimate is the Rayleigh quotient uᵀHu of the last unit iterate: a lower bound on
+    lambda_max for a positive semidefinite H, accurate when the top eigenvalue is separated.
+    """
+    if iters < 1:
+        raise UserError(f"power iterations must be >= 1, got {iters}")
+    u = torch.randn(like.shape, generator=generator, dtype=like.dtype) if start is None else start.clone()
+    u = u.to(like.device) / torch.linalg.vector_norm(u)
+    for _ in range(iters):
+        Hu = hvp(u)
+        estimate = u @ Hu
+        norm = torch.linalg.vector_norm(Hu)
+        if norm == 0:  # H u = 0: u is in the null space, nothing larger is visible from here
+            break
+        u = Hu / norm
+    return float(estimate), u
+
+
 def neumann_ihvp(hvp: HVP, v: torch.Tensor, *, iters: int, alpha: float) -> torch.Tensor:
     """H⁻¹v ≈ alpha·Σ_{i=0..iters} (I − alpha·H)^i v.
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +34,7 @@ SOLVER_KNOBS = {
     "randomized_nystrom": ("rank", "rho", "sketch_every"),
     "nystrom_pcg": ("rank", "rho", "iters", "tol", "sketch_every"),
     "cg": ("iters",),
+    "reference_cg": ("iters", "alpha"),
     "neumann": ("iters", "alpha"),
     "exact": (),
 }
@@ -46,7 +48,7 @@ class TuneHypergradConfig(Config):
     name: str = "tune_hypergrad"
     task: Literal["weight_decay", "reweight", "distill"] = "reweight"
     imbalance: float = bounded(50.0, ge=1)  # reweight: largest / smallest class size
-    per: Literal["class", "example"] = "class"  # reweight: one weight per class or per example
+    per: Literal["class", "example"] = "example"  # reweight: one weight per example (the paper's form) or per class
     images_per_class: int = bounded(1, ge=1)  # distill
     # search space (flat lists; each trial samples one value of each)
     solvers: list[str] = dataclasses.field(default_factory=lambda: ["nystrom", "nystrom_pcg", "cg", "neumann"])
@@ -64,6 +66,10 @@ class TuneHypergradConfig(Config):
     inner_lr: float = bounded(0.1, gt=0)
     outer_optimizer: Literal["sgd", "adam"] = "sgd"
     outer_momentum: float = 0.9
+    # rhos relative to the inner Hessian's λ_max (power iteration each outer step) or absolute
+    rho_scale: Literal["lambda_max", "absolute"] = "lambda_max"
+    power_iters: int = bounded(10, ge=1)  # λ_max estimate: products per outer step (warm-started)
+    reset_inner: bool = False  # True: θ back to its initial value before every outer step (reference protocol)
     scheduler: Literal["asha", "fifo"] = "asha"
     grace_period: int = bounded(5, ge=1)  # ASHA: outer steps before a trial can be stopped
     reduction_factor: int = bounded(2, ge=2)
@@ -143,6 +149,9 @@ def run_trial(trial: dict[str, Any], job: dict[str, Any]) -> None:
         outer_optimizer=config.outer_optimizer,
         generator=torch.Generator().manual_seed(trial["seed"]),
         sketch_every=trial["sketch_every"] if "sketch_every" in SOLVER_KNOBS.get(solver, ()) else 1,
+        rho_scale=config.rho_scale,
+        power_iters=config.power_iters,
+        reset_inner=config.reset_inner,
     )
     resumed = tune.get_checkpoint()
     elapsed = 0.0
@@ -161,6 +170,8 @@ def run_trial(trial: dict[str, Any], job: dict[str, Any]) -> None:
             "test_loss": record["test_loss"],
             "test_acc": record["test_acc"],
             "inner_loss": record["inner_loss"],
+            "inner_grad_norm": record["inner_grad_norm"],
+            "lambda_max": record.get("lambda_max", float("nan")),
             "outer_step": record["outer_step"],
             "hypergrad_seconds": record.get("hypergrad_seconds", 0.0),
             "skipped_steps": record["skipped_steps"],
@@ -244,7 +255,7 @@ def _collect(results, method_of) -> list[dict[str, Any]]:
                 "setting": setting(result.config),
                 "history": [
                     {k: r[k] for k in ("outer_step", "val_loss", "val_acc", "test_acc", "hypergrad_seconds", "skipped_steps",
-                                           "sketch_hvps_saved")}
+                                           "sketch_hvps_saved", "inner_grad_norm", "lambda_max")}
                     for r in rows
                 ],
                 "error": error,
@@ -276,6 +287,8 @@ def _summarise(trials: list[dict[str, Any]], seconds: dict[str, float], max_step
                 outer_steps=last["outer_step"],
                 skipped_steps=last["skipped_steps"],
                 sketch_hvps_saved=last["sketch_hvps_saved"],
+                inner_grad_norm=last["inner_grad_norm"],
+                lambda_max=None if math.isnan(last["lambda_max"]) else last["lambda_max"],
                 hypergrad_ms=1000 * sum(hg) / len(hg) if hg else None,
                 finished_trials=sum(t["history"][-1]["outer_step"] == max_steps for t in done),
             )
@@ -289,22 +302,26 @@ def _markdown(config: TuneHypergradConfig, methods: dict[str, Any], info: dict[s
         f"# raygen tune: {config.task} ({config.name})",
         "",
         f"Task info: `{json.dumps(info)}`. Outer steps per trial: {config.max_outer_steps}; "
-        f"scheduler: {config.scheduler}; seeds: {config.seeds}.",
+        f"scheduler: {config.scheduler}; seeds: {config.seeds}; rho scale: {config.rho_scale}; "
+        f"θ reset every outer step: {config.reset_inner}.",
         "",
         "Best trial per method (by final validation loss; ASHA may have stopped other trials early). "
         "Hypergradient time is the mean over all outer steps of all the method's trials; Tuner time is "
-        "the wall-clock time of the method's whole search (the gradient-based solvers share one Tuner).",
+        "the wall-clock time of the method's whole search (the gradient-based solvers share one Tuner). "
+        "‖∇θ f‖ is the inner gradient norm where the best trial's last hypergradient was taken (implicit "
+        "differentiation assumes 0); λ_max its inner Hessian's top-eigenvalue estimate (rho-scaled solvers).",
         "",
         "| method | trials (finished / errored) | best setting | outer steps | val loss | val acc | test acc | skipped steps "
-        "| hypergrad ms | HVPs saved by sketch reuse | Tuner s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| hypergrad ms | HVPs saved by sketch reuse | ‖∇θ f‖ | λ_max | Tuner s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for method, r in methods.items():
         lines.append(
             f"| {method} | {r['trials']} ({r.get('finished_trials', 0)} / {r['errored']}) | {r.get('best_setting', '–')} "
             f"| {r.get('outer_steps', '–')} | {fmt(r.get('final_val_loss'), '.4f')} | {fmt(r.get('final_val_acc'), '.3f')} "
             f"| {fmt(r.get('final_test_acc'), '.3f')} | {r.get('skipped_steps', '–')} "
-            f"| {fmt(r.get('hypergrad_ms'), '.1f')} | {r.get('sketch_hvps_saved', '–')} | {r['tuner_seconds']:.1f} |"
+            f"| {fmt(r.get('hypergrad_ms'), '.1f')} | {r.get('sketch_hvps_saved', '–')} "
+            f"| {fmt(r.get('inner_grad_norm'), '.2e')} | {fmt(r.get('lambda_max'), '.3g')} | {r['tuner_seconds']:.1f} |"
         )
     lines += ["", f"![validation loss per outer step]({plot})", ""]
     return "\n".join(lines)
