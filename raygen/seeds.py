@@ -43,6 +43,8 @@ actor count, worker count), and one table says which stream is which:
 |    |                 |                    |              parameter AE, latent denoiser)              |
 | 32 | HPO_TASK        | -                  | L: seed      a bilevel task's data, split and batches    |
 | 33 | HPO_INIT        | -                  | L: seed + 1  a bilevel task's MLP initialisation         |
+| 34 | SUPPORT_DRAW    | 0, step, rank      | weightgen's re-drawn support sets: a diffusion training  |
+|    |                 | 1, vector id       | step's; one generated vector's                           |
 
 `stream_seed` gives a 63-bit integer (numpy's SeedSequence over the key), `numpy_rng` and
 `torch_generator` wrap it. Streams marked L are *legacy* keys, registered as named streams from the
@@ -99,6 +101,7 @@ class Stream(enum.IntEnum):
     MODEL_INIT = 31
     HPO_TASK = 32
     HPO_INIT = 33
+    SUPPORT_DRAW = 34
 
 
 # The legacy keys of the table above: (run seed, *index) -> the key the draws used before.

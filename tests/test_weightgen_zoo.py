@@ -71,6 +71,17 @@ def test_split_is_a_partition_and_support_sets_follow_labels():
         support_set(x, y, 10, 11)  # 10 images per class
 
 
+def test_redrawn_support_sets_are_distinct_members_of_their_class_and_reproducible():
+    x, y = _data(100)
+    flat = x.flatten(1)
+    draws = [support_set(x, y, 10, 3, torch.Generator().manual_seed(s)) for s in (0, 0, 1)]
+    assert torch.equal(draws[0], draws[1])  # a generator's seed fixes the draw
+    assert not torch.equal(draws[0], draws[2]) and not torch.equal(draws[0], support_set(x, y, 10, 3))
+    for c in range(10):
+        rows = [int(torch.nonzero((flat == img).all(1))[0, 0]) for img in draws[2][c]]
+        assert len(set(rows)) == 3 and all(int(y[r]) == c for r in rows)  # without replacement, in label order
+
+
 def test_members_and_trajectories_are_bit_reproducible():
     x, y = _data()
     a = train_member(ARCH, (x, y), init_seed=1, order=torch.Generator().manual_seed(2), steps=5, lr=0.01, batch_size=16)

@@ -1,8 +1,9 @@
 """Generation: weight vectors drawn from the latent diffusion, decoded, evaluated, as part rows.
 
 `Generator` is a chunk worker (`raygen.fanout`): one chunk is one task's `n_generate` vectors; vector
-i is drawn from its own seed (`raygen.seeds.per_item_seeds`), so a part does not depend on which
-worker drew it or how many ran.
+i is drawn from its own seed (`raygen.seeds.per_item_seeds`) and, with `support_draw: random`,
+conditioned on its own support set (stream SUPPORT_DRAW, index (1, i)), so a part does not depend
+on which worker drew it or how many ran.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ import torch
 
 from raygen.errors import UserError
 from raygen.parts import Chunks
-from raygen.seeds import per_item_seeds
+from raygen.seeds import Stream, per_item_seeds, torch_generator
 from raygen.threads import use_one_thread
 from raygen.weightgen.evaluate import accuracies
 from raygen.weightgen.latent import sample_latents
 from raygen.weightgen.store import params_table
-from raygen.weightgen.train import load_autoencoder, load_diffusion, task_supports
+from raygen.weightgen.train import TaskSupports, load_autoencoder, load_diffusion
 from raygen.weightgen.zoo import base_from, build_classifier, task_splits, zoo_splits
 
 
@@ -26,16 +27,17 @@ class Generator:
     """Draws a task's generated vectors (chunk c = task `task_ids[c]`) and evaluates them."""
 
     def __init__(self, *, metadata: dict[str, Any], ae_uri: str, diff_uri: str, task_ids: list[int], seed: int,
-                 n_generate: int, support_shots: int, sample_steps: int):
+                 n_generate: int, support_shots: int, sample_steps: int, support_draw: str = "fixed"):
         use_one_thread()
         self.metadata, self.task_ids, self.seed = metadata, task_ids, seed
-        self.shots, self.sample_steps = support_shots, sample_steps
+        self.sample_steps, self.redraw = sample_steps, support_draw == "random"
         self.chunks = Chunks(len(task_ids) * n_generate, n_generate)
         self.ae, self.norm, _ = load_autoencoder(ae_uri)
         self.denoiser, self.encoder = load_diffusion(diff_uri)
         self.model = build_classifier(metadata["arch"]).eval()
         self.base = base_from(self.model, metadata)
         self.splits = zoo_splits(metadata)
+        self.supports = TaskSupports(metadata, task_ids, support_shots, self.splits)
 
     def __call__(self, chunk: int):
         ids = self.chunks.ids(chunk)
@@ -43,9 +45,11 @@ class Generator:
         seeds = per_item_seeds(self.seed, ids)
         cond = None
         with torch.no_grad():
-            if self.encoder is not None:
-                support = task_supports(self.metadata, [task_id], self.shots, self.splits)
-                cond = self.encoder(support).expand(len(ids), -1)
+            if self.encoder is not None and self.redraw:
+                cond = self.encoder(torch.cat([self.supports.draw([chunk], torch_generator(self.seed, Stream.SUPPORT_DRAW, 1, i))
+                                               for i in ids.tolist()]))
+            elif self.encoder is not None:
+                cond = self.encoder(self.supports.draw([chunk])).expand(len(ids), -1)
             h = sample_latents(self.denoiser, self.denoiser.spec["dim"], seeds.tolist(), cond,
                                data_mean=self.denoiser.data_mean, num_steps=self.sample_steps)
             thetas = self.norm.denormalize(self.ae.decode(h).double()).float()

@@ -49,6 +49,7 @@ class StageConfig(Config):
     autoencoder: str = ""  # diffusion: URI of the AE checkpoint directory
     mode: Literal["trajectory", "tasks"] = "trajectory"
     support_shots: int = 5
+    support_draw: Literal["fixed", "random"] = "fixed"
     ae_kind: Literal["mlp", "conv"] = "mlp"
     normalize: Literal["weight", "tensor"] = "weight"
     latent_dim: int = 32
@@ -146,14 +147,19 @@ def load_autoencoder(checkpoint_uri: str):
     return ae.eval(), norm_from_dict(saved["norm"]), saved["meta"]
 
 
-def task_supports(meta: dict, task_ids: list[int], shots: int, splits: dict | None = None):
-    """Support sets [T, C, shots, F] of the given tasks (their training images, label order)."""
-    splits = splits or zoo_splits(meta)
-    out = []
-    for t in task_ids:
-        task = meta["tasks"][str(t)]
-        out.append(support_set(*task_splits(task, splits)["train"], task_classes(task), shots))
-    return torch.stack(out)
+class TaskSupports:
+    """Support sets [T, C, shots, F] of a zoo's tasks, from their training images in label order:
+    the first `shots` per class, or drawn anew from a generator per call (`draw`)."""
+
+    def __init__(self, meta: dict, task_ids: list[int], shots: int, splits: dict | None = None):
+        splits = splits or zoo_splits(meta)
+        self.shots = shots
+        self.pools = [(*task_splits(meta["tasks"][str(t)], splits)["train"], task_classes(meta["tasks"][str(t)]))
+                      for t in task_ids]
+
+    def draw(self, index: list[int], generator: torch.Generator | None = None) -> torch.Tensor:
+        """The support sets of tasks `index` (positions in task_ids); re-drawn when given a generator."""
+        return torch.stack([support_set(x, y, c, self.shots, generator) for x, y, c in (self.pools[i] for i in index)])
 
 
 def encode_zoo(ae, norm, thetas):
@@ -179,7 +185,8 @@ def train_diffusion(config: dict) -> dict:
     conditional = cfg.mode == "tasks"
     task_ids = sorted(set(cols["task_id"].tolist()))
     task_index = torch.as_tensor(np.searchsorted(task_ids, cols["task_id"]))
-    support = task_supports(zoo_meta, task_ids, cfg.support_shots) if conditional else None
+    supports = TaskSupports(zoo_meta, task_ids, cfg.support_shots) if conditional else None
+    fixed = supports.draw(list(range(len(task_ids)))) if conditional else None
     mu, sd = float(h.mean()), float(h.std())
     run = TrainRun(cfg, keep_checkpoints=cfg.keep_checkpoints)
     try:
@@ -190,7 +197,7 @@ def train_diffusion(config: dict) -> dict:
         optimizers = {"denoiser": torch.optim.AdamW(denoiser.parameters(), lr=cfg.lr)}
         contrastive = conditional and cfg.encoder_training == "contrastive"
         if conditional:
-            modules["encoder"] = seeded(stream_seed(cfg.seed, Stream.ENCODER_INIT), lambda: SetEncoder(support.shape[-1], support.shape[1],
+            modules["encoder"] = seeded(stream_seed(cfg.seed, Stream.ENCODER_INIT), lambda: SetEncoder(fixed.shape[-1], fixed.shape[1],
                                                                          cond_dim=cfg.cond_dim, kind=cfg.set_encoder))
             if contrastive:
                 modules["align"] = seeded(stream_seed(cfg.seed, Stream.ALIGN_INIT), lambda: ContrastiveHeads(cfg.cond_dim, h.shape[1]))
@@ -209,7 +216,10 @@ def train_diffusion(config: dict) -> dict:
             cond, stats = None, {}
             if conditional:  # each task's support set encoded once per batch
                 u, inverse = t.cpu().unique(return_inverse=True)
-                cond = state.modules["encoder"](support[u].to(h0.device))[inverse.to(h0.device)]
+                # a step's re-drawn sets come from their own (step, rank) stream: a resumed run draws the same
+                support = fixed[u] if cfg.support_draw == "fixed" else supports.draw(
+                    u.tolist(), torch_generator(cfg.seed, Stream.SUPPORT_DRAW, 0, step_index, run.rank))
+                cond = state.modules["encoder"](support.to(h0.device))[inverse.to(h0.device)]
             aligning = contrastive and step_index < cfg.contrastive_steps
             if contrastive:
                 c_loss = contrastive_loss(*state.modules["align"](cond, h0), t)

@@ -225,19 +225,24 @@ def define_tasks(data: Source, family: str, task_ids: Sequence[int], seed: int,
 # ---------------------------------------------------------------------- members
 
 
-def support_split(x: torch.Tensor, y: torch.Tensor, num_classes: int, shots: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The support set as a labelled split: the first `shots` images of each class, in label order."""
-    idx = [torch.nonzero(y == c)[:shots, 0] for c in range(num_classes)]
+def support_split(x: torch.Tensor, y: torch.Tensor, num_classes: int, shots: int,
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The support set as a labelled split, in label order: the first `shots` images of each class,
+    or, given a generator, `shots` of each class drawn without replacement (D2NWG's re-drawn sets)."""
+    idx = [torch.nonzero(y == c)[:, 0] for c in range(num_classes)]
     for c, i in enumerate(idx):
         if len(i) < shots:
             raise UserError(f"class {c} of a task has {len(i)} training images; lower support_shots below {shots}")
-    idx = torch.cat(idx)
+    if generator is not None:
+        idx = [i[torch.randperm(len(i), generator=generator)] for i in idx]
+    idx = torch.cat([i[:shots] for i in idx])
     return x[idx], y[idx]
 
 
-def support_set(x: torch.Tensor, y: torch.Tensor, num_classes: int, shots: int) -> torch.Tensor:
+def support_set(x: torch.Tensor, y: torch.Tensor, num_classes: int, shots: int,
+                generator: torch.Generator | None = None) -> torch.Tensor:
     """The support set as the set encoder reads it, flattened per class: [C, shots, H*W*C]."""
-    return support_split(x, y, num_classes, shots)[0].flatten(1).reshape(num_classes, shots, -1)
+    return support_split(x, y, num_classes, shots, generator)[0].flatten(1).reshape(num_classes, shots, -1)
 
 
 def base_from(model: ConvClassifier, metadata: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -80,6 +80,9 @@ class WeightgenConfig(ZooConfig):
     ema_decay: float = bounded(0.999, ge=0, lt=1)
     cond_dim: int = bounded(64, ge=1)
     support_shots: int = bounded(5, ge=1)
+    # fixed: the first support_shots images per class, always; random: drawn anew at every diffusion
+    # training step and for every generated vector (D2NWG's protocol: the encoder cannot key on one input)
+    support_draw: Literal["fixed", "random"] = "fixed"
     set_encoder: Literal["deepsets", "set_transformer"] = "deepsets"  # tasks mode's dataset encoder
     encoder_training: Literal["joint", "contrastive"] = "joint"  # contrastive: D2NWG's pretraining, then frozen
     contrastive_steps: int = bounded(1000, ge=0)  # contrastive: the first diff_steps align the encoder to the AE latents
@@ -129,6 +132,7 @@ def stage_config(cfg: WeightgenConfig, stage: str, root: str, zoo: str, autoenco
                            checkpoint_every=max(1, cfg.ae_steps // 3), **common)
     return StageConfig(name="diffusion", stage="diffusion", autoencoder=autoencoder, hidden=cfg.diff_hidden,
                        depth=cfg.diff_depth, cond_dim=cfg.cond_dim, support_shots=cfg.support_shots,
+                       support_draw=cfg.support_draw,
                        set_encoder=cfg.set_encoder, encoder_training=cfg.encoder_training,
                        contrastive_steps=cfg.contrastive_steps, steps=cfg.diff_steps, lr=cfg.diff_lr,
                        batch_size=cfg.diff_batch, ema_decay=cfg.ema_decay,
@@ -164,13 +168,15 @@ def generate(cfg: WeightgenConfig, run_dir, ae_uri: str, diff_uri: str, metadata
     chunks = Chunks(len(task_ids) * cfg.n_generate, cfg.n_generate)
     settings = {"n_generate": cfg.n_generate, "tasks": task_ids, "sample_steps": cfg.sample_steps,
                 "ae": ae_uri, "diffusion": diff_uri, "seed": cfg.seed}
+    if cfg.support_draw != "fixed":  # absent when fixed: runs made before the key resume as they were
+        settings["support_draw"] = cfg.support_draw
     fanout.settle(store, settings)
     print(f"[4/4] generating {cfg.n_generate} weight vectors for each of {len(task_ids)} task(s) "
           f"on {cfg.num_actors} workers")
     done = fanout.run_chunks(fanout.Output(store, chunks, metadata), Generator,
                              {"metadata": metadata, "ae_uri": ae_uri, "diff_uri": diff_uri, "task_ids": task_ids,
                               "seed": cfg.seed, "n_generate": cfg.n_generate, "support_shots": cfg.support_shots,
-                              "sample_steps": cfg.sample_steps},
+                              "sample_steps": cfg.sample_steps, "support_draw": cfg.support_draw},
                              what="generated", workers=cfg.num_actors, run_dir=run_dir)
     return {"uri": store.loc.uri, "models": chunks.n, "written": done.rows, "seconds": done.seconds}
 
