@@ -8,7 +8,7 @@ import sys
 import click
 
 from raygen.errors import UserError, find_user_error
-from raygen.submit import check_shared_storage, jobs, submit
+from raygen.submit import jobs, submit
 from raygen.workloads import WORKLOADS
 
 ADDRESS_HELP = "Ray cluster to join (auto, host:port, ray://...). Default: $RAY_ADDRESS, else an embedded local Ray."
@@ -26,10 +26,9 @@ def cli() -> None:
 
 def run_job(job_file: str, address: str | None, overrides: tuple[str, ...], dry_run: bool, verbose: bool,
             expect_workload: str | None = None, fresh: bool = False) -> None:
-    from raygen import runtime, storage
+    from raygen import storage
+    from raygen.api import execute
     from raygen.jobs import load_job
-    from raygen.rundir import RunDir
-    from raygen.workloads import workload_module
 
     job = load_job(job_file, overrides)
     if expect_workload is not None and job.workload != expect_workload:
@@ -39,20 +38,9 @@ def run_job(job_file: str, address: str | None, overrides: tuple[str, ...], dry_
     if dry_run:
         click.echo(json.dumps({"workload": job.workload, **job.config.to_dict()}, indent=2))
         return
-    location = storage.resolve(job.config.run_dir)  # storage mistakes fail here, before Ray starts
-    storage.check_reachable(location)
-    storage.check_writable(location)
-    module = workload_module(job.workload)
-    checked = {}
-    if hasattr(module, "preflight"):  # the workload's own input checks (a model, a data set), before Ray starts
-        checked["checked"] = module.preflight(job.config)
-    runtime.init(address, verbose=verbose)
-    check_shared_storage(job.config.storage_path, runtime.num_nodes())
-    if fresh:
-        RunDir.clear(job.config)
-    module.run(job.config, verbose=verbose, **checked)
+    execute(job.workload, job.config, address=address, verbose=verbose, fresh=fresh)
     click.echo(f"done: {job.workload} run '{job.config.name}' -> {storage.display(job.config.run_dir)}")
-    report = location.child("report.md")
+    report = storage.resolve(job.config.run_dir).child("report.md")
     if storage.exists(report):
         click.echo(f"report: {storage.display(report.uri)}")
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -49,7 +50,9 @@ class SampleConfig(Config):
     RESUME_FREE = frozenset({"num_actors", "cpus_per_actor", "gpus_per_actor"})
 
     name: str = "sample_mog"
-    model: str = "mog4"  # an analytic target (raygen.sampling.TARGETS) or a `raygen train` checkpoint dir
+    # an analytic target (raygen.sampling.TARGETS), a `raygen train` checkpoint dir, a diffusers model dir,
+    # or a torch module by import path pkg.module:factory (raygen.models.external)
+    model: str = "mog4"
     sampler: Literal["mmdgs", "langevin", "annealed_langevin", "tweedie"] = "mmdgs"
     covariance: Literal["full", "diag", "iso", "none"] = "full"
     probes: int = bounded(4, ge=1)  # Rademacher probes per step for covariance=diag
@@ -90,28 +93,60 @@ class SampleConfig(Config):
 CONFIG = SampleConfig
 
 
-def resolve_model(model: str):
+def resolve_model(model: str, import_dirs: tuple[str, ...] = ()):
     """(model, per-sample shape, analytic target or None, number of classes) for a config's `model`:
-    an analytic target, or a `raygen train` checkpoint (local path or URI) sampled at the shape its
-    checkpoint records (`sample_shape`)."""
+    an analytic target; a `raygen train` checkpoint (local path or URI) sampled at the shape its
+    checkpoint records (`sample_shape`); a local diffusers UNet2DModel or pipeline directory; or a
+    torch module by import path `pkg.module:factory`, looked for in the working directory and in
+    `import_dirs` (the driver's, for a local Ray whose workers started elsewhere), then the installed
+    packages (`raygen.models.external` has the protocol)."""
+    from raygen.models import external
     from raygen.sampling import TARGETS
 
     if model in TARGETS:
         target = TARGETS[model]()
         return target, (target.dim,), target, 0
+    if external.is_import_path(model) and not Path(model).exists():
+        wrapped = external.load_import_path(model, (os.getcwd(), *import_dirs))
+        return wrapped, wrapped.sample_shape, None, wrapped.num_classes
     if storage.is_uri(model) or Path(model).expanduser().is_dir():
         from raygen.models import load_denoiser
+        from raygen.models.denoiser import SPEC_FILE
 
-        denoiser = load_denoiser(storage.local_dir_for(model))
+        directory = storage.local_dir_for(model)
+        if not (directory / SPEC_FILE).is_file() and external.is_diffusers_dir(directory):
+            wrapped = external.load_diffusers(directory, f"model {model!r}")
+            return wrapped, wrapped.sample_shape, None, wrapped.num_classes
+        denoiser = load_denoiser(directory)
         if denoiser.sample_shape is None:
             raise UserError(f"config key 'model': checkpoint {model!r} does not record the shape it was trained at "
                             "(written before raygen recorded it); add \"sample_shape\": [C, H, W] to its "
                             "denoiser.json, or retrain it")
         return denoiser, denoiser.sample_shape, None, denoiser.num_classes
     raise UserError(
-        f"config key 'model': {model!r} is neither an analytic target ({', '.join(TARGETS)}) "
-        "nor a checkpoint directory written by `raygen train`"
+        f"config key 'model': {model!r} is neither an analytic target ({', '.join(TARGETS)}), a checkpoint "
+        "directory written by `raygen train`, a diffusers model directory, nor an import path pkg.module:factory"
     )
+
+
+def check_model_fits(config: SampleConfig, model) -> None:
+    """Refuse settings the model cannot serve, before Ray starts: full covariance without an energy
+    (a symmetric Hessian), noise levels outside a VP model's schedule, guidance without a null class."""
+    import torch
+
+    from raygen.sampling.curvature import curvature
+
+    if config.sampler == "mmdgs" and config.covariance == "full" and curvature(model).hessian is None:
+        raise UserError(f"config key 'covariance': 'full' needs a symmetric Hessian, i.e. a model with an energy; "
+                        f"{config.model!r} gives a score only (diffusers and VP models predict noise, whose "
+                        "Jacobian is not symmetric); use covariance=diag or iso")
+    lo, hi = getattr(model, "sigma_range", (0.0, math.inf))
+    for key, value in (("sigma_max", config.sigma_max), ("sigma_min", config.sigma_min)):
+        if not lo <= value <= hi:
+            raise UserError(f"config key '{key}': {value:g} is outside the noise levels of {config.model!r}'s "
+                            f"schedule ({lo:.4g} .. {hi:.4g}); pick sigmas within it")
+    if config.guidance and getattr(model, "num_classes", 0):
+        model.conditioned(torch.zeros(1, dtype=torch.long), config.guidance)  # refuses what it cannot guide
 
 
 def check_label(config: SampleConfig, num_classes: int) -> None:
@@ -129,7 +164,8 @@ def check_label(config: SampleConfig, num_classes: int) -> None:
 class ChunkSampler:
     """A chunk worker (`raygen.fanout`): holds the model, turns a chunk number into its samples' rows."""
 
-    def __init__(self, config: dict, chunk_size: int, resolved: tuple | None = None):
+    def __init__(self, config: dict, chunk_size: int, resolved: tuple | None = None,
+                 import_dirs: tuple[str, ...] = ()):
         import torch
 
         from raygen.sampling import SAMPLERS, initial_state
@@ -137,7 +173,7 @@ class ChunkSampler:
         self.config = SampleConfig.from_dict(config)
         self.layout = Chunks(self.config.n_samples, chunk_size)
         # `resolved`: the driver's resolve_model result, so a probe in the driver loads no model again
-        self.model, self.shape, _, self.num_classes = resolved or resolve_model(self.config.model)
+        self.model, self.shape, _, self.num_classes = resolved or resolve_model(self.config.model, import_dirs)
         self.sampler = SAMPLERS[self.config.sampler]
         self.initial_state = initial_state
         self.dtype = getattr(torch, self.config.dtype)
@@ -192,10 +228,11 @@ class ChunkSampler:
         return max(1, int(self.config.cpus_per_actor))
 
 
-def sampler_metadata(config: SampleConfig, shape: tuple[int, ...]) -> dict[str, Any]:
+def sampler_metadata(config: SampleConfig, shape: tuple[int, ...], data_range=None) -> dict[str, Any]:
+    """`data_range`: the model's (lo, hi), where it declares one: the samples are in its data space."""
     return {
         "model": config.model, "sampler": config.sampler, "sigmas": config.sigmas(), "shape": list(shape),
-        "seed": config.seed, **config.sampler_kwargs(),
+        "seed": config.seed, **config.sampler_kwargs(), **({"data_range": list(data_range)} if data_range else {}),
     }
 
 
@@ -245,6 +282,7 @@ def preflight(config: SampleConfig):
     the corrected re-run."""
     resolved = resolve_model(config.model)
     check_label(config, resolved[3])
+    check_model_fits(config, resolved[0])
     if config.chunk_size:
         fanout.check_layout(Chunks(config.n_samples, config.chunk_size), "n_samples / chunk_size")
     return resolved
@@ -255,7 +293,8 @@ def run(config: SampleConfig, *, verbose: bool = False, checked: tuple | None = 
     from raygen.rundir import RunDir
 
     resolved = checked or preflight(config)
-    _, shape, target, _ = resolved
+    model, shape, target, _ = resolved
+    settings = sampler_metadata(config, shape, getattr(model, "data_range", None))
     runtime.init(verbose=verbose)
     runtime.check_fits({"CPU": config.cpus_per_actor, "GPU": config.gpus_per_actor},
                        "cpus_per_actor/gpus_per_actor")
@@ -275,8 +314,9 @@ def run(config: SampleConfig, *, verbose: bool = False, checked: tuple | None = 
     chunk_size = fanout.settle(store, sample_settings(config), decided_once={"chunk_size": timed_chunk_size})[
         "chunk_size"]
     layout = Chunks(config.n_samples, chunk_size)
-    done = fanout.run_chunks(fanout.Output(store, layout, sampler_metadata(config, shape)), ChunkSampler,
-                             {"config": config.to_dict(), "chunk_size": chunk_size}, what="sampled",
+    done = fanout.run_chunks(fanout.Output(store, layout, settings), ChunkSampler,
+                             {"config": config.to_dict(), "chunk_size": chunk_size, "import_dirs": (os.getcwd(),)},
+                             what="sampled",
                              log_rate_as="samples", workers=config.num_actors, run_dir=run_dir,
                              num_cpus=config.cpus_per_actor, num_gpus=config.gpus_per_actor)
     written = layout.count - done.resumed
@@ -291,7 +331,7 @@ def run(config: SampleConfig, *, verbose: bool = False, checked: tuple | None = 
         "parts": layout.count, "chunk_size": chunk_size, "chunks_resumed": done.resumed, "seconds": done.seconds,
         "samples_per_s": done.rate, "seconds_to_first_part": done.first_part_s,
         "actor_busy_seconds": done.busy_seconds, "psd_repairs": int(done.figures.get("psd_repairs", 0)),
-        "settings": sampler_metadata(config, shape), "report": run_dir.child("report.md").uri,
+        "settings": settings, "report": run_dir.child("report.md").uri,
     }
     if target is not None:
         import torch
@@ -300,15 +340,16 @@ def run(config: SampleConfig, *, verbose: bool = False, checked: tuple | None = 
 
         summary["stats"] = compare_to_truth(target, torch.as_tensor(x), seed=stream_seed(config.seed, Stream.PREVIEW))
         summary["truth"] = {k: np.asarray(v).tolist() for k, v in target.truth().items()}
-    run_dir.save_figure("preview.png", preview(x, labels, target, config))
+    run_dir.save_figure("preview.png", preview(x, labels, target, config, settings.get("data_range")))
     summary["preview"] = run_dir.child("preview.png").uri
     run_dir.write_report(summary, report_markdown(summary, config))
     run_dir.close()
     return summary
 
 
-def preview(x: np.ndarray, labels, target, config: SampleConfig):
-    """Points: a scatter next to exact samples from the target (if known); images: a labelled grid."""
+def preview(x: np.ndarray, labels, target, config: SampleConfig, data_range=None):
+    """Points: a scatter next to exact samples from the target (if known); images: a labelled grid,
+    shown from the model's data range (if it declares one) as [0, 1]."""
     from raygen import plots
 
     if x.ndim == 2:
@@ -318,6 +359,9 @@ def preview(x: np.ndarray, labels, target, config: SampleConfig):
         if target is not None:
             panels.insert(0, ("exact target", target.sample(n, torch_generator(config.seed, Stream.PREVIEW)).numpy()))
         return plots.scatter(panels)
+    if data_range:
+        lo, hi = data_range
+        x = np.clip((x - lo) / (hi - lo), 0, 1)
     return plots.labelled_grids([(f"raygen {config.sampler}: {config.model}", x, labels)], per_panel=64)
 
 
