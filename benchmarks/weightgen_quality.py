@@ -206,18 +206,23 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="store the runs as '<job>:<tag>' next to the plain arm "
                         "(another configuration of the same job, e.g. a larger zoo)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "weightgen_quality.json"))
+    parser.add_argument("--storage", help="keep the runs in this directory (default: a temporary one)")
+    parser.add_argument("--zoo-from", metavar="DIR", help="use each seed's zoo from an earlier --storage "
+                        "(DIR/<job>_seed<s>/zoo) instead of collecting it again: arms that differ after the zoo")
     args = parser.parse_args()
     seeds = args.seeds[:2] if args.quick else args.seeds
     out = Path(args.out)
     result = json.loads(out.read_text()) if out.exists() and args.only else {}
     result.update({"quick": args.quick, "seeds": seeds})
-    with tempfile.TemporaryDirectory() as storage:
+    with tempfile.TemporaryDirectory() as scratch:
+        storage = args.storage or scratch
         for job, summarise in (("pdiff", pdiff), ("tasks", tasks)):
             if args.only not in (None, job):
                 continue
             start = time.perf_counter()
             extra = (QUICK[job] if args.quick else []) + args.set
-            runs = [run_job(job, s, storage, extra) for s in seeds]
+            zoo = (lambda s: [f"zoo={Path(args.zoo_from) / f'{job}_seed{s}' / 'zoo'}"]) if args.zoo_from else (lambda s: [])
+            runs = [run_job(job, s, storage, extra + zoo(s)) for s in seeds]
             key = f"{job}:{args.tag}" if args.tag else job
             result[key] = {**summarise(runs), "overrides": extra, "seconds": time.perf_counter() - start}
     out.write_text(json.dumps(result, indent=2))
