@@ -123,6 +123,9 @@ def resolve_model(model: str, import_dirs: tuple[str, ...] = ()):
                             "(written before raygen recorded it); add \"sample_shape\": [C, H, W] to its "
                             "denoiser.json, or retrain it")
         return denoiser, denoiser.sample_shape, None, denoiser.num_classes
+    if "/" in model or model.startswith("."):
+        raise UserError(f"config key 'model': no directory {model!r} (a `raygen train` checkpoint or a diffusers "
+                        "model directory); check the path (relative paths start at the working directory)")
     raise UserError(
         f"config key 'model': {model!r} is neither an analytic target ({', '.join(TARGETS)}), a checkpoint "
         "directory written by `raygen train`, a diffusers model directory, nor an import path pkg.module:factory"
