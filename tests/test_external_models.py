@@ -150,9 +150,9 @@ def test_sigmas_outside_the_schedule_are_refused(gaussian_module):
 
 def test_mmdgs_on_ray_reproduces_the_gaussian_from_its_exact_eps(gaussian_module, tmp_path, ray_local):
     """The module lives in the driver's working directory, not the Ray workers': they find it."""
-    n = 2000
+    n = 1000
     summary = run(SampleConfig(name="vp", storage_path=str(tmp_path / "runs"), model=f"{gaussian_module}:eps",
-                               covariance="diag", probes=1, n_samples=n, chunk_size=500, num_actors=2,
+                               covariance="diag", probes=1, n_samples=n, chunk_size=250, num_actors=2,
                                stats_samples=n))
     table = pq.read_table(Path(summary["samples_dir"]))
     x = np.stack(table["sample"].to_numpy(zero_copy_only=False))

@@ -180,8 +180,11 @@ class ChunkSampler:
         self.sampler = SAMPLERS[self.config.sampler]
         self.initial_state = initial_state
         self.dtype = getattr(torch, self.config.dtype)
-        if isinstance(self.model, torch.nn.Module):  # a trained net: compute in the sampler's dtype
-            self.model = self.model.to(self.dtype)
+        self.device = torch.device("cpu")  # the analytic targets compute on the CPU
+        if isinstance(self.model, torch.nn.Module):  # a net: the sampler's dtype, on the GPU Ray gave this worker
+            if self.config.gpus_per_actor > 0 and torch.cuda.is_available():
+                self.device = torch.device("cuda")
+            self.model = self.model.to(self.device, self.dtype)
 
     def _labels(self, ids: np.ndarray):
         import torch
@@ -196,7 +199,7 @@ class ChunkSampler:
         """(samples, labels or None, sampler info, seeds) for these ids, each from its own seed."""
         seeds = per_item_seeds(self.config.seed, ids)
         scale = self.config.init_scale or self.config.sigma_max
-        x0 = self.initial_state(seeds.tolist(), self.shape, scale, dtype=self.dtype)
+        x0 = self.initial_state(seeds.tolist(), self.shape, scale, dtype=self.dtype, device=self.device)
         labels = self._labels(ids)
         model = self.model if labels is None else self.model.conditioned(labels, self.config.guidance)
         x, info = self.sampler(model, x0, self.config.sigmas(), seeds=seeds.tolist(), **self.config.sampler_kwargs())
