@@ -134,11 +134,15 @@ def test_ve_denoise_and_energy_modules_give_the_exact_score(gaussian_module):
 
 @pytest.mark.parametrize("model, match", [
     ("no_such_module_xyz:f", "cannot import 'no_such_module_xyz'"),
+    ("broken_dep:f", "importing 'broken_dep' .* needs 'not_installed_dep_xyz', which is not installed"),
+    ("broken_syntax:f", r"broken_syntax.py, line 1: .*fix the module"),
     ("{mod}:missing", "has no function 'missing'"),
     ("{mod}:nothing", "none of score"),
     ("{mod}:unknown", "predicts 'score', which raygen cannot turn into a score"),
 ])
 def test_import_path_refusals_are_one_clear_line(gaussian_module, model, match):
+    Path("broken_dep.py").write_text("import not_installed_dep_xyz\n")
+    Path("broken_syntax.py").write_text("def f(:\n")
     with pytest.raises(UserError, match=match):
         preflight(SampleConfig(model=model.format(mod=gaussian_module), covariance="diag"))
 

@@ -85,7 +85,9 @@ class VEModel(_External):
             return self.module.score(x, sigma, labels)
         if hasattr(self.module, "denoise"):
             return (self.module.denoise(x, sigma, labels) - x) / sigma.reshape(-1, *[1] * (x.dim() - 1)) ** 2
-        return energy_score(lambda y, s: self.module.energy(y, s, labels), x, sigma)
+        # keep the graph when the caller differentiates the score (as raygen's EnergyDenoiser does)
+        return energy_score(lambda y, s: self.module.energy(y, s, labels), x, sigma,
+                            create_graph=torch.is_grad_enabled())
 
 
 class VEEnergyModel(VEModel):
@@ -160,12 +162,16 @@ def load_import_path(spec: str, search: Sequence[str] = ()) -> nn.Module:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        if exc.name is None or not module_name.startswith(exc.name):
-            raise  # a missing import inside the user's module: their traceback says where
+        if exc.name != module_name and not module_name.startswith(f"{exc.name}."):
+            raise UserError(f"config key 'model': importing {module_name!r} for {spec!r} needs {exc.name!r}, which is "
+                            "not installed; install it where raygen runs") from None
         where = ", ".join(search) or "the working directory"
         raise UserError(f"config key 'model': cannot import {module_name!r} for {spec!r}: no such module in "
                         f"{where} or the installed packages; put {module_name.replace('.', '/')}.py in the job's "
                         "working directory, or install its package") from None
+    except SyntaxError as exc:
+        raise UserError(f"config key 'model': {exc.filename}, line {exc.lineno}: {exc.msg}; fix the module "
+                        f"{module_name!r}") from None
     finally:
         for d in added:
             sys.path.remove(d)
