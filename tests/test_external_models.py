@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from raygen.errors import UserError
-from raygen.workloads.sample import SampleConfig, preflight, resolve_model, run
+from raygen.workloads.sample import ChunkSampler, SampleConfig, preflight, resolve_model, run
 
 MEAN = np.array([1.0, -2.0])
 VAR = np.array([0.5, 2.0])  # diagonal: MMDGS's diag covariance is then exact, as full would be
@@ -100,6 +100,15 @@ def gaussian_module(tmp_path, monkeypatch):
     return name
 
 
+def assert_gaussian(x, n):
+    """Mean and covariance of n samples against N(MEAN, diag(VAR)), within 4 standard errors: mean
+    sqrt(var/n), variance var sqrt(2/n), covariance sqrt(v1 v2 / n)."""
+    mean, cov = x.mean(0), np.cov(x.T)
+    assert np.all(np.abs(mean - MEAN) < 4 * np.sqrt(VAR / n)), mean
+    assert np.all(np.abs(np.diag(cov) - VAR) < 4 * VAR * np.sqrt(2 / n)), cov
+    assert abs(cov[0, 1]) < 4 * np.sqrt(VAR.prod() / n), cov
+
+
 def exact_score(y, sigma):
     return -(y - MEAN) / (VAR + sigma**2)
 
@@ -126,7 +135,12 @@ def test_ve_denoise_and_energy_modules_give_the_exact_score(gaussian_module):
         model = resolve_model(f"{gaussian_module}:{factory}")[0]
         np.testing.assert_allclose(model.score(y, 0.7).numpy(), exact_score(y.numpy(), 0.7), rtol=1e-9, atol=1e-12)
     # full covariance: allowed with an energy (a symmetric Hessian), refused for score-only models
-    preflight(SampleConfig(model=f"{gaussian_module}:energy", covariance="full"))
+    config = SampleConfig(model=f"{gaussian_module}:energy", covariance="full", levels=4, steps_per_level=2)
+    sampler = ChunkSampler(config.to_dict(), 1, preflight(config))
+    n = 1000
+    x, _, info, _ = sampler.draw(np.arange(n))
+    assert_gaussian(x.numpy(), n)
+    assert info["psd_repairs"] == 0
     for factory in ("ve", "eps"):
         with pytest.raises(UserError, match="'covariance': 'full' needs a symmetric Hessian"):
             preflight(SampleConfig(model=f"{gaussian_module}:{factory}", covariance="full"))
@@ -161,11 +175,7 @@ def test_mmdgs_on_ray_reproduces_the_gaussian_from_its_exact_eps(gaussian_module
     table = pq.read_table(Path(summary["samples_dir"]))
     x = np.stack(table["sample"].to_numpy(zero_copy_only=False))
     assert x.shape == (n, 2) and sorted(table["sample_id"].to_pylist()) == list(range(n))
-    mean, cov = x.mean(0), np.cov(x.T)
-    # within 4 standard errors: mean sqrt(var/n), variance var sqrt(2/n), covariance sqrt(v1 v2 / n)
-    assert np.all(np.abs(mean - MEAN) < 4 * np.sqrt(VAR / n)), mean
-    assert np.all(np.abs(np.diag(cov) - VAR) < 4 * VAR * np.sqrt(2 / n)), cov
-    assert abs(cov[0, 1]) < 4 * np.sqrt(VAR.prod() / n), cov
+    assert_gaussian(x, n)
 
 
 # ----------------------------------------------------------------------------- diffusers
@@ -260,8 +270,6 @@ def test_tiny_diffusers_pipeline_samples_end_to_end_on_ray(tmp_path, ray_local):
     assert Path(summary["preview"]).is_file()
     # a sample depends only on its own seed: the same ids drawn in-process match the Ray workers'
     model = resolve_model(str(pipeline))
-    from raygen.workloads.sample import ChunkSampler
-
     sampler = ChunkSampler(SampleConfig.from_dict(summary_config(summary)).to_dict(), 6, model)
     rows, _ = sampler(1)
     np.testing.assert_allclose(np.stack(rows["sample"].to_numpy(zero_copy_only=False)), x[np.argsort(
