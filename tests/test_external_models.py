@@ -257,9 +257,10 @@ def test_tiny_diffusers_pipeline_samples_end_to_end_on_ray(tmp_path, ray_local):
     unet = tiny_unet(num_classes=3)
     diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler(num_train_timesteps=1000)).save_pretrained(
         pipeline)
-    summary = run(SampleConfig(name="unet", storage_path=str(tmp_path / "runs"), model=str(pipeline),
-                               covariance="diag", levels=2, steps_per_level=1, sigma_max=2.0, sigma_min=0.5,
-                               n_samples=12, chunk_size=6, num_actors=2, dtype="float32", stats_samples=12))
+    config = SampleConfig(name="unet", storage_path=str(tmp_path / "runs"), model=str(pipeline), covariance="diag",
+                          levels=2, steps_per_level=1, sigma_max=2.0, sigma_min=0.5, n_samples=12, chunk_size=6,
+                          num_actors=1, dtype="float32", stats_samples=12)
+    summary = run(config)
     table = pq.read_table(Path(summary["samples_dir"]))
     assert sorted(table["sample_id"].to_pylist()) == list(range(12))
     by_id = dict(zip(table["sample_id"].to_pylist(), table["label"].to_pylist()))
@@ -268,18 +269,8 @@ def test_tiny_diffusers_pipeline_samples_end_to_end_on_ray(tmp_path, ray_local):
     assert x.shape == (12, 64) and np.isfinite(x).all() and x.std() > 0
     assert summary["settings"]["shape"] == [1, 8, 8] and summary["settings"]["data_range"] == [-1.0, 1.0]
     assert Path(summary["preview"]).is_file()
-    # a sample depends only on its own seed: the same ids drawn in-process match the Ray workers'
-    model = resolve_model(str(pipeline))
-    sampler = ChunkSampler(SampleConfig.from_dict(summary_config(summary)).to_dict(), 6, model)
-    rows, _ = sampler(1)
+    # a sample depends only on its own seed: the same ids drawn in this process match the Ray worker's
+    rows, _ = ChunkSampler(config.to_dict(), 6, resolve_model(str(pipeline)))(1)
     np.testing.assert_allclose(np.stack(rows["sample"].to_numpy(zero_copy_only=False)), x[np.argsort(
         table["sample_id"].to_numpy())][6:12], rtol=1e-5, atol=1e-5)
-
-
-def summary_config(summary) -> dict:
-    import json
-
-    saved = json.loads((Path(summary["run_dir"]) / "config.json").read_text())
-    saved.pop("config_class")
-    return saved
 
