@@ -45,14 +45,15 @@ def test_corrupted_sets_are_seeded_and_in_range():
     assert not torch.equal(a["noise"], c["noise"])
 
 
-def write_samples(directory, ids, labels, images, chunk=0):
-    """A part file in `raygen sample`'s format: flat samples, label, shape in the raygen metadata."""
+def write_samples(directory, ids, labels, images, chunk=0, **metadata):
+    """A part file in `raygen sample`'s format: flat samples, label, shape (and `metadata`) in the
+    raygen metadata."""
     directory.mkdir(parents=True, exist_ok=True)
     flat = images.reshape(len(ids), -1)
     table = pa.table({"sample_id": pa.array(ids), "seed": pa.array(ids),
                       "sample": pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()), flat.shape[1]),
                       "label": pa.array(labels)})
-    table = table.replace_schema_metadata({"raygen": json.dumps({"shape": list(images.shape[1:])}).encode()})
+    table = table.replace_schema_metadata({"raygen": json.dumps({"shape": list(images.shape[1:]), **metadata}).encode()})
     pq.write_table(table, directory / f"part-{chunk:07d}.parquet")
 
 
@@ -73,6 +74,13 @@ def test_generated_samples_by_id(tmp_path, ray_local):
     for r in rows:
         np.testing.assert_allclose(r["image"], np.clip(images[r["id"]], 0, 1).astype(np.float32))
         assert r["label"] == labels[r["id"]]
+
+
+def test_samples_of_a_minus_one_to_one_model_are_mapped_to_unit_range(tmp_path):
+    images = np.linspace(-1.5, 1.5, 2 * 16).reshape(2, 1, 4, 4)  # a diffusers model's range, and beyond
+    write_samples(tmp_path / "run" / "samples", np.arange(2), np.array([0, 1]), images, data_range=[-1, 1])
+    x, _ = read_labelled(str(tmp_path / "run"), np.array([0, 1]))
+    np.testing.assert_allclose(x, np.clip((images + 1) / 2, 0, 1).astype(np.float32), rtol=0, atol=1e-7)
 
 
 def test_unlabelled_samples_and_missing_path_are_user_errors(tmp_path):

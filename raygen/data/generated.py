@@ -10,7 +10,9 @@ folder. `labelled_ids` reads only ids and labels (cheap metadata for planning in
 Sources are local paths or pyarrow URIs (`s3://...`). Sample parts are read through the part
 store (`raygen.parts`: exactly the part files, never stray files beside them); image folders
 through the one ImageFolder scanner, `raygen.data.arrays.image_files`. Generated samples are
-clipped to [0, 1], the range of the real images they stand in for.
+mapped from the model's data range (recorded as `data_range` in the parts' metadata, e.g. [-1, 1]
+for a diffusers model; [0, 1] when absent) to [0, 1], the range of the real images they stand in
+for, and clipped there.
 """
 
 from __future__ import annotations
@@ -83,11 +85,14 @@ def labelled_ids(source: str) -> tuple[np.ndarray, np.ndarray]:
     return ids[order].astype(np.int64), labels[order].astype(np.int64)
 
 
-def _decode_samples(shape: list[int]):
+def _decode_samples(store: PartStore):
+    shape = _shape(store)
+    lo, hi = store.metadata().get("data_range", (0.0, 1.0))
+
     def convert(batch: dict[str, Any]) -> dict[str, np.ndarray]:
         flat = batch[parts.SAMPLE]
         flat = np.stack(list(flat)) if flat.dtype == object else np.asarray(flat)
-        images = np.clip(flat.reshape(len(flat), *shape), 0.0, 1.0).astype(np.float32)
+        images = np.clip((flat.reshape(len(flat), *shape) - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
         return {"id": np.asarray(batch[parts.ID], dtype=np.int64), "image": images,
                 "label": np.asarray(batch[parts.LABEL], dtype=np.int64)}
 
@@ -100,7 +105,7 @@ def load_labelled(source: str, *, channels: int | None = None, image_size: int |
     if kind == "samples":
         _labelled_parts(where)
         ds = where.ray_dataset(columns=[parts.ID, parts.SAMPLE, parts.LABEL])
-        return ds.map_batches(_decode_samples(_shape(where)), batch_format="numpy")
+        return ds.map_batches(_decode_samples(where), batch_format="numpy")
     paths, labels = image_files(where)
     row_of = {p: i for i, p in enumerate(paths)}
     channels = image_channels(where, paths[0], channels)
@@ -132,7 +137,7 @@ def read_labelled(source: str, ids: np.ndarray, *, channels: int | None = None,
     table = _labelled_parts(where).to_table(columns=[parts.ID, parts.SAMPLE, parts.LABEL],
                                             filter=pads.field(parts.ID).isin(ids))
     batch = {name: table[name].to_numpy(zero_copy_only=False) for name in table.column_names}
-    out = _decode_samples(_shape(where))(batch)
+    out = _decode_samples(where)(batch)
     position = {int(i): k for k, i in enumerate(out["id"])}
     missing = [int(i) for i in ids if int(i) not in position]
     if missing:
