@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from raygen.errors import UserError
-from raygen.parts import Chunks
+from raygen.parts import Chunks, PartStore
 from raygen.workloads.sample import SampleConfig, run
 from tests.helpers import kill_mid_run, task_workers
 
@@ -45,6 +45,10 @@ def test_output_is_identical_for_actor_counts_and_chunk_sizes(tmp_path, ray_loca
     for name in ("config.json", "metrics.jsonl", "report.json", "report.md", "preview.png"):
         assert (run_dir / name).exists(), name
     assert (run_dir / "tb").is_dir()
+    # what ran where: the report and every part say so (no GPU reserved: the CPU)
+    assert json.loads((run_dir / "report.json").read_text())["device"] == "cpu"
+    store = PartStore.at(str(run_dir / "samples"))
+    assert {store.part_metadata(p)["device"] for p in store.part_paths()} == {"cpu"}
     # the statistics in the report are of the samples on disk, against the exact target
     assert summary["stats"]["n"] == 300
     assert 0.0 < summary["stats"]["within_mode_var"] < 0.1

@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from raygen import fanout, parts, runtime, storage
+from raygen import device, fanout, parts, runtime, storage
 from raygen.config import Config, bounded, check
 from raygen.errors import UserError
 from raygen.seeds import Stream, per_item_seeds, stream_seed, torch_generator
@@ -180,10 +180,9 @@ class ChunkSampler:
         self.sampler = SAMPLERS[self.config.sampler]
         self.initial_state = initial_state
         self.dtype = getattr(torch, self.config.dtype)
-        self.device = torch.device("cpu")  # the analytic targets compute on the CPU
-        if isinstance(self.model, torch.nn.Module):  # a net: the sampler's dtype, on the GPU Ray gave this worker
-            if self.config.gpus_per_actor > 0 and torch.cuda.is_available():
-                self.device = torch.device("cuda")
+        # analytic targets are CPU-only (preflight refuses GPUs for them); a net: the sampler's dtype
+        self.device = device.device_for("gpus_per_actor", self.config.gpus_per_actor)
+        if isinstance(self.model, torch.nn.Module):
             self.model = self.model.to(self.device, self.dtype)
 
     def _labels(self, ids: np.ndarray):
@@ -255,8 +254,8 @@ def auto_chunk_size(sampler: ChunkSampler, n_samples: int, workers: int) -> int:
 
     Times `sampler.draw` in this process, with the workers' torch threads, on probe batches of
     1, 4, 16, ... ids until one takes PROBE_SECONDS, and divides by the marginal time per id
-    between the last two probes (a batch's fixed cost does not grow with the chunk). On GPU
-    workers this CPU timing is pessimistic: chunks come out smaller than they need to be."""
+    between the last two probes (a batch's fixed cost does not grow with the chunk). For GPU
+    workers it runs in a task holding a worker's GPU (`timed_on_worker`)."""
     cap = max(1, math.ceil(n_samples / (4 * workers)))
     timings = [(0, 0.0)]  # (ids, seconds): a lone probe's marginal time is its own
     size = 1
@@ -271,6 +270,11 @@ def auto_chunk_size(sampler: ChunkSampler, n_samples: int, workers: int) -> int:
     (n1, t1), (n2, t2) = timings[-2:]
     per_id = (t2 - t1) / (n2 - n1) if t2 > t1 else t2 / n2
     return int(min(cap, max(1, round(CHUNK_SECONDS / per_id))))
+
+
+def timed_on_worker(config: dict, import_dirs: tuple[str, ...], workers: int) -> int:
+    """auto_chunk_size on a sampling worker's device (run as a Ray task holding its resources)."""
+    return auto_chunk_size(ChunkSampler(config, 1, import_dirs=import_dirs), config["n_samples"], workers)
 
 
 def read_samples(store: PartStore, limit: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -291,6 +295,9 @@ def preflight(config: SampleConfig):
     check_model_fits(config, resolved[0])
     if config.chunk_size:
         fanout.check_layout(Chunks(config.n_samples, config.chunk_size), "n_samples / chunk_size")
+    if config.gpus_per_actor and resolved[2] is not None:
+        raise UserError(f"config key 'gpus_per_actor': the analytic target {config.model!r} computes on the CPU "
+                        "(a few dimensions: nothing for a GPU to speed up); set gpus_per_actor=0, or sample a net")
     return resolved
 
 
@@ -304,13 +311,20 @@ def run(config: SampleConfig, *, verbose: bool = False, checked: tuple | None = 
     runtime.init(verbose=verbose)
     runtime.check_fits({"CPU": config.cpus_per_actor, "GPU": config.gpus_per_actor},
                        "cpus_per_actor/gpus_per_actor")
+    where = device.probe("gpus_per_actor", config.cpus_per_actor, config.gpus_per_actor)
+    if config.gpus_per_actor:
+        print(f"sampling on {config.num_actors} workers × {where} ({config.gpus_per_actor:g} GPU each)")
     run_dir = RunDir(config)
     store = PartStore(run_dir.child("samples"))
 
     def timed_chunk_size() -> int:
         if config.chunk_size:
             return config.chunk_size
-        size = auto_chunk_size(ChunkSampler(config.to_dict(), 1, resolved), config.n_samples, config.num_actors)
+        if config.gpus_per_actor:  # timed where the chunks will run: the driver may have no GPU
+            size = device.on_unit(timed_on_worker, config.to_dict(), (os.getcwd(),), config.num_actors,
+                                  num_cpus=config.cpus_per_actor, num_gpus=config.gpus_per_actor)
+        else:
+            size = auto_chunk_size(ChunkSampler(config.to_dict(), 1, resolved), config.n_samples, config.num_actors)
         # refused here, before the manifest records it
         fanout.check_layout(Chunks(config.n_samples, size), f"n_samples with the timed chunk_size {size}")
         print(f"chunk_size: {size} samples per chunk, timed to take ~{CHUNK_SECONDS:g} s (set chunk_size to choose)")
@@ -320,7 +334,7 @@ def run(config: SampleConfig, *, verbose: bool = False, checked: tuple | None = 
     chunk_size = fanout.settle(store, sample_settings(config), decided_once={"chunk_size": timed_chunk_size})[
         "chunk_size"]
     layout = Chunks(config.n_samples, chunk_size)
-    done = fanout.run_chunks(fanout.Output(store, layout, settings), ChunkSampler,
+    done = fanout.run_chunks(fanout.Output(store, layout, {**settings, "device": where}), ChunkSampler,
                              {"config": config.to_dict(), "chunk_size": chunk_size, "import_dirs": (os.getcwd(),)},
                              what="sampled",
                              log_rate_as="samples", workers=config.num_actors, run_dir=run_dir,
@@ -337,7 +351,7 @@ def run(config: SampleConfig, *, verbose: bool = False, checked: tuple | None = 
         "parts": layout.count, "chunk_size": chunk_size, "chunks_resumed": done.resumed, "seconds": done.seconds,
         "samples_per_s": done.rate, "seconds_to_first_part": done.first_part_s,
         "actor_busy_seconds": done.busy_seconds, "psd_repairs": int(done.figures.get("psd_repairs", 0)),
-        "settings": settings, "report": run_dir.child("report.md").uri,
+        "settings": settings, "device": where, "report": run_dir.child("report.md").uri,
     }
     if target is not None:
         import torch
@@ -383,6 +397,7 @@ def report_markdown(summary: dict[str, Any], config: SampleConfig) -> str:
         + (f" ({summary['chunks_resumed']} parts reused from an earlier run)" if summary["chunks_resumed"] else ""),
         f"- wall time: {summary['seconds']:.1f} s"
         + (f", {summary['samples_per_s']:.0f} samples/s" if summary["samples_per_s"] else ""),
+        f"- device: {summary['device']} (per worker)",
         f"- full-covariance PSD repairs: {summary['psd_repairs']}",
         "",
         "![preview](preview.png)",

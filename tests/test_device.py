@@ -1,0 +1,110 @@
+"""The device rule (`raygen.device`): Ray's assigned GPU ids decide, a GPU torch cannot see is refused.
+
+No GPU is needed: the assigned-id lookup is faked, and a Ray started with a GPU it does not have
+(num_gpus=1 on a CPU machine) assigns GPU 0 to a worker whose torch sees none, which is exactly
+the refusal a CPU-only torch on a GPU node meets."""
+
+import socket
+import uuid
+
+import pytest
+import torch
+
+from raygen import device
+from raygen.errors import UserError
+
+
+def fake_ids(monkeypatch, ids, cuda: bool):
+    monkeypatch.setattr(device, "assigned_gpu_ids", lambda: ids)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+
+
+def test_no_assigned_gpu_is_the_cpu(monkeypatch):
+    fake_ids(monkeypatch, [], cuda=True)  # a GPU node, but this process reserved none
+    assert device.device_for("gpus_per_member", 0.0) == torch.device("cpu")
+
+
+def test_an_assigned_gpu_is_the_first_visible_cuda_device(monkeypatch):
+    fake_ids(monkeypatch, ["3"], cuda=True)  # Ray sets CUDA_VISIBLE_DEVICES=3: torch calls it cuda:0
+    assert device.device_for("gpus_per_actor", 0.5) == torch.device("cuda", 0)
+
+
+def test_an_assigned_gpu_torch_cannot_see_is_one_line_naming_the_key_and_node(monkeypatch):
+    fake_ids(monkeypatch, ["0"], cuda=False)
+    with pytest.raises(UserError) as info:
+        device.device_for("gpus_per_trial", 1.0)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "config key 'gpus_per_trial'" in message and socket.gethostname() in message
+    assert "set gpus_per_trial=0" in message
+
+
+def test_a_reservation_ray_did_not_assign_is_refused_not_run_on_the_cpu(monkeypatch):
+    fake_ids(monkeypatch, [], cuda=True)
+    with pytest.raises(UserError, match="config key 'gpus_per_member' reserves 1 GPU.*Ray assigned none"):
+        device.device_for("gpus_per_member", 1.0)
+
+
+def test_describe_names_the_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: f"NVIDIA H200 #{index}")
+    assert device.describe("cpu") == "cpu"
+    assert device.describe(torch.device("cuda", 0)) == "cuda:0 (NVIDIA H200 #0)"
+
+
+def test_probe_without_a_gpu_starts_no_task():
+    assert device.probe("gpus_per_actor", 1.0, 0.0) == "cpu"  # Ray is not even needed
+
+
+NET = """
+import torch
+
+
+class Shrink(torch.nn.Module):
+    sample_shape = (2,)
+
+    def denoise(self, x, sigma, labels):
+        return x / (1 + sigma[:, None] ** 2)
+
+
+def make():
+    return Shrink()
+"""
+
+
+@pytest.fixture
+def ray_with_a_missing_gpu():
+    """A fresh local Ray that believes it has one GPU (this machine has none, or torch cannot use it)."""
+    import ray
+
+    from raygen import runtime
+
+    runtime.shutdown()
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, logging_level="ERROR")
+    runtime._embedded = True
+    yield
+    runtime.shutdown()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine where torch sees no GPU")
+def test_sampling_on_a_gpu_torch_cannot_see_fails_before_writing(tmp_path, monkeypatch, ray_with_a_missing_gpu):
+    from raygen.workloads.sample import SampleConfig, run
+
+    name = f"shrink_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text(NET)
+    monkeypatch.chdir(tmp_path)
+    config = SampleConfig(name="gpu", storage_path=str(tmp_path / "runs"), model=f"{name}:make", covariance="diag",
+                          n_samples=8, chunk_size=4, num_actors=2, gpus_per_actor=0.5)  # two workers share GPU 0
+    with pytest.raises(UserError) as info:
+        run(config)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "config key 'gpus_per_actor' reserves 0.5 GPU per unit and Ray assigned GPU 0" in message
+    assert socket.gethostname() in message and "sees no CUDA device" in message
+    assert not (tmp_path / "runs" / "gpu").exists()
+
+
+def test_an_analytic_target_on_a_gpu_is_refused():
+    from raygen.workloads.sample import SampleConfig, preflight
+
+    with pytest.raises(UserError, match="config key 'gpus_per_actor': the analytic target 'mog4' computes on the CPU"):
+        preflight(SampleConfig(model="mog4", gpus_per_actor=1))
