@@ -48,7 +48,10 @@ gradient-norm ratio ‖∇θ f(θ_T)‖ / ‖∇θ f(θ_0)‖ is reported beside
 comparisons whose arms they run, the same labels and no further claims.
 
     .venv/bin/python benchmarks/hpo_paper.py [--quick] [--setup main|per_class|reference_protocol] [--workers 2] [--imbalances 200,100,50]
-writes benchmarks/results/hpo_paper_<setup>[_quick].json and prints a table.
+writes benchmarks/results/hpo_paper_<setup>[_quick].json and prints a table. Each finished run is
+appended to hpo_paper_<setup>[_quick].runs.jsonl as it ends (seed by seed), and a re-run reuses the
+runs recorded there: an interrupted run resumes, and `--summarise` tables what is there, over the
+seeds whose runs are all complete.
 """
 
 from __future__ import annotations
@@ -96,8 +99,8 @@ POWER_ITERS = 3  # per outer step, warm-started: the λ_max estimate's cost
 def inner_optimum_check(opt, task) -> dict:
     """Distance left to the inner optimum θ* of the current φ, and the dense Hessian's λ_max at θ_T.
 
-    θ* by damped Newton from θ_T on the dense Hessian (strongly convex inner problem), stopped when
-    the gradient norm stops falling (float32 round-off).
+    θ* by damped Newton from θ_T on the dense Hessian (strongly convex inner problem), at most 10
+    iterations, stopped when the gradient norm stops falling (float32 round-off).
     """
     import torch
 
@@ -109,7 +112,7 @@ def inner_optimum_check(opt, task) -> dict:
     theta = pack([p.detach() for p in opt.params])
     star, best = theta.clone(), math.inf
     lam_dense = None
-    for _ in range(30):
+    for _ in range(10):
         g = torch.func.grad(f)(star)
         H = torch.func.hessian(f)(star).double()
         if lam_dense is None:
@@ -133,11 +136,12 @@ def one_run(job: dict) -> dict:
     from raygen.errors import UserError
     from raygen.hypergrad.bilevel import BilevelOptimizer
     from raygen.hypergrad.tasks import make_task
+    from raygen.workloads.tune import task_generators
 
     torch.set_num_threads(1)
     per, reset, unroll, _ = SETUPS[job["setup"]]
     solver, kwargs, rho_scale = ARMS[job["arm"]]
-    task = make_task("reweight", job["seed"], imbalance=job["imbalance"], per=per)
+    task = make_task("reweight", **task_generators(job["seed"]), imbalance=job["imbalance"], per=per)
     opt = BilevelOptimizer(task, solver=solver, solver_kwargs=kwargs, unroll=unroll, inner_lr=0.1,
                            outer_optimizer="adam", outer_lr=0.1, generator=torch.Generator().manual_seed(job["seed"]),
                            rho_scale=rho_scale, power_iters=POWER_ITERS, reset_inner=reset)
@@ -231,27 +235,42 @@ def main() -> None:
     parser.add_argument("--setup", choices=list(SETUPS), default="main")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--imbalances", default="200,100,50", help="comma-separated (the rule is stated for all three)")
+    parser.add_argument("--summarise", action="store_true", help="table the recorded runs, run nothing")
     args = parser.parse_args()
     setups = [args.setup]
     imbalances = [100.0] if args.quick else [float(v) for v in args.imbalances.split(",")]
     seeds = [0, 1] if args.quick else [0, 1, 2, 3, 4]
     outer_steps = 5 if args.quick else 20
+    # seed-major order: an interrupted run leaves whole seeds, which pair across arms
     jobs = [{"setup": s, "arm": arm, "imbalance": imb, "seed": seed, "outer_steps": outer_steps}
-            for s in setups for imb in imbalances for arm in SETUPS[s][3] for seed in seeds]
-    load_before, start = os.getloadavg(), time.perf_counter()
-    with ProcessPoolExecutor(args.workers) as pool:
-        runs = list(pool.map(one_run, jobs))
-    wall, load_after = time.perf_counter() - start, os.getloadavg()
-    results = {s: summarise(runs, s, imbalances, seeds) for s in setups}
-
+            for s in setups for seed in seeds for imb in imbalances for arm in SETUPS[s][3]]
     out = Path(__file__).parent / "results" / f"hpo_paper_{args.setup}{'_quick' if args.quick else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
+    log = out.with_suffix(".runs.jsonl")
+    key = lambda r: (r["setup"], r["arm"], r["imbalance"], r["seed"], r["outer_steps"])  # noqa: E731
+    recorded = {key(r): r for r in map(json.loads, log.read_text().splitlines())} if log.exists() else {}
+    todo = [] if args.summarise else [j for j in jobs if key(j) not in recorded]
+    load_before, start = os.getloadavg(), time.perf_counter()
+    with ProcessPoolExecutor(args.workers) as pool, log.open("a") as sink:
+        for run in pool.map(one_run, todo):
+            recorded[key(run)] = run
+            sink.write(json.dumps(run) + "\n")
+            sink.flush()
+    wall, load_after = time.perf_counter() - start, os.getloadavg()
+    runs = [recorded[key(j)] for j in jobs if key(j) in recorded]
+    seeds = [seed for seed in seeds if all(key(j) in recorded for j in jobs if j["seed"] == seed)]
+    if len(seeds) < 2:
+        raise SystemExit(f"only {len(seeds)} complete seed(s) recorded in {log}: nothing to pair")
+    runs = [r for r in runs if r["seed"] in seeds]
+    results = {s: summarise(runs, s, imbalances, seeds) for s in setups}
+
     meta = {"imbalances": imbalances, "seeds": seeds, "outer_steps": outer_steps, "workers": args.workers,
             "cpus": os.cpu_count(), "load_average_before": load_before, "load_average_after": load_after,
             "wall_seconds": wall}
     out.write_text(json.dumps({**meta, "results": results, "runs": runs}, indent=1))
 
-    print(f"{len(runs)} runs in {wall:.0f} s on {args.workers} workers; load average before {load_before}, after {load_after}")
+    print(f"{len(todo)} runs in {wall:.0f} s on {args.workers} workers (load average before {load_before}, after "
+          f"{load_after}); tabled: {len(runs)} runs, seeds {seeds}")
     for s, res in results.items():
         per, reset, unroll, _ = SETUPS[s]
         print(f"\n== {s}: per {per}, θ reset {reset}, {outer_steps} outer x {unroll} inner steps, Adam outer lr 0.1")

@@ -10,6 +10,7 @@ from raygen.hypergrad.bilevel import BilevelOptimizer, Task
 from raygen.hypergrad.hypergradient import SOLVERS, hypergradient
 from raygen.hypergrad.solvers import exact_ihvp
 from raygen.hypergrad.tasks import make_task
+from raygen.workloads.tune import task_generators
 
 f64 = dict(dtype=torch.float64)
 TIMES = ("hypergrad_seconds", "hypergrad_cpu_seconds")  # the only record entries that differ between equal runs
@@ -87,7 +88,7 @@ def test_neumann_divergence_is_reported_and_skipped():
 
 def test_resume_from_state_dict_repeats_uninterrupted_run():
     make = lambda: BilevelOptimizer(
-        make_task("weight_decay", 3, n=200, d=20),
+        make_task("weight_decay", **task_generators(3), n=200, d=20),
         solver="nystrom",
         solver_kwargs={"rank": 5, "rho": 0.1},
         unroll=10,
@@ -109,8 +110,9 @@ def test_resume_from_state_dict_repeats_uninterrupted_run():
 @pytest.mark.parametrize("name,kwargs", [("weight_decay", {"n": 200}), ("reweight", {}), ("distill", {}), ("reweight", {"per": "example", "hidden": 8})])
 def test_tasks_are_seeded_and_one_outer_step_is_finite(name, kwargs):
     def first_record(seed):
-        task = make_task(name, seed, **kwargs)
-        opt = BilevelOptimizer(task, solver="nystrom", solver_kwargs={"rank": 5, "rho": 0.1}, unroll=5)
+        task = make_task(name, **task_generators(seed), **kwargs)
+        opt = BilevelOptimizer(task, solver="nystrom", solver_kwargs={"rank": 5, "rho": 0.1}, unroll=5,
+                               generator=torch.Generator().manual_seed(0))
         record = opt.step()
         for key in TIMES:
             record.pop(key)
@@ -125,7 +127,7 @@ def test_tasks_are_seeded_and_one_outer_step_is_finite(name, kwargs):
 
 
 def test_reweight_imbalance_and_disjoint_splits():
-    task = make_task("reweight", 0, imbalance=100.0)
+    task = make_task("reweight", **task_generators(0), imbalance=100.0)
     counts = task.info["class_counts"]
     assert counts[0] == 100 and counts[-1] == 1 and counts == sorted(counts, reverse=True)
     assert task.info["n_train"] == sum(counts)
@@ -137,7 +139,7 @@ def test_reweight_imbalance_and_disjoint_splits():
 
 def _sketched_optimizer(solver, sketch_every=1, seed=0):
     return BilevelOptimizer(
-        make_task("weight_decay", 3, n=200, d=20),
+        make_task("weight_decay", **task_generators(3), n=200, d=20),
         solver=solver,
         solver_kwargs={"rank": 5, "rho": 0.1, **({"iters": 30, "tol": 1e-6} if solver == "nystrom_pcg" else {})},
         unroll=10,
@@ -152,7 +154,7 @@ def test_sketch_reuse_every_step_equals_no_reuse_bit_for_bit(name):
     # no reuse: the plain solver draws its own sketch from an identically seeded generator on every call
     g = torch.Generator().manual_seed(0)
     plain = BilevelOptimizer(
-        make_task("weight_decay", 3, n=200, d=20),
+        make_task("weight_decay", **task_generators(3), n=200, d=20),
         solver=lambda hvp, v: SOLVERS[name](hvp, v, generator=g, **reused.solver_kwargs),
         unroll=10,
     )

@@ -29,7 +29,7 @@ def test_rho_relative_to_lambda_max_scales_rho_by_the_top_eigenvalue():
         return exact_ihvp(lambda u: hvp(u) + rho * u, v)
 
     opt = BilevelOptimizer(task, solver=spy, solver_kwargs={"rho": 0.01}, unroll=20, rho_scale="lambda_max",
-                           power_iters=200)
+                           power_iters=200, generator=torch.Generator().manual_seed(0))
     raw_before = opt.raw[0].detach().clone()
     record = opt.step()
     top = float(torch.linalg.eigvalsh(ridge_hessian(task, raw_before))[-1])
@@ -41,7 +41,7 @@ def test_rho_relative_gives_the_hypergradient_of_the_damped_system_at_rho_times_
     task, _ = ridge_task()
     opt = BilevelOptimizer(task, solver="nystrom", solver_kwargs={"rank": 5, "rho": 0.1}, unroll=20,
                            rho_scale="lambda_max", power_iters=200, outer_optimizer="sgd", outer_lr=1.0,
-                           outer_momentum=0.0)
+                           outer_momentum=0.0, generator=torch.Generator().manual_seed(0))
     raw = opt.raw[0].detach().clone()
     opt.step()
     # rank 5 = d: column Nyström is exact, so the hypergradient is the one through (H + 0.1·λ_max·I)⁻¹
@@ -57,6 +57,17 @@ def test_rho_scale_leaves_solvers_without_rho_alone_and_rejects_bad_values():
     assert "lambda_max" not in opt.step()
     with pytest.raises(UserError, match="rho_scale"):
         BilevelOptimizer(task, solver="nystrom", solver_kwargs={"rank": 2, "rho": 0.1}, rho_scale="relative")
+
+
+@pytest.mark.parametrize("solver, rho_scale", [("nystrom", "absolute"), ("nystrom_pcg", "absolute"),
+                                               (lambda hvp, v, *, rho: v / rho, "lambda_max")])
+def test_a_solver_that_draws_needs_a_generator_there_is_no_hidden_seed(solver, rho_scale):
+    task, _ = ridge_task()
+    with pytest.raises(UserError, match="pass a generator"):
+        BilevelOptimizer(task, solver=solver, solver_kwargs={"rank": 2, "rho": 0.1, "iters": 5, "tol": 1e-6}
+                         if solver == "nystrom_pcg" else {"rank": 2, "rho": 0.1} if solver == "nystrom" else {"rho": 0.1},
+                         rho_scale=rho_scale)
+    BilevelOptimizer(task, solver="cg", solver_kwargs={"iters": 5}, rho_scale="lambda_max")  # draws nothing: none needed
 
 
 def test_inner_grad_norm_is_the_gradient_norm_at_the_hypergradient_point():
@@ -90,7 +101,8 @@ def test_reset_inner_restarts_theta_and_the_inner_optimizer_each_outer_step():
 
 def test_resume_keeps_the_lambda_max_warm_start():
     make = lambda: BilevelOptimizer(ridge_task()[0], solver="nystrom", solver_kwargs={"rank": 3, "rho": 0.1},
-                                    unroll=5, rho_scale="lambda_max", power_iters=2)
+                                    unroll=5, rho_scale="lambda_max", power_iters=2,
+                                    generator=torch.Generator().manual_seed(4))
     straight = make()
     records = [straight.step() for _ in range(3)]
     first = make()

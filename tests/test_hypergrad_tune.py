@@ -77,6 +77,14 @@ def test_job_file_parses_and_bad_values_are_one_line_errors():
     with pytest.raises(UserError, match="baselines"):
         load_job("jobs/tune_hypergrad.yaml", ["task=distill"])
     assert load_job("jobs/tune_hypergrad.yaml", ["task=distill", "baselines=[]"]).config.task == "distill"
+    with pytest.raises(UserError, match="rho_scale"):
+        load_job("jobs/tune_hypergrad.yaml", ["rho_scale=relative"])
+    with pytest.raises(UserError, match="power_iters"):
+        load_job("jobs/tune_hypergrad.yaml", ["power_iters=0"])
+    # the paper's form by default: per-example weights, rho relative to λ_max, Adam outer, the reference CG arm
+    config = job.config
+    assert (config.per, config.rho_scale, config.outer_optimizer) == ("example", "lambda_max", "adam")
+    assert "reference_cg" in config.solvers and not config.reset_inner
 
 
 class _Planted:

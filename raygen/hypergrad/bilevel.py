@@ -87,8 +87,9 @@ class BilevelOptimizer:
 
     solver: an IHVP solver name (see SOLVERS) or "none" (hyperparameters stay fixed: the baseline
     that only trains the inner model). `generator` drives the solver's randomness (Nyström's
-    column choice, the sketches' test matrices) and is part of `state_dict` with the kept sketch, so
-    a resumed run repeats the uninterrupted one. `sketch_every` = m: sketched solvers refresh their
+    column choice, the sketches' test matrices, the λ_max power iteration's start) and is part of
+    `state_dict` with the kept sketch, so a resumed run repeats the uninterrupted one; it is required
+    exactly when something draws from it (no hidden default seed). `sketch_every` = m: sketched solvers refresh their
     sketch on outer steps 1, 1 + m, 1 + 2m, ... and reuse it in between.
     """
 
@@ -127,7 +128,10 @@ class BilevelOptimizer:
         self.raw = [h.detach().clone().requires_grad_(True) for h in task.hparams]
         self.inner_opt = optimizer(inner_optimizer, self.params, inner_lr, inner_momentum)
         self.outer_opt = optimizer(outer_optimizer, self.raw, outer_lr, outer_momentum)
-        self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        if generator is None and (solver in RANDOMIZED or (rho_scale == "lambda_max" and "rho" in (solver_kwargs or {}))):
+            raise UserError(f"solver {solver!r} with rho_scale={rho_scale!r} draws random numbers: pass a generator "
+                            "(e.g. raygen.seeds.torch_generator(seed, stream))")
+        self.generator = generator
         self.outer_step = 0
         self.skipped = 0
         self.sketch_every = sketch_every
@@ -254,7 +258,7 @@ class BilevelOptimizer:
             "raw": [h.detach().clone() for h in self.raw],
             "inner_opt": self.inner_opt.state_dict(),
             "outer_opt": self.outer_opt.state_dict(),
-            "generator": self.generator.get_state(),
+            "generator": None if self.generator is None else self.generator.get_state(),
             "outer_step": self.outer_step,
             "skipped": self.skipped,
             "sketch": None if sketch is None else {"U": sketch.U, "lam": sketch.lam, "dropped": sketch.dropped},
@@ -272,7 +276,8 @@ class BilevelOptimizer:
                 h.copy_(s)
         self.inner_opt.load_state_dict(state["inner_opt"])
         self.outer_opt.load_state_dict(state["outer_opt"])
-        self.generator.set_state(state["generator"])
+        if self.generator is not None:
+            self.generator.set_state(state["generator"])
         self.outer_step = state["outer_step"]
         self.skipped = state["skipped"]
         self.sketch = None if state["sketch"] is None else NystromSketch(**state["sketch"])

@@ -1,4 +1,6 @@
-"""Bilevel HPO tasks, each built from a seed: the seed fixes data, split and initialisation.
+"""Bilevel HPO tasks, each built from two generators: `data` draws the data, split and any data-based
+initialisation, `init` the model's initial weights (workloads derive them from named streams:
+`raygen.workloads.tune.task_generators`).
 
 1. `weight_decay`: per-feature weight decay on synthetic logistic regression (n = 1000, d = 100,
    the reference library's example), phi = exp(u) > 0.
@@ -22,7 +24,6 @@ import torch.nn.functional as F
 from raygen.errors import UserError
 from raygen.hypergrad.bilevel import GlobalHparam, Task
 from raygen.hypergrad.hypergradient import Tensors, functional_module
-from raygen.seeds import Stream, torch_generator
 
 
 def _classification_eval(
@@ -43,9 +44,10 @@ def _classification_eval(
     return evaluate
 
 
-def weight_decay(seed: int, *, n: int = 1000, d: int = 100, init_decay: float = 1e-2) -> Task:
-    """Per-feature L2 penalty phi_i·w_i²/2 on logistic regression; 10 of d features matter."""
-    g = torch_generator(seed, Stream.HPO_TASK)
+def weight_decay(data: torch.Generator, init: torch.Generator, *, n: int = 1000, d: int = 100,
+                 init_decay: float = 1e-2) -> Task:
+    """Per-feature L2 penalty phi_i·w_i²/2 on logistic regression; 10 of d features matter (zero init: `init` unused)."""
+    g = data
     w_true = torch.zeros(d)
     w_true[torch.randperm(d, generator=g)[:10]] = 3 * torch.randn(10, generator=g)
 
@@ -79,14 +81,13 @@ def weight_decay(seed: int, *, n: int = 1000, d: int = 100, init_decay: float = 
     )
 
 
-def _digits_splits(seed: int, val_per_class: int, test_per_class: int):
-    """Standardised digits split per class into (pool, val, test) with a seeded permutation."""
+def _digits_splits(g: torch.Generator, val_per_class: int, test_per_class: int):
+    """Standardised digits split per class into (pool, val, test) by permutations drawn from `g`."""
     from sklearn.datasets import load_digits  # ships with scikit-learn
 
     data = load_digits()
     x = torch.tensor(data.data, dtype=torch.float32)
     y = torch.tensor(data.target, dtype=torch.long)
-    g = torch_generator(seed, Stream.HPO_TASK)
     pool, val, test = [], [], []
     for c in range(10):
         idx = torch.nonzero(y == c)[:, 0]
@@ -96,23 +97,23 @@ def _digits_splits(seed: int, val_per_class: int, test_per_class: int):
         pool.append(idx[val_per_class + test_per_class :])
     mean, std = x.mean(0), x.std(0) + 1.0  # +1: several pixels are (almost) constant
     x = (x - mean) / std
-    return x, y, pool, torch.cat(val), torch.cat(test), g
+    return x, y, pool, torch.cat(val), torch.cat(test)
 
 
-def _classifier(seed: int, hidden: int) -> tuple[Tensors, Callable[[Tensors, torch.Tensor], torch.Tensor]]:
-    """A linear softmax classifier on the 64 pixels (hidden = 0) or a one-hidden-layer tanh MLP."""
+def _classifier(init: torch.Generator, hidden: int) -> tuple[Tensors, Callable[[Tensors, torch.Tensor], torch.Tensor]]:
+    """A linear softmax classifier on the 64 pixels (hidden = 0, zero init) or a one-hidden-layer tanh MLP."""
     if hidden == 0:
         return (torch.zeros(64, 10), torch.zeros(10)), lambda p, x: x @ p[0] + p[1]
-    torch_gen = torch_generator(seed, Stream.HPO_INIT)
     model = torch.nn.Sequential(torch.nn.Linear(64, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, 10))
     with torch.no_grad():
         for p in model.parameters():  # seeded init, never the global RNG
-            p.copy_(torch.randn(p.shape, generator=torch_gen) / math.sqrt(p.shape[-1]))
+            p.copy_(torch.randn(p.shape, generator=init) / math.sqrt(p.shape[-1]))
     return functional_module(model)
 
 
 def reweight(
-    seed: int,
+    data: torch.Generator,
+    init: torch.Generator,
     *,
     imbalance: float = 50.0,
     per: str = "class",
@@ -127,11 +128,11 @@ def reweight(
         raise UserError(f"imbalance must be >= 1 (ratio of largest to smallest class), got {imbalance}")
     if per not in ("class", "example"):
         raise UserError(f"reweight 'per' must be 'class' or 'example', got {per!r}")
-    x, y, pool, val, test, g = _digits_splits(seed, val_per_class, test_per_class)
+    x, y, pool, val, test = _digits_splits(data, val_per_class, test_per_class)
     counts = [max(1, round(n_max * imbalance ** (-c / 9))) for c in range(10)]
     train = torch.cat([pool[c][: counts[c]] for c in range(10)])
     x_tr, y_tr = x[train], y[train]
-    params, predict = _classifier(seed, hidden)
+    params, predict = _classifier(init, hidden)
     n_weights = 10 if per == "class" else len(train)
     log_counts = torch.log(torch.tensor(counts, dtype=torch.float32))
 
@@ -161,14 +162,15 @@ def reweight(
     )
 
 
-def distill(seed: int, *, images_per_class: int = 1, weight_decay: float = 1e-2, val_per_class: int = 20,
-            test_per_class: int = 50) -> Task:
-    """Learn images_per_class synthetic images per class; inner: fit them, outer: loss on real train set."""
-    x, y, pool, val, test, g = _digits_splits(seed, val_per_class, test_per_class)
+def distill(data: torch.Generator, init: torch.Generator, *, images_per_class: int = 1, weight_decay: float = 1e-2,
+            val_per_class: int = 20, test_per_class: int = 50) -> Task:
+    """Learn images_per_class synthetic images per class (initialised from real ones drawn by `data`);
+    inner: fit them, outer: loss on the real training set."""
+    x, y, pool, val, test = _digits_splits(data, val_per_class, test_per_class)
     train = torch.cat(pool)
-    init = torch.cat([pool[c][torch.randperm(len(pool[c]), generator=g)[:images_per_class]] for c in range(10)])
+    start = torch.cat([pool[c][torch.randperm(len(pool[c]), generator=data)[:images_per_class]] for c in range(10)])
     y_syn = torch.arange(10).repeat_interleave(images_per_class)
-    params, predict = _classifier(seed, 0)
+    params, predict = _classifier(init, 0)
 
     def inner(params: Tensors, phi: Tensors) -> torch.Tensor:
         return F.cross_entropy(predict(params, phi[0]), y_syn) + 0.5 * weight_decay * (params[0] ** 2).sum()
@@ -179,7 +181,7 @@ def distill(seed: int, *, images_per_class: int = 1, weight_decay: float = 1e-2,
     return Task(
         name="distill",
         params=params,
-        hparams=(x[init].clone(),),
+        hparams=(x[start].clone(),),
         inner_loss=inner,
         outer_loss=outer,
         evaluate=_classification_eval(predict, {"val": (x[val], y[val]), "test": (x[test], y[test])}),
@@ -190,7 +192,7 @@ def distill(seed: int, *, images_per_class: int = 1, weight_decay: float = 1e-2,
 TASKS: dict[str, Callable[..., Task]] = {"weight_decay": weight_decay, "reweight": reweight, "distill": distill}
 
 
-def make_task(name: str, seed: int, **kwargs) -> Task:
+def make_task(name: str, *, data: torch.Generator, init: torch.Generator, **kwargs) -> Task:
     if name not in TASKS:
         raise UserError(f"unknown hypergradient task {name!r}; valid tasks: {', '.join(TASKS)}")
-    return TASKS[name](seed, **kwargs)
+    return TASKS[name](data, init, **kwargs)
