@@ -47,6 +47,12 @@ implicit-differentiation premise is called "met" if the median over runs (all ar
 gradient-norm ratio ‖∇θ f(θ_T)‖ / ‖∇θ f(θ_0)‖ is reported beside it. The secondary set-ups get the
 comparisons whose arms they run, the same labels and no further claims.
 
+Result, main (2026-12-04, 165 runs, load average 8-20 on 2 cores): C1 pooled +0.011 [+0.007, +0.016]
+(14/15) better; C2 −0.006 [−0.008, −0.003] (1/15) worse, inside the margin: comparable accuracy
+holds, "Nyström better than CG" holds for textbook CG, not for the reference CG. ρ spread 0.008 /
+0.004 / 0.002 (robust), reference CG's α spread 0.022 / 0.018 / 0.015. Premise not met: median
+‖θ_T − θ*‖ / ‖θ_0 − θ*‖ = 0.22 (gradient-norm ratio 0.007).
+
     .venv/bin/python benchmarks/hpo_paper.py [--quick] [--setup main|per_class|reference_protocol] [--workers 2] [--imbalances 200,100,50]
 writes benchmarks/results/hpo_paper_<setup>[_quick].json and prints a table. Each finished run is
 appended to hpo_paper_<setup>[_quick].runs.jsonl as it ends (seed by seed), and a re-run reuses the
