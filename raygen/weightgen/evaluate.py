@@ -81,4 +81,4 @@ def accuracies(model: nn.Module, layout: ParamLayout, thetas: torch.Tensor,
                base: Mapping[str, torch.Tensor] | None = None) -> dict[str, np.ndarray]:
     """Batched accuracy of every vector in thetas on each named split."""
     base = base_state(model) if base is None else base
-    return {k: batched_accuracy(model, base, layout, thetas.float(), x, y).numpy() for k, (x, y) in splits.items()}
+    return {k: batched_accuracy(model, base, layout, thetas.float(), x, y).cpu().numpy() for k, (x, y) in splits.items()}

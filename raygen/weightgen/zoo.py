@@ -296,10 +296,11 @@ def fit(model: torch.nn.Module, names: Sequence[str], x: torch.Tensor, y: torch.
 
 
 def train_member(arch: dict[str, Any], data: tuple[torch.Tensor, torch.Tensor], *, init_seed: int,
-                 order: torch.Generator, steps: int, lr: float, batch_size: int) -> ConvClassifier:
+                 order: torch.Generator, steps: int, lr: float, batch_size: int, device="cpu") -> ConvClassifier:
     """A tasks-mode member: every parameter trained from the init of `init_seed` (Adam), batches
-    drawn from `order`. (Module init draws torch's global RNG: `init_model` forks it under a seed.)"""
-    model = init_model(arch, init_seed)
+    drawn from `order`, on `data`'s `device`. (Module init draws torch's global RNG: `init_model`
+    forks it under a seed, on the CPU, so a member starts from the same weights on any device.)"""
+    model = init_model(arch, init_seed).to(device)
     fit(model, subset_names(model, "all"), *data, steps=steps, lr=lr, batch_size=batch_size, generator=order)
     return model.eval()
 

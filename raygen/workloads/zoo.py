@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from raygen import fanout, plots
+from raygen import device, fanout, plots
 from raygen.config import Config, bounded, check
 from raygen.seeds import Stream, stream_seed, torch_generator
 from raygen.threads import torch_threads, use_one_thread
@@ -39,7 +39,7 @@ from raygen.weightgen.store import COLUMNS, ID_COLUMN, PARTS, read_zoo
 
 @dataclasses.dataclass
 class ZooConfig(Config):
-    RESUME_FREE = frozenset({"num_actors"})
+    RESUME_FREE = frozenset({"num_actors", "gpus_per_member"})
 
     name: str = "zoo_digits"
     # data: "digits" (built in), an image folder (root/<class>/<image>) or Parquet, local or a URI
@@ -68,6 +68,7 @@ class ZooConfig(Config):
     trajectory_optimizer: Literal["sgd", "adamw"] = "sgd"
     jobs_per_part: int = bounded(1, ge=1)
     num_actors: int = bounded(2, ge=1)
+    gpus_per_member: float = bounded(0.0, ge=0)  # per zoo worker; fractions share a GPU (raygen.device)
 
     def validate(self) -> None:
         super().validate()
@@ -154,17 +155,25 @@ class ZooWorker:
         self.layout = ParamLayout.from_dict(metadata["layout"])
         self.tasks = {int(t): d for t, d in metadata["tasks"].items()}
         self.splits = zoo_splits(metadata)
+        self.device = device.device_for("gpus_per_member", self.cfg.gpus_per_member)
         self.model = build_classifier(metadata["arch"]).eval()
         self.model.load_state_dict(base_from(self.model, metadata))  # trajectory: the base model
+        self.model.to(self.device)
+
+    def _splits(self, task_id: int) -> dict:
+        """The task's splits on this worker's device (tasks are applied on the CPU, where they were defined)."""
+        from raygen.weightgen.zoo import task_splits
+
+        return {k: tuple(t.to(self.device) for t in v) for k, v in task_splits(self.tasks[task_id], self.splits).items()}
 
     def _job(self, j: int):
         """(thetas [rows, P], steps [rows]) of zoo job j."""
         from raygen.models.params import flatten
-        from raygen.weightgen.zoo import task_splits, train_member, trajectory
+        from raygen.weightgen.zoo import train_member, trajectory
 
         cfg = self.cfg
         task_id, s = cfg.job(j)
-        train = task_splits(self.tasks[task_id], self.splits)["train"]
+        train = self._splits(task_id)["train"]
         order = torch_generator(cfg.seed, Stream.MEMBER_ORDER, task_id, s)
         if cfg.mode == "trajectory":
             thetas = trajectory(self.model, self.layout, train, order=order, checkpoints=cfg.checkpoints,
@@ -173,7 +182,8 @@ class ZooWorker:
             return thetas, (np.arange(cfg.checkpoints) + 1) * cfg.steps_per_checkpoint
         init_seed = cfg.seed if cfg.member_init == "shared" else stream_seed(cfg.seed, Stream.MEMBER_INIT, task_id, s)
         model = train_member(self.metadata["arch"], train, init_seed=init_seed, order=order,
-                             steps=cfg.member_steps, lr=cfg.member_lr, batch_size=cfg.member_batch)
+                             steps=cfg.member_steps, lr=cfg.member_lr, batch_size=cfg.member_batch,
+                             device=self.device)
         return flatten(dict(model.named_parameters()), self.layout)[None], np.asarray([cfg.member_steps])
 
     def __call__(self, chunk: int):
@@ -181,19 +191,18 @@ class ZooWorker:
 
         from raygen.weightgen.evaluate import accuracies
         from raygen.weightgen.store import params_table
-        from raygen.weightgen.zoo import task_splits
 
         cols: dict[str, list] = {k: [] for k in COLUMNS}
         for j in sorted({int(i) // self.cfg.rows_per_job for i in self.chunks.ids(chunk)}):
             thetas, steps = self._job(j)
             task_id, s = self.cfg.job(j)
-            splits = task_splits(self.tasks[task_id], self.splits)
+            splits = self._splits(task_id)
             acc = accuracies(self.model, self.layout, thetas, {"val": splits["val"], "test": splits["test"]})
             cols["model_id"] += list(j * self.cfg.rows_per_job + np.arange(len(thetas)))
             cols["task_id"] += [task_id] * len(thetas)
             cols["seed"] += [s] * len(thetas)
             cols["step"] += steps.tolist()
-            cols["params"].append(thetas.to(torch.float32).numpy())
+            cols["params"].append(thetas.to(torch.float32).cpu().numpy())
             cols["val_acc"] += acc["val"].tolist()
             cols["test_acc"] += acc["test"].tolist()
         return params_table(cols)
@@ -203,7 +212,7 @@ def collect(config: ZooConfig, run_dir, data, tasks: dict[int, dict]) -> dict[st
     """The zoo's parts (only missing or damaged chunks are trained)."""
     import torch
 
-    from raygen import storage
+    from raygen import runtime, storage
     from raygen.parts import PartStore
     from raygen.models.params import ParamLayout, flatten
     from raygen.weightgen.zoo import split, task_classes
@@ -217,7 +226,9 @@ def collect(config: ZooConfig, run_dir, data, tasks: dict[int, dict]) -> dict[st
         print(f"zoo: all {chunks.count} parts ({chunks.n} members) are in {storage.display(store.uri)}; "
               "reusing them, nothing to train")
         return {"uri": store.loc.uri, "members": chunks.n, "parts": chunks.count, "written": 0,
-                "seconds": time.perf_counter() - start}
+                "seconds": time.perf_counter() - start, "device": store.metadata().get("device", "cpu")}
+    runtime.check_fits({"CPU": 1, "GPU": config.gpus_per_member}, "gpus_per_member")
+    where = device.probe("gpus_per_member", 1, config.gpus_per_member)
     arch = config.arch(data.info["shape"], task_classes(tasks[0]))
     base = None
     if config.mode == "trajectory":
@@ -228,15 +239,16 @@ def collect(config: ZooConfig, run_dir, data, tasks: dict[int, dict]) -> dict[st
     metadata = {"mode": config.mode, "arch": arch, "layout": layout.to_dict(), "base": base,
                 "tasks": {str(t): d for t, d in tasks.items()}, "param_subset": config.param_subset,
                 "source": data.info, "task_family": config.task_family,
-                "classes_per_task": config.classes_per_task, "seed": config.seed}
+                "classes_per_task": config.classes_per_task, "seed": config.seed, "device": where}
     print(f"zoo: {config.jobs} job(s) x {config.rows_per_job} checkpoint(s) on {len(tasks)} task(s) of "
           f"{source_name(config.source)}, {layout.numel} parameters each; {len(pending)}/{chunks.count} parts to "
-          f"write on {config.num_actors} workers")
+          f"write on {config.num_actors} workers" + (f" × {where}" if config.gpus_per_member else ""))
     done = fanout.run_chunks(fanout.Output(store, chunks, metadata), ZooWorker,
                              {"config": config.to_dict(), "metadata": metadata}, what="zoo members",
-                             workers=config.num_actors, run_dir=run_dir, scan=scan)
+                             workers=config.num_actors, run_dir=run_dir, scan=scan,
+                             num_gpus=config.gpus_per_member)
     return {"uri": store.loc.uri, "members": chunks.n, "parts": chunks.count, "written": done.rows,
-            "seconds": time.perf_counter() - start}
+            "seconds": time.perf_counter() - start, "device": where}
 
 
 def source_name(source: str) -> str:
