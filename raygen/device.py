@@ -80,3 +80,12 @@ def probe(key: str, num_cpus: float, num_gpus: float) -> str:
     if num_gpus <= 0:
         return "cpu"
     return on_unit(_describe_here, key, num_gpus, num_cpus=num_cpus, num_gpus=num_gpus)
+
+
+def trial_resources(cpus: float, gpus: float, keys: str = "cpus_per_trial/gpus_per_trial") -> tuple[dict, str]:
+    """A Tune trial's resources ({"cpu", "gpu"}), checked against the nodes like every resource key
+    (`runtime.check_fits`), and `describe` of the device a trial computes on."""
+    from raygen import runtime
+
+    runtime.check_fits({"CPU": cpus, "GPU": gpus}, keys)
+    return {"cpu": cpus, "gpu": gpus}, probe(keys.split("/")[-1], cpus, gpus)

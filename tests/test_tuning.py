@@ -138,6 +138,7 @@ def test_a_study_rerun_reads_no_pickle(tmp_path, ray_local):
     run(config)
     run_dir = tmp_path / "runs" / "st"
     first = json.loads((run_dir / "trials.json").read_text())
+    assert json.loads((run_dir / "report.json").read_text())["device"] == "cpu"  # no gpus_per_trial
     marker = tmp_path / "code-ran"
     planted = 0
     for path in run_dir.rglob("*"):  # the mixes stay: a re-run reads them as Parquet

@@ -16,12 +16,12 @@ from raygen.models.classifier import ConvClassifier, fit_classifier
 
 
 def train_downstream(images: np.ndarray, labels: np.ndarray, *, num_classes: int, seed: int, epochs: int,
-                     batch_size: int, lr: float, on_epoch: Callable[[int, float, ConvClassifier], None] | None = None
-                     ) -> ConvClassifier:
-    """Epoch-based training on the mix (see `fit_classifier`); `on_epoch` after each epoch."""
+                     batch_size: int, lr: float, on_epoch: Callable[[int, float, ConvClassifier], None] | None = None,
+                     device="cpu") -> ConvClassifier:
+    """Epoch-based training on the mix (see `fit_classifier`) on `device`; `on_epoch` after each epoch."""
     x, y = torch.from_numpy(np.asarray(images, np.float32)), torch.from_numpy(np.asarray(labels, np.int64))
     return fit_classifier(x, y, num_classes=num_classes, seed=seed, lr=lr, batch_size=batch_size, epochs=epochs,
-                          on_epoch=on_epoch)
+                          on_epoch=on_epoch, device=device)
 
 
 @torch.no_grad()

@@ -28,7 +28,7 @@ EXPERIMENT = "trials"
 
 @dataclasses.dataclass
 class StudyConfig(Config):
-    RESUME_FREE = frozenset({"cpus_per_trial"})
+    RESUME_FREE = frozenset({"cpus_per_trial", "gpus_per_trial"})
 
     name: str = "study_digits"
     real: str = "digits"  # "digits" or an image folder <root>/<class>/<image>.png
@@ -46,6 +46,7 @@ class StudyConfig(Config):
     diversity_images: int = bounded(2000, ge=1)  # images per set read into the driver for precision/recall and grids
     pr_k: int = bounded(3, ge=1)
     cpus_per_trial: float = bounded(1.0, gt=0)
+    gpus_per_trial: float = bounded(0.0, ge=0)  # fractions share a GPU (raygen.device)
 
     def validate(self) -> None:
         super().validate()
@@ -67,12 +68,14 @@ def run_trial(trial: dict[str, Any], *, mixes_dir: str, test_sets: dict[str, tup
     from raygen.contamination.downstream import accuracy, train_downstream
     from raygen.contamination.mixing import mix_key
     from raygen.data.mixing import read_mix
+    from raygen.device import device_for
     from raygen.threads import use_one_thread
 
     use_one_thread()
     config = StudyConfig.from_dict(job)
+    device = device_for("gpus_per_trial", config.gpus_per_trial)
     mix = read_mix(mixes_dir, mix_key(trial["ratio"], trial["arm"], trial["seed"]))
-    tests = {name: (torch.from_numpy(x), torch.from_numpy(y)) for name, (x, y) in test_sets.items()}
+    tests = {name: (torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)) for name, (x, y) in test_sets.items()}
     generated_share = float(np.mean(mix["source"] != "real"))
 
     def on_epoch(epoch: int, loss: float, model) -> None:
@@ -85,7 +88,7 @@ def run_trial(trial: dict[str, Any], *, mixes_dir: str, test_sets: dict[str, tup
         tune.report(metrics)
 
     train_downstream(mix["image"], mix["label"], num_classes=num_classes, seed=trial["seed"], epochs=config.epochs,
-                     batch_size=config.batch_size, lr=config.lr, on_epoch=on_epoch)
+                     batch_size=config.batch_size, lr=config.lr, on_epoch=on_epoch, device=device)
 
 
 def _describe(trial: dict[str, Any], result: dict[str, Any]) -> str:
@@ -119,6 +122,7 @@ def run(config: StudyConfig, *, verbose: bool = False) -> dict[str, Any]:
     from raygen.contamination.report import accuracy_figure, markdown, shape_checks, summarise
     from raygen.contamination.sources import open_source
     from raygen.data.mixing import write_mixes
+    from raygen.device import trial_resources
     from raygen.plots import labelled_grids
     from raygen.rundir import RunDir
     from raygen.seeds import Stream, numpy_rng
@@ -156,13 +160,13 @@ def run(config: StudyConfig, *, verbose: bool = False) -> dict[str, Any]:
                                rotate_degrees=config.rotate_degrees, seed=config.seed)
     test_sets = {"clean": (test_x, test_y), **{k: (v.numpy(), test_y) for k, v in corrupted.items()}}
     num_classes = int(real.labels.max()) + 1
+    resources, where = trial_resources(config.cpus_per_trial, config.gpus_per_trial)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, mixes_dir=mixes_dir, test_sets=test_sets, num_classes=num_classes,
                              job=config.to_dict()),
-        {"cpu": config.cpus_per_trial},
+        resources,
     )
-    runtime.check_fits({"CPU": config.cpus_per_trial}, "cpus_per_trial")
-    print(f"training {len(plans)} downstream classifiers (Ray Tune) ...")
+    print(f"training {len(plans)} downstream classifiers (Ray Tune) on {where} ...")
     space = {"ratio": tune.grid_search(list(config.ratios)), "arm": tune.grid_search(["generated", "control"]),
              "seed": tune.grid_search(list(config.seeds))}
     results, _ = tuning.fit(trainable, storage=run_dir.ray_storage(), name=EXPERIMENT, param_space=space, total=len(plans),
@@ -197,7 +201,7 @@ def run(config: StudyConfig, *, verbose: bool = False) -> dict[str, Any]:
         "table": rows, "shape": shape_checks(rows), "shape_ood": shape_checks(rows, "ood_acc"), "diversity": div,
         "seconds": {"mixing": mixed_at - start, "training": trained_at - mixed_at,
                     "total": time.perf_counter() - start},
-        "plot": "accuracy_vs_ratio.png", "samples": "samples.png",
+        "plot": "accuracy_vs_ratio.png", "samples": "samples.png", "device": where,
     }
     run_dir.write_report(summary, markdown(summary, CORRUPTIONS))
     run_dir.close()
