@@ -33,7 +33,6 @@ SLOW = {
     "test_faults.py": "fault injection: Ctrl-C and kill -9 of whole raygen runs",
     "test_weightgen_reliability.py": "fault injection: killed zoo / Ray Train workers",
     "test_sample_job.py::test_killed_worker_still_gives_every_id_exactly_once": "fault injection",
-    "test_quickstart.py::test_tiny_quickstart_runs_end_to_end_and_reuses_stages": "end to end",
     "test_quickstart_cluster.py": "end to end, multi-node (ray.cluster_utils.Cluster)",
     "test_workloads_bucket.py": "end to end, in a bucket",
     "test_weightgen_workload.py::test_tiny_tasks_run_end_to_end": "end to end",

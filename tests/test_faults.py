@@ -112,9 +112,11 @@ def _progress(stdout: str, steps: int) -> list[int]:
     return [int(step) for step in re.findall(line, stdout, re.M)]
 
 
-@pytest.mark.parametrize("num_workers", [0, 1])
-def test_train_interrupted_after_a_checkpoint_then_killed_resumes_each_time(tmp_path, num_workers):
-    sets = [*TRAIN, "name=t", f"num_workers={num_workers}"]
+def test_train_interrupted_after_a_checkpoint_then_killed_resumes_each_time(tmp_path):
+    # real signals on Ray Train only, the longer path (driver, controller and worker to stop): a
+    # plain-process trainer's resume after a kill is tested in test_train_loop (simulated kills) and
+    # a plain raygen process's Ctrl-C by the sampling test below (kept to one case for suite time)
+    sets = [*TRAIN, "name=t", "num_workers=1"]
     run_dir = tmp_path / "t"
 
     # Ctrl-C the moment the first checkpoint directory appears (the race: a re-run once restarted

@@ -25,11 +25,33 @@ def test_tiny_quickstart_on_two_nodes(tmp_path):
         ray.init(address=cluster.address)
         assert runtime.num_nodes() == 2
         job = load_job("jobs/quickstart.yaml", TINY + [f"storage_path={tmp_path}", "name=qs2"])
-        summary = quickstart.run(job.config)
-        report = json.loads((tmp_path / "qs2" / "report.json").read_text())
-        assert report["table"] == summary["table"] and len(summary["table"]) == 4
-        assert (tmp_path / "qs2" / "study" / "accuracy_vs_ratio.png").exists()
-        assert len(list((tmp_path / "qs2" / "sample" / "samples").glob("part-*.parquet"))) == 2
+        first = quickstart.run(job.config)
+        run_dir = tmp_path / "qs2"
+        report = json.loads((run_dir / "report.json").read_text())
+        assert report["table"] == first["table"]
+        assert (run_dir / "study" / "accuracy_vs_ratio.png").stat().st_size > 0
+        assert (run_dir / "study" / "samples.png").stat().st_size > 0
+        assert "study/accuracy_vs_ratio.png" in (run_dir / "report.md").read_text()
+        assert len(list((run_dir / "sample" / "samples").glob("part-*.parquet"))) == 2
+        assert not first["stages"]["train"]["reused"] and first["stages"]["sample"]["parts_reused"] == 0
+        table = first["table"]
+        assert {(r["ratio"], r["arm"]) for r in table} == {(0.0, "generated"), (0.0, "control"),
+                                                           (0.1, "generated"), (0.1, "control")}
+        assert all(0 <= r["clean_acc"] <= 1 and 0 <= r["ood_acc"] <= 1 for r in table)
+        # ratio 0: both arms train on the same rows with the same seed -> identical models
+        r0 = {r["arm"]: r for r in table if r["ratio"] == 0.0}
+        assert r0["generated"]["clean_acc"] == r0["control"]["clean_acc"]
+        trials = json.loads((run_dir / "study" / "trials.json").read_text())
+        share = {(t["ratio"], t["arm"]): t["replaced_share"] for t in trials}
+        assert share[(0.0, "generated")] == 0 and 0.09 < share[(0.1, "generated")] < 0.11
+
+        # a re-run reuses every finished stage (the same table); other settings are refused in
+        # tests/test_workloads_bucket.py's quickstart
+        second = quickstart.run(job.config)
+        assert second["stages"]["train"]["reused"]
+        assert second["stages"]["train"]["checkpoint"] == first["stages"]["train"]["checkpoint"]
+        assert second["stages"]["sample"]["parts_reused"] == second["stages"]["sample"]["parts"] == 2
+        assert second["table"] == first["table"]
     finally:
         ray.shutdown()
         cluster.shutdown()

@@ -1,5 +1,5 @@
-"""`raygen.workloads.train` on Ray Train: 2 workers on 2 simulated nodes, recovery from a killed worker, a bucket,
-plain and Ray Train runs resuming from each other, bad data and unplaceable workers as one line."""
+"""`raygen.workloads.train` on Ray Train: 2 workers on 2 simulated nodes, recovery from a killed worker,
+plain and Ray Train runs resuming from each other in a bucket, bad data and unplaceable workers as one line."""
 
 import json
 import time
@@ -44,20 +44,6 @@ def test_killed_worker_resumes_from_last_checkpoint(two_node_cluster, tmp_path):
     assert [r["step"] for r in lines] == list(range(1, 21))  # the curve continues without gaps or repeats
 
 
-def test_ray_train_resumes_from_a_bucket(ray_local, bucket):
-    from raygen import storage
-    from raygen.models import load_denoiser
-
-    base = dict(name="remote", storage_path=bucket, batch_size=16, num_workers=1, log_every=1, sample_every=0,
-                sadm_warmup=0, checkpoint_every=2)
-    run(CONFIG.from_dict(dict(base, steps=2)))
-    summary = run(CONFIG.from_dict(dict(base, steps=4)))
-    assert summary["resumed_from"] == 2 and summary["checkpoint"] == storage.join(bucket, "remote", "checkpoint_000004")
-    assert load_denoiser(storage.local_dir_for(summary["checkpoint"])).sample_shape == (1, 8, 8)
-    lines = storage.read_bytes(storage.resolve(storage.join(bucket, "remote", "metrics.jsonl"))).decode().splitlines()
-    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3, 4]
-
-
 @pytest.fixture
 def embedded_ray():
     """raygen's own local Ray (2 CPUs, no GPU), where a request no node can meet is an error, not a wait."""
@@ -71,19 +57,24 @@ def embedded_ray():
     yield ray
 
 
-def test_plain_and_ray_train_runs_resume_from_each_other(embedded_ray, tmp_path):
-    base = dict(name="mixed", storage_path=str(tmp_path), batch_size=8, log_every=1, sample_every=0, sadm_warmup=0,
+def test_plain_and_ray_train_runs_resume_from_each_other_in_a_bucket(embedded_ray, bucket):
+    from raygen import storage
+    from raygen.models import load_denoiser
+
+    base = dict(name="mixed", storage_path=bucket, batch_size=8, log_every=1, sample_every=0, sadm_warmup=0,
                 checkpoint_every=2)
     assert run(CONFIG.from_dict(dict(base, steps=2, num_workers=1)))["resumed_from"] is None
     assert run(CONFIG.from_dict(dict(base, steps=4, num_workers=0)))["resumed_from"] == 2
     summary = run(CONFIG.from_dict(dict(base, steps=6, num_workers=1)))
-    assert summary["resumed_from"] == 4 and summary["checkpoint"].endswith("checkpoint_000006")
+    run_uri = storage.join(bucket, "mixed")
+    assert summary["resumed_from"] == 4 and summary["checkpoint"] == storage.join(run_uri, "checkpoint_000006")
     assert summary["final"]["loss"] > 0  # rank 0's last metrics come back to the driver
-    lines = (tmp_path / "mixed" / "metrics.jsonl").read_text().splitlines()
+    assert load_denoiser(storage.local_dir_for(summary["checkpoint"])).sample_shape == (1, 8, 8)
+    lines = storage.read_bytes(storage.resolve(storage.join(run_uri, "metrics.jsonl"))).decode().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [1, 2, 3, 4, 5, 6]
-    kept = sorted(p.name for p in (tmp_path / "mixed").glob("checkpoint_*"))
+    kept = sorted(n for n in storage.listdir(storage.resolve(run_uri)) if n.startswith("checkpoint_"))
     assert kept == ["checkpoint_000004", "checkpoint_000006"]  # keep_checkpoints=2, Ray Train runs included
-    assert all((tmp_path / "mixed" / name / ".complete").exists() for name in kept)
+    assert all(storage.is_complete(storage.resolve(storage.join(run_uri, name))) for name in kept)
 
 
 def test_corrupt_image_on_ray_train_is_one_line_naming_the_file(embedded_ray, tmp_path):
