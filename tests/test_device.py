@@ -86,7 +86,7 @@ def ray_with_a_missing_gpu():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine where torch sees no GPU")
-def test_sampling_on_a_gpu_torch_cannot_see_fails_before_writing(tmp_path, monkeypatch, ray_with_a_missing_gpu):
+def test_sampling_and_zoo_on_a_gpu_torch_cannot_see_fail_before_writing(tmp_path, monkeypatch, ray_with_a_missing_gpu):
     from raygen.workloads.sample import SampleConfig, run
 
     name = f"shrink_{uuid.uuid4().hex[:8]}"
@@ -101,6 +101,14 @@ def test_sampling_on_a_gpu_torch_cannot_see_fails_before_writing(tmp_path, monke
     assert "config key 'gpus_per_actor' reserves 0.5 GPU per unit and Ray assigned GPU 0" in message
     assert socket.gethostname() in message and "sees no CUDA device" in message
     assert not (tmp_path / "runs" / "gpu").exists()
+    # the zoo's workers follow the same rule, refused before any member is trained
+    from raygen.workloads.zoo import ZooConfig, run as run_zoo
+
+    zoo = ZooConfig(name="zoo", storage_path=str(tmp_path / "runs"), mode="tasks", task_family="subset",
+                    classes_per_task=2, zoo_tasks=1, member_steps=2, gpus_per_member=1)
+    with pytest.raises(UserError, match="config key 'gpus_per_member' reserves 1 GPU per unit and Ray assigned GPU 0"):
+        run_zoo(zoo)
+    assert not list((tmp_path / "runs" / "zoo").glob("parts/part-*"))
 
 
 def test_an_analytic_target_on_a_gpu_is_refused():
@@ -108,3 +116,18 @@ def test_an_analytic_target_on_a_gpu_is_refused():
 
     with pytest.raises(UserError, match="config key 'gpus_per_actor': the analytic target 'mog4' computes on the CPU"):
         preflight(SampleConfig(model="mog4", gpus_per_actor=1))
+
+
+def test_gpu_check_without_a_gpu_stops_with_one_line():
+    """benchmarks/gpu_check.py on a machine where torch sees no GPU: one line, exit 0 (`make bench` passes)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "benchmarks" / "gpu_check.py")], capture_output=True, text=True,
+                         env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}, cwd=root, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert (out.stdout + out.stderr).strip().splitlines() == [out.stdout.strip()]
+    assert out.stdout.startswith("gpu_check: no CUDA GPU visible to torch")
