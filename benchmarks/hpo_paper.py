@@ -52,6 +52,9 @@ Result, main (2026-12-04, 165 runs, load average 8-20 on 2 cores): C1 pooled +0.
 holds, "Nyström better than CG" holds for textbook CG, not for the reference CG. ρ spread 0.008 /
 0.004 / 0.002 (robust), reference CG's α spread 0.022 / 0.018 / 0.015. Premise not met: median
 ‖θ_T − θ*‖ / ‖θ_0 − θ*‖ = 0.22 (gradient-norm ratio 0.007).
+Result, per_class at imbalance 100 only (machine time), 5 seeds: C1 +0.003 [−0.013, +0.019], C2 −0.003
+[−0.010, +0.004], both not resolved; comparable accuracy not established; distance ratio 0.18.
+reference_protocol: not run yet.
 
     .venv/bin/python benchmarks/hpo_paper.py [--quick] [--setup main|per_class|reference_protocol] [--workers 2] [--imbalances 200,100,50]
 writes benchmarks/results/hpo_paper_<setup>[_quick].json and prints a table. Each finished run is
