@@ -81,6 +81,7 @@ def test_zoo_on_digits_is_exactly_once_bit_identical_for_1_or_2_actors_and_reuse
     # the report: its per-task figures are the parts' own test accuracies
     report = json.loads((tmp_path / "two" / "report.json").read_text())
     assert report["members"] == 4 and report["tasks"] == 2 and report["parameters"] == b[0].shape[1]
+    assert report["device"] == "cpu" and b[2]["device"] == "cpu"  # no gpus_per_member: the CPU, in report and parts
     for t in (0, 1):
         acc = 100 * b[1]["test_acc"][b[1]["task_id"] == t]
         row = report["per_task"][str(t)]
@@ -94,6 +95,7 @@ def test_zoo_on_digits_is_exactly_once_bit_identical_for_1_or_2_actors_and_reuse
     capsys.readouterr()
     again = zoo.run(ZooConfig.from_dict({**TASKS, "name": "two", "storage_path": str(tmp_path), "num_actors": 1}))
     assert again["written"] == 0 and "reusing them, nothing to train" in capsys.readouterr().out
+    assert again["device"] == "cpu"  # a reused zoo reports what its parts were made on
     assert [p.stat().st_mtime_ns for p in parts] == mtimes
     # a lost part is trained again, and the logged rate counts only that part's members
     parts[2].unlink()
@@ -178,6 +180,7 @@ def test_weightgen_reuses_a_finished_zoo_of_a_parquet_task_column(ray_local, tmp
     assert gmeta["tasks"]["2"] == {"family": "column", "index": 2, "value": "c", "classes": [4, 5]}
     assert sorted(set(gcols["task_id"].tolist())) == [0, 1, 2] and 2 not in cols["task_id"]
     assert summary["heldout"]["chance"] == pytest.approx(50.0)
+    assert summary["zoo"]["device"] == "cpu" and gmeta["device"] == "cpu"  # what ran where, per stage
 
 
 # ---------------------------------------------------------------------- bad inputs that read data

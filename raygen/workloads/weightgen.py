@@ -173,7 +173,8 @@ def generate(cfg: WeightgenConfig, run_dir, ae_uri: str, diff_uri: str, metadata
     fanout.settle(store, settings)
     print(f"[4/4] generating {cfg.n_generate} weight vectors for each of {len(task_ids)} task(s) "
           f"on {cfg.num_actors} workers")
-    done = fanout.run_chunks(fanout.Output(store, chunks, metadata), Generator,
+    # the zoo's metadata, but not its device: generation reserves no GPU (yet) and computes on the CPU
+    done = fanout.run_chunks(fanout.Output(store, chunks, {**metadata, "device": "cpu"}), Generator,
                              {"metadata": metadata, "ae_uri": ae_uri, "diff_uri": diff_uri, "task_ids": task_ids,
                               "seed": cfg.seed, "n_generate": cfg.n_generate, "support_shots": cfg.support_shots,
                               "sample_steps": cfg.sample_steps, "support_draw": cfg.support_draw},
@@ -225,6 +226,7 @@ def run(config: WeightgenConfig, *, verbose: bool = False, checked: tuple | None
                      if k in ("run_dir", "uri", "parts", "written", "seconds")}
     zoo_uri = zoo_stage["uri"]
     thetas, cols, meta = read_zoo(zoo_uri)
+    zoo_stage["device"] = meta.get("device", "cpu")  # zoos made before devices were recorded ran on the CPU
     target = member_layout({**meta["arch"], "width": config.width, "feature_dim": config.feature_dim},
                            config.param_subset if config.mode == "trajectory" else "all")
     target.check_matches(type(target).from_dict(meta["layout"]), f"zoo {zoo_uri}")
