@@ -31,12 +31,14 @@ def _find_in_chain(exc: BaseException | None) -> "UserError | None":
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, UserError):
-            return exc
-        cause = getattr(exc, "cause", None)  # ray.exceptions.RayTaskError keeps the original here
+        # ray.exceptions.RayTaskError keeps the original in `cause`; it is itself a subclass of the
+        # original's type, but its text is the remote traceback, so the original comes first
+        cause = getattr(exc, "cause", None)
         if isinstance(cause, BaseException):
             found = _find_in_chain(cause)
             if found is not None:
                 return found
+        if isinstance(exc, UserError):
+            return exc
         exc = exc.__cause__ or exc.__context__
     return None
