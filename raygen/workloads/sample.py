@@ -93,6 +93,15 @@ class SampleConfig(Config):
 CONFIG = SampleConfig
 
 
+def working_dirs() -> tuple[str, ...]:
+    """This process's working directory, where an import-path model may live; () when it no longer
+    exists (seen in a submitted job, whose working_dir package Ray may remove while the job runs)."""
+    try:
+        return (os.getcwd(),)
+    except FileNotFoundError:
+        return ()
+
+
 def resolve_model(model: str, import_dirs: tuple[str, ...] = ()):
     """(model, per-sample shape, analytic target or None, number of classes) for a config's `model`:
     an analytic target; a `raygen train` checkpoint (local path or URI) sampled at the shape its
@@ -107,7 +116,7 @@ def resolve_model(model: str, import_dirs: tuple[str, ...] = ()):
         target = TARGETS[model]()
         return target, (target.dim,), target, 0
     if external.is_import_path(model) and not Path(model).exists():
-        wrapped = external.load_import_path(model, (os.getcwd(), *import_dirs))
+        wrapped = external.load_import_path(model, (*working_dirs(), *import_dirs))
         return wrapped, wrapped.sample_shape, None, wrapped.num_classes
     if storage.is_uri(model) or Path(model).expanduser().is_dir():
         from raygen.models import load_denoiser
@@ -307,6 +316,7 @@ def run(config: SampleConfig, *, verbose: bool = False, checked: tuple | None = 
 
     resolved = checked or preflight(config)
     model, shape, target, _ = resolved
+    driver_dirs = working_dirs()  # read once, at the start: where the workers look for an import-path model
     settings = sampler_metadata(config, shape, getattr(model, "data_range", None))
     runtime.init(verbose=verbose)
     runtime.check_fits({"CPU": config.cpus_per_actor, "GPU": config.gpus_per_actor},
@@ -321,7 +331,7 @@ def run(config: SampleConfig, *, verbose: bool = False, checked: tuple | None = 
         if config.chunk_size:
             return config.chunk_size
         if config.gpus_per_actor:  # timed where the chunks will run: the driver may have no GPU
-            size = device.on_unit(timed_on_worker, config.to_dict(), (os.getcwd(),), config.num_actors,
+            size = device.on_unit(timed_on_worker, config.to_dict(), driver_dirs, config.num_actors,
                                   num_cpus=config.cpus_per_actor, num_gpus=config.gpus_per_actor)
         else:
             size = auto_chunk_size(ChunkSampler(config.to_dict(), 1, resolved), config.n_samples, config.num_actors)
@@ -335,7 +345,7 @@ def run(config: SampleConfig, *, verbose: bool = False, checked: tuple | None = 
         "chunk_size"]
     layout = Chunks(config.n_samples, chunk_size)
     done = fanout.run_chunks(fanout.Output(store, layout, {**settings, "device": where}), ChunkSampler,
-                             {"config": config.to_dict(), "chunk_size": chunk_size, "import_dirs": (os.getcwd(),)},
+                             {"config": config.to_dict(), "chunk_size": chunk_size, "import_dirs": driver_dirs},
                              what="sampled",
                              log_rate_as="samples", workers=config.num_actors, run_dir=run_dir,
                              num_cpus=config.cpus_per_actor, num_gpus=config.gpus_per_actor)
