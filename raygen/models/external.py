@@ -25,11 +25,8 @@ outside the schedule are refused, not extrapolated (`sigma_range`).
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
-import re
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -38,17 +35,13 @@ import torch
 from torch import nn
 
 from raygen.errors import UserError
+from raygen.imports import load_object
 from raygen.models.denoiser import Conditioned, EnergyConditioned, _sigma_vector
 from raygen.models.energy import energy_score
 
-IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 PREDICTIONS = ("epsilon", "sample", "v_prediction")
 DIFFUSERS_RANGE = (-1.0, 1.0)  # diffusers' pixel models are trained on images scaled to [-1, 1]
 INSTALL_DIFFUSERS = 'pip install "raygen[diffusers]"'
-
-
-def is_import_path(model: str) -> bool:
-    return bool(IMPORT_PATH.match(model))
 
 
 def _labels_for(model, labels: torch.Tensor | None) -> torch.Tensor | None:
@@ -155,30 +148,8 @@ def _shape_of(module: Any, ref: str) -> tuple[int, ...]:
 
 def load_import_path(spec: str, search: Sequence[str] = ()) -> nn.Module:
     """`pkg.module:factory` -> the factory's model, wrapped for the samplers. The module is looked
-    for in `search` (the job's working directory) before the installed packages."""
-    module_name, attr = spec.split(":")
-    added = [d for d in search if d not in sys.path]
-    sys.path[:0] = added
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name != module_name and not module_name.startswith(f"{exc.name}."):
-            raise UserError(f"config key 'model': importing {module_name!r} for {spec!r} needs {exc.name!r}, which is "
-                            "not installed; install it where raygen runs") from None
-        where = ", ".join(search) or "the working directory"
-        raise UserError(f"config key 'model': cannot import {module_name!r} for {spec!r}: no such module in "
-                        f"{where} or the installed packages; put {module_name.replace('.', '/')}.py in the job's "
-                        "working directory, or install its package") from None
-    except SyntaxError as exc:
-        raise UserError(f"config key 'model': {exc.filename}, line {exc.lineno}: {exc.msg}; fix the module "
-                        f"{module_name!r}") from None
-    finally:
-        for d in added:
-            sys.path.remove(d)
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise UserError(f"config key 'model': {module_name} has no function {attr!r} ({spec!r}); name a function "
-                        "that returns the model")
+    for in `search` (the job's working directory) before the installed packages (`raygen.imports`)."""
+    factory = load_object(spec, key="model", returns="the model", search=search)
     model = factory()
     ref = f"model {spec!r}"
     if hasattr(model, "alphas_cumprod"):

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -30,6 +29,7 @@ import numpy as np
 from raygen import device, fanout, parts, runtime, storage
 from raygen.config import Config, bounded, check
 from raygen.errors import UserError
+from raygen.imports import is_import_path, working_dirs
 from raygen.seeds import Stream, per_item_seeds, stream_seed, torch_generator
 from raygen.threads import torch_threads
 from raygen.parts import Chunks, PartStore
@@ -93,15 +93,6 @@ class SampleConfig(Config):
 CONFIG = SampleConfig
 
 
-def working_dirs() -> tuple[str, ...]:
-    """This process's working directory, where an import-path model may live; () when it no longer
-    exists (seen in a submitted job, whose working_dir package Ray may remove while the job runs)."""
-    try:
-        return (os.getcwd(),)
-    except FileNotFoundError:
-        return ()
-
-
 def resolve_model(model: str, import_dirs: tuple[str, ...] = ()):
     """(model, per-sample shape, analytic target or None, number of classes) for a config's `model`:
     an analytic target; a `raygen train` checkpoint (local path or URI) sampled at the shape its
@@ -115,7 +106,7 @@ def resolve_model(model: str, import_dirs: tuple[str, ...] = ()):
     if model in TARGETS:
         target = TARGETS[model]()
         return target, (target.dim,), target, 0
-    if external.is_import_path(model) and not Path(model).exists():
+    if is_import_path(model) and not Path(model).exists():
         wrapped = external.load_import_path(model, (*working_dirs(), *import_dirs))
         return wrapped, wrapped.sample_shape, None, wrapped.num_classes
     if storage.is_uri(model) or Path(model).expanduser().is_dir():
