@@ -6,8 +6,9 @@ import math
 import pytest
 import torch
 
-from raygen.hypergrad.bilevel import BilevelOptimizer, Task
+from raygen.hypergrad.bilevel import BilevelOptimizer
 from raygen.hypergrad.hypergradient import SOLVERS, hypergradient
+from raygen.hypergrad.problem import BilevelProblem
 from raygen.hypergrad.solvers import exact_ihvp
 from raygen.hypergrad.tasks import make_task
 from raygen.workloads.tune import task_generators
@@ -23,17 +24,17 @@ def ridge_task(seed=0, n=40, n_val=40, d=5, init_log_lam=0.0):
     y = X @ w_true + 2.0 * torch.randn(n, generator=g, **f64)
     yv = Xv @ w_true + 2.0 * torch.randn(n_val, generator=g, **f64)
 
-    def inner(params, phi):
+    def inner(params, phi, batch=None):  # full-batch: no loaders, batch is None
         return ((X @ params[0] - y) ** 2).mean() / 2 + 0.5 * phi[0] * (params[0] ** 2).sum()
 
-    def outer(params, phi):
+    def outer(params, phi, batch=None):
         return ((Xv @ params[0] - yv) ** 2).mean() / 2
 
     def val_loss_at(lam):  # closed-form inner optimum
         w = torch.linalg.solve(X.T @ X / n + lam * torch.eye(d, **f64), X.T @ y / n)
         return float(outer((w,), None))
 
-    task = Task(
+    task = BilevelProblem(
         name="ridge",
         params=(torch.zeros(d, **f64),),
         hparams=(torch.tensor(init_log_lam, **f64),),

@@ -1,10 +1,12 @@
-"""Hypergradients by implicit differentiation (column and randomized Nyström, Nyström-PCG, CG, the reference library's CG, Neumann, exact) and bilevel HPO.
+"""Hypergradients by implicit differentiation (column and randomized Nyström, Nyström-PCG, CG, the reference library's CG, Neumann, exact) and bilevel HPO
+on any `BilevelProblem` (`raygen.hypergrad.problem` documents the protocol).
 
 Pure torch: nothing here imports Ray (the Tune adapter is `raygen.workloads.tune`).
 """
 
-from raygen.hypergrad.bilevel import BilevelOptimizer, Task
+from raygen.hypergrad.bilevel import BilevelOptimizer
 from raygen.hypergrad.hypergradient import SOLVERS, functional_module, hypergradient
+from raygen.hypergrad.problem import BilevelProblem, GlobalHparam
 from raygen.hypergrad.sketch import NystromSketch, nystrom_pcg_ihvp, nystrom_sketch, randomized_nystrom_ihvp
 from raygen.hypergrad.solvers import (
     SolverDivergence,
@@ -18,7 +20,8 @@ from raygen.hypergrad.solvers import (
 
 __all__ = [
     "BilevelOptimizer",
-    "Task",
+    "BilevelProblem",
+    "GlobalHparam",
     "functional_module",
     "hypergradient",
     "SOLVERS",

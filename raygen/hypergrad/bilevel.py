@@ -22,7 +22,7 @@ and rho acts as an outer step size rather than as damping.
 
 Protocols: by default θ carries over between outer steps (warm start, `unroll` more inner steps
 each time). `reset_inner=True` is the reference library's protocol: θ and the inner optimiser's
-state go back to the task's initial values before every outer step, so each hypergradient is taken
+state go back to the problem's initial values before every outer step, so each hypergradient is taken
 after `unroll` steps from scratch. Either way the record's `inner_grad_norm` = ‖∇_θ f‖ at the θ the
 hypergradient is taken at: implicit differentiation assumes it is 0.
 """
@@ -31,47 +31,14 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
 from raygen.errors import UserError
-from raygen.hypergrad.hypergradient import RANDOMIZED, SKETCHED, Loss, Tensors, hypergradient, resolve_solver
+from raygen.hypergrad.hypergradient import RANDOMIZED, SKETCHED, Tensors, hypergradient, resolve_solver
+from raygen.hypergrad.problem import Batches, BilevelProblem
 from raygen.hypergrad.sketch import NystromSketch, nystrom_sketch
 from raygen.hypergrad.solvers import SolverDivergence, lambda_max
-
-Constrain = Callable[[Tensors], Tensors]
-
-
-def identity(raw: Tensors) -> Tensors:
-    return raw
-
-
-@dataclass
-class GlobalHparam:
-    """One scalar that sets all of a task's hyperparameters: what black-box search tunes instead."""
-
-    name: str
-    low: float
-    high: float
-    log: bool
-    to_raw: Callable[[float], Tensors]  # value -> raw hparams
-
-
-@dataclass
-class Task:
-    """One bilevel problem: initial params/raw hparams, the two losses (in constrained phi), eval."""
-
-    name: str
-    params: Tensors
-    hparams: Tensors  # raw, unconstrained
-    inner_loss: Loss
-    outer_loss: Loss
-    evaluate: Callable[[Tensors, Tensors], dict[str, float]]
-    constrain: Constrain = identity
-    global_hparam: GlobalHparam | None = None
-    info: dict = field(default_factory=dict)  # facts about the instance for reports (sizes, counts)
 
 
 def optimizer(name: str, tensors: list[torch.Tensor], lr: float, momentum: float) -> torch.optim.Optimizer:
@@ -83,7 +50,8 @@ def optimizer(name: str, tensors: list[torch.Tensor], lr: float, momentum: float
 
 
 class BilevelOptimizer:
-    """Runs a Task: `step()` does `unroll` inner steps then one outer step and returns a record.
+    """Runs a BilevelProblem: `step()` does `unroll` inner steps (one inner batch each) then one outer
+    step (a fresh inner and outer batch for the hypergradient) and returns a record.
 
     solver: an IHVP solver name (see SOLVERS) or "none" (hyperparameters stay fixed: the baseline
     that only trains the inner model). `generator` drives the solver's randomness (Nyström's
@@ -95,7 +63,7 @@ class BilevelOptimizer:
 
     def __init__(
         self,
-        task: Task,
+        problem: BilevelProblem,
         *,
         solver: str,
         solver_kwargs: dict | None = None,
@@ -120,12 +88,15 @@ class BilevelOptimizer:
             raise UserError(f"rho_scale must be 'absolute' or 'lambda_max', got {rho_scale!r}")
         if power_iters < 1:
             raise UserError(f"power_iters must be >= 1, got {power_iters}")
-        self.task = task
+        self.problem = problem
         self.solver = solver
         self.solver_kwargs = dict(solver_kwargs or {})
         self.unroll = unroll
-        self.params = [p.detach().clone().requires_grad_(True) for p in task.params]
-        self.raw = [h.detach().clone().requires_grad_(True) for h in task.hparams]
+        self.params = [p.detach().clone().requires_grad_(True) for p in problem.params]
+        self.raw = [h.detach().clone().requires_grad_(True) for h in problem.hparams]
+        self.inner_batches = Batches(problem.inner_data, "inner_data")
+        self.outer_batches = Batches(problem.outer_data, "outer_data")
+        self.batches = (None, None)  # the (inner, outer) batches of the latest hypergradient
         self.inner_opt = optimizer(inner_optimizer, self.params, inner_lr, inner_momentum)
         self.outer_opt = optimizer(outer_optimizer, self.raw, outer_lr, outer_momentum)
         if generator is None and (solver in RANDOMIZED or (rho_scale == "lambda_max" and "rho" in (solver_kwargs or {}))):
@@ -144,28 +115,35 @@ class BilevelOptimizer:
         self.lambda_max: float | None = None  # the last estimate
         self.reset_inner = reset_inner
 
-        c = task.constrain
-        self.inner_loss: Loss = lambda theta, u: task.inner_loss(theta, c(tuple(u)))
-        self.outer_loss: Loss = lambda theta, u: task.outer_loss(theta, c(tuple(u)))
+    def inner_loss(self, theta: Tensors, u: Tensors) -> torch.Tensor:
+        """f(θ, constrain(u)) on the latest hypergradient's inner batch."""
+        return self.problem.inner_loss(theta, self.problem.constrain(tuple(u)), self.batches[0])
+
+    def outer_loss(self, theta: Tensors, u: Tensors) -> torch.Tensor:
+        """g(θ, constrain(u)) on the latest hypergradient's outer batch."""
+        return self.problem.outer_loss(theta, self.problem.constrain(tuple(u)), self.batches[1])
 
     def hparams(self) -> Tensors:
         """The constrained hyperparameters phi."""
         with torch.no_grad():
-            return self.task.constrain(tuple(self.raw))
+            return self.problem.constrain(tuple(self.raw))
 
     def _inner_steps(self) -> tuple[float, float]:
-        """(inner loss before the last step, ‖∇_θ f‖ after it) of this outer step's inner training."""
+        """(inner loss before the last step, ‖∇_θ f‖ after it on the hypergradient's inner batch) of
+        this outer step's inner training; draws the hypergradient's batches."""
         u = tuple(h.detach() for h in self.raw)
+        phi = self.problem.constrain(u)
         if self.reset_inner:
             with torch.no_grad():
-                for p, p0 in zip(self.params, self.task.params):
+                for p, p0 in zip(self.params, self.problem.params):
                     p.copy_(p0)
             self.inner_opt.state.clear()  # momentum / Adam moments belong to the discarded run
         for _ in range(self.unroll):
             self.inner_opt.zero_grad(set_to_none=True)
-            loss = self.inner_loss(tuple(self.params), u)
+            loss = self.problem.inner_loss(tuple(self.params), phi, self.inner_batches.next())
             loss.backward()
             self.inner_opt.step()
+        self.batches = (self.inner_batches.next(), self.outer_batches.next())
         grads = torch.autograd.grad(self.inner_loss(tuple(self.params), u), self.params)
         self.inner_opt.zero_grad(set_to_none=True)
         return float(loss.detach()), float(torch.sqrt(sum((g**2).sum() for g in grads)))
@@ -247,7 +225,7 @@ class BilevelOptimizer:
             record["sketch_hvps"] = self.sketch_hvps
             record["sketch_hvps_saved"] = self.sketch_hvps_saved
         with torch.no_grad():
-            record.update(self.task.evaluate(tuple(self.params), self.hparams()))
+            record.update(self.problem.evaluate(tuple(self.params), self.hparams()))
         return record
 
     def state_dict(self) -> dict:
@@ -266,6 +244,7 @@ class BilevelOptimizer:
             "sketch_hvps_saved": self.sketch_hvps_saved,
             "top_vector": self.top_vector,
             "lambda_max": self.lambda_max,
+            "batches_drawn": [self.inner_batches.drawn, self.outer_batches.drawn],
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -285,3 +264,8 @@ class BilevelOptimizer:
         self.sketch_hvps_saved = state["sketch_hvps_saved"]
         self.top_vector = state["top_vector"]
         self.lambda_max = state["lambda_max"]
+        inner_drawn, outer_drawn = state["batches_drawn"]
+        self.inner_batches.skip_to(inner_drawn)
+        self.outer_batches.skip_to(outer_drawn)
+        # the hypergradient batches are the last ones drawn (inner and outer losses see them)
+        self.batches = (self.inner_batches.last, self.outer_batches.last)

@@ -1,6 +1,7 @@
-"""Bilevel HPO tasks, each built from two generators: `data` draws the data, split and any data-based
-initialisation, `init` the model's initial weights (workloads derive them from named streams:
-`raygen.workloads.tune.task_generators`).
+"""The built-in bilevel HPO tasks: `BilevelProblem`s made exactly as a user's `make_problem` makes
+one, from two generators (`data` draws the data, split and any data-based initialisation, `init` the
+model's initial weights; workloads derive them from named streams: `raygen.workloads.tune.task_generators`)
+and the device to build on. Each is full-batch: its loaders hold one batch, the whole split.
 
 1. `weight_decay`: per-feature weight decay on synthetic logistic regression (n = 1000, d = 100,
    the reference library's example), phi = exp(u) > 0.
@@ -22,8 +23,11 @@ import torch
 import torch.nn.functional as F
 
 from raygen.errors import UserError
-from raygen.hypergrad.bilevel import GlobalHparam, Task
 from raygen.hypergrad.hypergradient import Tensors, functional_module
+from raygen.hypergrad.problem import BilevelProblem, GlobalHparam
+from raygen.imports import is_import_path, load_object
+
+Device = torch.device | str
 
 
 def _classification_eval(
@@ -44,8 +48,8 @@ def _classification_eval(
     return evaluate
 
 
-def weight_decay(data: torch.Generator, init: torch.Generator, *, n: int = 1000, d: int = 100,
-                 init_decay: float = 1e-2) -> Task:
+def weight_decay(data: torch.Generator, init: torch.Generator, device: Device = "cpu", *, n: int = 1000,
+                 d: int = 100, init_decay: float = 1e-2) -> BilevelProblem:
     """Per-feature L2 penalty phi_i·w_i²/2 on logistic regression; 10 of d features matter (zero init: `init` unused)."""
     g = data
     w_true = torch.zeros(d)
@@ -56,27 +60,30 @@ def weight_decay(data: torch.Generator, init: torch.Generator, *, n: int = 1000,
         y = torch.bernoulli(torch.sigmoid(x @ w_true), generator=g)
         return x, y
 
-    (x_tr, y_tr), (x_val, y_val), (x_te, y_te) = sample(n), sample(n), sample(n)
+    (x_tr, y_tr), (x_val, y_val), (x_te, y_te) = [tuple(t.to(device) for t in sample(n)) for _ in range(3)]
     predict = lambda params, x: (x @ params[0] + params[1]).unsqueeze(-1)
 
-    def inner(params: Tensors, phi: Tensors) -> torch.Tensor:
-        fit = F.binary_cross_entropy_with_logits(predict(params, x_tr)[:, 0], y_tr)
-        return fit + 0.5 * (phi[0] * params[0] ** 2).sum()
+    def inner(params: Tensors, phi: Tensors, batch) -> torch.Tensor:
+        x, y = batch
+        return F.binary_cross_entropy_with_logits(predict(params, x)[:, 0], y) + 0.5 * (phi[0] * params[0] ** 2).sum()
 
-    def outer(params: Tensors, phi: Tensors) -> torch.Tensor:
-        return F.binary_cross_entropy_with_logits(predict(params, x_val)[:, 0], y_val)
+    def outer(params: Tensors, phi: Tensors, batch) -> torch.Tensor:
+        x, y = batch
+        return F.binary_cross_entropy_with_logits(predict(params, x)[:, 0], y)
 
-    return Task(
+    # raw log-decays (constrain, not bounds): the published runs started from exactly these values
+    log_decays = lambda v: (torch.full((d,), math.log(v), device=device),)
+    return BilevelProblem(
         name="weight_decay",
-        params=(torch.zeros(d), torch.zeros(1)),
-        hparams=(torch.full((d,), math.log(init_decay)),),
+        params=(torch.zeros(d, device=device), torch.zeros(1, device=device)),
+        hparams=log_decays(init_decay),
         inner_loss=inner,
         outer_loss=outer,
+        inner_data=[(x_tr, y_tr)],
+        outer_data=[(x_val, y_val)],
         evaluate=_classification_eval(predict, {"val": (x_val, y_val), "test": (x_te, y_te)}),
         constrain=lambda raw: (torch.exp(raw[0]),),
-        global_hparam=GlobalHparam(
-            "weight_decay", 1e-4, 1.0, log=True, to_raw=lambda v: (torch.full((d,), math.log(v)),)
-        ),
+        global_hparam=GlobalHparam("weight_decay", 1e-4, 1.0, log=True, to_raw=log_decays),
         info={"n_train": n, "d": d},
     )
 
@@ -100,20 +107,22 @@ def _digits_splits(g: torch.Generator, val_per_class: int, test_per_class: int):
     return x, y, pool, torch.cat(val), torch.cat(test)
 
 
-def _classifier(init: torch.Generator, hidden: int) -> tuple[Tensors, Callable[[Tensors, torch.Tensor], torch.Tensor]]:
+def _classifier(init: torch.Generator, hidden: int,
+                device: Device) -> tuple[Tensors, Callable[[Tensors, torch.Tensor], torch.Tensor]]:
     """A linear softmax classifier on the 64 pixels (hidden = 0, zero init) or a one-hidden-layer tanh MLP."""
     if hidden == 0:
-        return (torch.zeros(64, 10), torch.zeros(10)), lambda p, x: x @ p[0] + p[1]
+        return (torch.zeros(64, 10, device=device), torch.zeros(10, device=device)), lambda p, x: x @ p[0] + p[1]
     model = torch.nn.Sequential(torch.nn.Linear(64, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, 10))
     with torch.no_grad():
         for p in model.parameters():  # seeded init, never the global RNG
             p.copy_(torch.randn(p.shape, generator=init) / math.sqrt(p.shape[-1]))
-    return functional_module(model)
+    return functional_module(model.to(device))
 
 
 def reweight(
     data: torch.Generator,
     init: torch.Generator,
+    device: Device = "cpu",
     *,
     imbalance: float = 50.0,
     per: str = "class",
@@ -122,77 +131,99 @@ def reweight(
     n_max: int = 100,
     val_per_class: int = 20,
     test_per_class: int = 50,
-) -> Task:
+) -> BilevelProblem:
     """Class c keeps round(n_max·imbalance^(−c/9)) training images (>= 1); val and test are balanced."""
     if imbalance < 1:
         raise UserError(f"imbalance must be >= 1 (ratio of largest to smallest class), got {imbalance}")
     if per not in ("class", "example"):
         raise UserError(f"reweight 'per' must be 'class' or 'example', got {per!r}")
     x, y, pool, val, test = _digits_splits(data, val_per_class, test_per_class)
+    x, y = x.to(device), y.to(device)
     counts = [max(1, round(n_max * imbalance ** (-c / 9))) for c in range(10)]
     train = torch.cat([pool[c][: counts[c]] for c in range(10)])
     x_tr, y_tr = x[train], y[train]
-    params, predict = _classifier(init, hidden)
+    params, predict = _classifier(init, hidden, device)
     n_weights = 10 if per == "class" else len(train)
-    log_counts = torch.log(torch.tensor(counts, dtype=torch.float32))
+    log_counts = torch.log(torch.tensor(counts, dtype=torch.float32)).to(device)
 
-    def inner(params: Tensors, phi: Tensors) -> torch.Tensor:
-        losses = F.cross_entropy(predict(params, x_tr), y_tr, reduction="none")
-        weights = phi[0][y_tr] if per == "class" else phi[0]
+    def inner(params: Tensors, phi: Tensors, batch) -> torch.Tensor:  # batch: the whole training set
+        x_b, y_b = batch
+        losses = F.cross_entropy(predict(params, x_b), y_b, reduction="none")
+        weights = phi[0][y_b] if per == "class" else phi[0]
         return (weights * losses).mean() + 0.5 * weight_decay * sum((p**2).sum() for p in params)
 
-    def outer(params: Tensors, phi: Tensors) -> torch.Tensor:
-        return F.cross_entropy(predict(params, x[val]), y[val])
+    def outer(params: Tensors, phi: Tensors, batch) -> torch.Tensor:
+        x_b, y_b = batch
+        return F.cross_entropy(predict(params, x_b), y_b)
 
     def class_power(beta: float) -> Tensors:
         # weight_c ∝ count_c^(−beta): beta = 0 uniform, beta = 1 inverse class frequency
         per_class = -beta * log_counts
         return (per_class if per == "class" else per_class[y_tr],)
 
-    return Task(
+    return BilevelProblem(
         name="reweight",
         params=params,
-        hparams=(torch.zeros(n_weights),),
+        hparams=(torch.zeros(n_weights, device=device),),
         inner_loss=inner,
         outer_loss=outer,
+        inner_data=[(x_tr, y_tr)],
+        outer_data=[(x[val], y[val])],
         evaluate=_classification_eval(predict, {"val": (x[val], y[val]), "test": (x[test], y[test])}),
-        constrain=lambda raw: (n_weights * torch.softmax(raw[0], 0),),
+        constrain=lambda raw: (n_weights * torch.softmax(raw[0], 0),),  # a simplex: no box bounds express it
         global_hparam=GlobalHparam("class_weight_power", 0.0, 1.0, log=False, to_raw=class_power),
         info={"class_counts": counts, "n_train": len(train), "imbalance": imbalance, "per": per},
     )
 
 
-def distill(data: torch.Generator, init: torch.Generator, *, images_per_class: int = 1, weight_decay: float = 1e-2,
-            val_per_class: int = 20, test_per_class: int = 50) -> Task:
+def distill(data: torch.Generator, init: torch.Generator, device: Device = "cpu", *, images_per_class: int = 1,
+            weight_decay: float = 1e-2, val_per_class: int = 20, test_per_class: int = 50) -> BilevelProblem:
     """Learn images_per_class synthetic images per class (initialised from real ones drawn by `data`);
     inner: fit them, outer: loss on the real training set."""
     x, y, pool, val, test = _digits_splits(data, val_per_class, test_per_class)
     train = torch.cat(pool)
     start = torch.cat([pool[c][torch.randperm(len(pool[c]), generator=data)[:images_per_class]] for c in range(10)])
-    y_syn = torch.arange(10).repeat_interleave(images_per_class)
-    params, predict = _classifier(init, 0)
+    x, y = x.to(device), y.to(device)
+    y_syn = torch.arange(10, device=device).repeat_interleave(images_per_class)
+    params, predict = _classifier(init, 0, device)
 
-    def inner(params: Tensors, phi: Tensors) -> torch.Tensor:
+    def inner(params: Tensors, phi: Tensors, batch) -> torch.Tensor:  # no data: the inputs are phi
         return F.cross_entropy(predict(params, phi[0]), y_syn) + 0.5 * weight_decay * (params[0] ** 2).sum()
 
-    def outer(params: Tensors, phi: Tensors) -> torch.Tensor:
-        return F.cross_entropy(predict(params, x[train]), y[train])
+    def outer(params: Tensors, phi: Tensors, batch) -> torch.Tensor:
+        x_b, y_b = batch
+        return F.cross_entropy(predict(params, x_b), y_b)
 
-    return Task(
+    return BilevelProblem(
         name="distill",
         params=params,
         hparams=(x[start].clone(),),
         inner_loss=inner,
         outer_loss=outer,
+        outer_data=[(x[train], y[train])],
         evaluate=_classification_eval(predict, {"val": (x[val], y[val]), "test": (x[test], y[test])}),
         info={"images_per_class": images_per_class, "n_real": len(train)},
     )
 
 
-TASKS: dict[str, Callable[..., Task]] = {"weight_decay": weight_decay, "reweight": reweight, "distill": distill}
+TASKS: dict[str, Callable[..., BilevelProblem]] = {"weight_decay": weight_decay, "reweight": reweight,
+                                                   "distill": distill}
 
 
-def make_task(name: str, *, data: torch.Generator, init: torch.Generator, **kwargs) -> Task:
-    if name not in TASKS:
-        raise UserError(f"unknown hypergradient task {name!r}; valid tasks: {', '.join(TASKS)}")
-    return TASKS[name](data, init, **kwargs)
+def make_task(name: str, *, data: torch.Generator, init: torch.Generator, device: Device = "cpu",
+              search: tuple[str, ...] = (), **kwargs) -> BilevelProblem:
+    """A built-in task by name, or a user's by import path `pkg.module:make_problem` (looked for in
+    `search`, then the installed packages), called the same way: factory(data, init, device, **kwargs)."""
+    if name in TASKS:
+        return TASKS[name](data, init, device, **kwargs)
+    if not is_import_path(name):
+        raise UserError(f"config key 'task': unknown task {name!r}; valid: {', '.join(TASKS)} or an import path "
+                        "pkg.module:make_problem")
+    problem = load_object(name, key="task", returns="a raygen.hypergrad.BilevelProblem", search=search)(
+        data, init, device, **kwargs)
+    if not isinstance(problem, BilevelProblem):
+        raise UserError(f"config key 'task': {name} returned a {type(problem).__name__}, not a "
+                        "raygen.hypergrad.BilevelProblem (see raygen.hypergrad.problem for the protocol)")
+    if problem.name == BilevelProblem.name:  # the default: name it after the factory for reports
+        problem.name = name
+    return problem
