@@ -22,6 +22,7 @@ def test_tiny_synthetic_run_writes_a_report_that_matches_in_process_trials(tmp_p
         assert (run_dir / name).is_file(), name
     report = json.loads((run_dir / "report.json").read_text())
     assert report["trials"] == 2 * 3 == summary["trials"]
+    assert report["device"] == "cpu"  # no gpus_per_trial
     (row,) = report["table"]
     assert row["target"] == "target" and row["n"] == 4 and set(row["cells"]) == {"cmt", "oracle", "target_only"}
     assert all(cell[2] == 2 for cell in row["cells"].values())  # two splits per mean

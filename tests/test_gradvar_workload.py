@@ -19,7 +19,7 @@ def test_tiny_grid_writes_report_with_one_trial_per_setting(tmp_path, ray_local,
     err = capsys.readouterr().err
     assert "trials: 4/4 ended" in err and "linear/optimal lr=0.003 seed=1: val ELBO" in err
     report = json.loads((tmp_path / "gv" / "report.json").read_text())
-    assert report["trials"] == 4 and report["failed"] == []
+    assert report["trials"] == 4 and report["failed"] == [] and report["device"] == "cpu"  # no gpus_per_trial
     rows = {r["estimator"]: r for r in report["table"]}
     assert set(rows) == {"lr", "optimal"}
     for r in rows.values():

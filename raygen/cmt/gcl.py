@@ -64,12 +64,14 @@ def train_gcl(h: InvertibleNet, z: torch.Tensor, u: torch.Tensor, *, n_domains: 
 
     ActNorm is initialised on z first. The classifier's init, the mini-batch shuffles (without
     replacement; the last partial batch is dropped, as in the reference) and the wrong domains are
-    drawn from `generator`; `on_epoch(epoch, loss)` runs after every epoch.
+    drawn from `generator` on the CPU (u stays there) and moved to z's device, so a GPU run uses
+    the CPU run's draws; `on_epoch(epoch, loss)` runs after every epoch.
     """
     if n_domains < 2:
         raise ValueError("GCL needs at least 2 domains to contrast")
     g = generator
-    classifier = ComponentwiseClassifier(z.shape[1], n_domains, classifier_hidden, g)
+    device = z.device
+    classifier = ComponentwiseClassifier(z.shape[1], n_domains, classifier_hidden, g).to(device)
     h.initialize(z)
     params = list(h.parameters()) + list(classifier.parameters())
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
@@ -80,7 +82,8 @@ def train_gcl(h: InvertibleNet, z: torch.Tensor, u: torch.Tensor, *, n_domains: 
         total, batches = 0.0, 0
         for start in range(0, z.shape[0] - batch_size + 1, batch_size):
             idx = order[start : start + batch_size]
-            loss = gcl_loss(h, classifier, z[idx], u[idx], wrong_domains(u[idx], n_domains, g))
+            u_true, u_wrong = u[idx], wrong_domains(u[idx], n_domains, g)
+            loss = gcl_loss(h, classifier, z[idx.to(device)], u_true.to(device), u_wrong.to(device))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -98,7 +98,7 @@ class InvertibleNet(nn.Module):
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """s = h(z) and log|det J_h(z)| per row."""
-        log_det = torch.zeros(z.shape[0], dtype=z.dtype)
+        log_det = z.new_zeros(z.shape[0])
         for layer in self.layers:
             z, ld = layer(z)
             log_det = log_det + ld

@@ -127,23 +127,27 @@ def fit_fastica(z: np.ndarray, rng: np.random.Generator) -> tuple[Callable, Call
 
 
 def run_cmt(split: Split, setting: Setting, training: Training, generator: "torch.Generator",
-            rng: np.random.Generator, accept: SupportFilter, on_eval: Callable[[dict], None] | None) -> list[dict]:
+            rng: np.random.Generator, accept: SupportFilter, on_eval: Callable[[dict], None] | None,
+            device: "torch.device | str" = "cpu") -> list[dict]:
     import torch
 
     from raygen.cmt.gcl import train_gcl
     from raygen.cmt.inn import InvertibleNet
 
-    z = torch.from_numpy(split.z_source)
+    z = torch.from_numpy(split.z_source).to(device)
     dim = z.shape[1]
-    net = InvertibleNet(dim, setting.depth, setting.coupling_hidden, generator=generator)
+    # initialised on the CPU from the CPU generator, then moved: the same start on any device
+    net = InvertibleNet(dim, setting.depth, setting.coupling_hidden, generator=generator).to(device)
+
+    def apply(fn: Callable, x: np.ndarray) -> np.ndarray:  # augmentation and KRR stay numpy on the CPU
+        with torch.no_grad():
+            return fn(torch.from_numpy(x).to(device)).cpu().numpy()
 
     def h(x: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return net(torch.from_numpy(x))[0].numpy()
+        return apply(lambda t: net(t)[0], x)
 
     def h_inv(s: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return net.inverse(torch.from_numpy(s)).numpy()
+        return apply(net.inverse, s)
 
     fit = augmenting_fit(h, h_inv, accept, training, rng)
     evals: list[dict] = []
@@ -154,7 +158,7 @@ def run_cmt(split: Split, setting: Setting, training: Training, generator: "torc
         if epoch % training.eval_every and epoch != training.epochs:
             return
         with torch.no_grad():  # diagnostic: how far h is from volume-preserving on the target points
-            log_det = float(net(torch.from_numpy(split.z_train))[1].mean())
+            log_det = float(net(torch.from_numpy(split.z_train).to(device))[1].mean())
         evals.append(evaluate(split, fit, epoch=epoch, gcl_loss=loss, log_det=log_det))
         if on_eval is not None:
             on_eval(evals[-1])
@@ -167,13 +171,15 @@ def run_cmt(split: Split, setting: Setting, training: Training, generator: "torc
 
 def run_method(method: str, split: Split, *, training: Training, rng: np.random.Generator,
                generator: "torch.Generator | None" = None, setting: Setting | None = None,
-               mechanism: Mechanism | None = None, on_eval: Callable[[dict], None] | None = None) -> list[dict]:
+               mechanism: Mechanism | None = None, on_eval: Callable[[dict], None] | None = None,
+               device: "torch.device | str" = "cpu") -> list[dict]:
     """All evaluations of one method on one split (one for every method but `cmt`, which gives one per eval epoch).
 
     Each is a dict with loocv_mse and nested_loo_mse (the selection scores, see the module docs),
     test_mse, alpha and, for augmenting methods, acceptance and augmented (the number of
     recombinations kept besides the originals). `rng` draws recombination subsets and FastICA's
-    start; `generator` (cmt only) the INN's and classifier's init and the GCL batches.
+    start; `generator` (cmt only) the INN's and classifier's init and the GCL batches, drawn on
+    the CPU whatever `device` (where cmt's INN and GCL compute; every other method is numpy).
     """
     if method not in METHODS:
         raise UserError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
@@ -190,7 +196,7 @@ def run_method(method: str, split: Split, *, training: Training, rng: np.random.
         if method == "cmt":
             if setting is None or generator is None:
                 raise ValueError("method 'cmt' needs a Setting and a torch generator")
-            return run_cmt(split, setting, training, generator, rng, accept, on_eval)
+            return run_cmt(split, setting, training, generator, rng, accept, on_eval, device)
         if method == "oracle":
             if mechanism is None:
                 raise UserError("method 'oracle' needs the true mechanism f: use it on synthetic data only")

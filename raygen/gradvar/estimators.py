@@ -64,11 +64,11 @@ class Baselines:
 def make_baselines(model: SBN, estimator: str, *, hidden: int = 100, alpha: float = 0.8,
                    generator: torch.Generator | None = None) -> Baselines:
     """Zero moving averages; for ``nvil`` one MLP b_l(z_{l-1}) per latent layer (inputs: x − x̄, z_1, ...),
-    initialised from `generator` (required for nvil)."""
+    initialised from `generator` (required for nvil); on the model's device."""
     check_estimator(estimator)
     if hidden < 1:
         raise UserError(f"the NVIL baseline needs >= 1 hidden units, got {hidden}; set baseline_hidden >= 1")
-    dtype = model.prior_logit.dtype
+    dtype, device = model.prior_logit.dtype, model.prior_logit.device
     L = len(model.latent_sizes)
     nets = None
     if estimator == "nvil":
@@ -76,9 +76,9 @@ def make_baselines(model: SBN, estimator: str, *, hidden: int = 100, alpha: floa
         nets = nn.ModuleList(nn.Sequential(nn.Linear(n, hidden), nn.Tanh(), nn.Linear(hidden, 1)) for n in parents)
         if generator is None:
             raise ValueError("the nvil baseline nets need a torch generator for their initial weights")
-        lecun_init(nets, generator)
-        nets.to(dtype)
-    return Baselines(c=torch.zeros(L, dtype=dtype), nets=nets, alpha=alpha)
+        lecun_init(nets, generator)  # on the CPU, then moved: the same weights on any device
+        nets.to(device, dtype)
+    return Baselines(c=torch.zeros(L, dtype=dtype, device=device), nets=nets, alpha=alpha)
 
 
 def local_signals(model: SBN, sample: Sample) -> list[Tensor]:
@@ -95,7 +95,7 @@ def local_signals(model: SBN, sample: Sample) -> list[Tensor]:
 
 def _flips(z: Tensor) -> Tensor:
     """[B, H] -> [B, H, H]: row i is z with unit i flipped."""
-    eye = torch.eye(z.shape[-1], dtype=z.dtype)
+    eye = torch.eye(z.shape[-1], dtype=z.dtype, device=z.device)
     return z[:, None, :] + (1 - 2 * z)[:, None, :] * eye
 
 

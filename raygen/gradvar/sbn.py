@@ -166,9 +166,11 @@ def iw_bound(model: SBN, x: Tensor, u: Tensor) -> Tensor:
     return torch.logsumexp(f, dim=1) - math.log(K)
 
 
-def example_noise(seeds: np.ndarray | list[int], width: int, *, dtype: torch.dtype = torch.float32) -> Tensor:
-    """Uniform noise [B, width], row b drawn from seed b alone."""
-    return torch.from_numpy(np.stack([np.random.default_rng(int(s)).random(width) for s in seeds])).to(dtype)
+def example_noise(seeds: np.ndarray | list[int], width: int, *, dtype: torch.dtype = torch.float32,
+                  device: torch.device | str = "cpu") -> Tensor:
+    """Uniform noise [B, width], row b drawn from seed b alone (on the CPU, whatever `device`)."""
+    rows = np.stack([np.random.default_rng(int(s)).random(width) for s in seeds])
+    return torch.from_numpy(rows).to(dtype=dtype, device=device)
 
 
 def binarise(pixels: Tensor, u: Tensor) -> Tensor:
@@ -183,7 +185,7 @@ def draw_batch(pixels: Tensor, model: SBN, seeds: np.ndarray, *, draws: int = 1)
     binarisation uses the first D uniforms of the stream, the latent noise the rest.
     """
     D, width = model.visible, sum(model.latent_sizes)
-    noise = example_noise(seeds, D + width * draws, dtype=pixels.dtype)
+    noise = example_noise(seeds, D + width * draws, dtype=pixels.dtype, device=pixels.device)
     x = binarise(pixels, noise[:, :D])
     u = noise[:, D:]
     return x, (u if draws == 1 else u.reshape(len(seeds), draws, width))

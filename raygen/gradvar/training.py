@@ -93,9 +93,10 @@ class TrainSpec:
 
 
 def build(spec: TrainSpec, train_pixels: Tensor) -> tuple[SBN, Baselines]:
+    """The SBN and baselines on the pixels' device; weights drawn on the CPU (the same on any device)."""
     sizes = model_sizes(spec.model, spec.units, train_pixels.shape[1])
-    model = SBN(sizes, nonlinear=spec.model == "nonlinear", x_mean=train_pixels.mean(0), dtype=train_pixels.dtype,
-                generator=gradvar_torch(spec.seed))
+    model = SBN(sizes, nonlinear=spec.model == "nonlinear", x_mean=train_pixels.mean(0),
+                dtype=train_pixels.dtype, generator=gradvar_torch(spec.seed)).to(train_pixels.device)
     return model, make_baselines(model, spec.estimator, hidden=spec.baseline_hidden, alpha=spec.alpha,
                                  generator=gradvar_torch(spec.seed, baseline_nets=True))
 
@@ -122,7 +123,8 @@ def evaluate(model: SBN, pixels: Tensor, *, eval_seed: int, samples: int) -> flo
 def train(spec: TrainSpec, train_pixels: Tensor, val_pixels: Tensor, test_pixels: Tensor,
           report: Callable[[dict[str, Any]], None] = lambda metrics: None,
           on_eval: Callable[[SBN, int], None] | None = None) -> dict[str, Any]:
-    """Train; call `report` after every evaluation (the last one holds the test bound); return the last metrics.
+    """Train on the pixels' device; call `report` after every evaluation (the last one holds the test
+    bound); return the last metrics.
 
     `on_eval(model, iteration)` runs at every evaluation too, before `report` (e.g. to measure other
     estimators at these very parameters); it must not change the model.

@@ -14,6 +14,11 @@ Randomness: the split from stream CMT_SPLIT, everything inside a trial (INN / cl
 batches, recombination subsets, FastICA) from CMT_FIT, both indexed by (target, n, split), the
 synthetic panel from CMT_PANEL (`raygen.seeds`).
 
+Devices: `gpus_per_trial` puts method cmt's INN and GCL training on the GPU Ray assigned the trial
+(`raygen.device`); their draws are still made by the CPU generators above and moved, so a GPU run
+uses the CPU run's draws (its numbers agree to float64 rounding, not bit for bit). Augmentation,
+the one-class SVM and every KRR stay numpy on the CPU, and so do the other methods.
+
 Data: `gasoline` (each country in turn is the target, the others the sources; n = 6 training and
 13 test points per split) or `synthetic` (known f, one target domain, n swept over `n_train`).
 The dataclass defaults are the paper's grid; the job files in jobs/ pick a budget of minutes.
@@ -36,7 +41,7 @@ EXPERIMENT = "trials"
 
 @dataclasses.dataclass
 class CmtConfig(Config):
-    RESUME_FREE = frozenset({"cpus_per_trial"})
+    RESUME_FREE = frozenset({"cpus_per_trial", "gpus_per_trial"})
 
     name: str = "cmt_gasoline"
     data: Literal["gasoline", "synthetic"] = "gasoline"
@@ -63,6 +68,7 @@ class CmtConfig(Config):
     source_size: int = bounded(200, ge=10)
     test_size: int = bounded(1000, ge=1)
     cpus_per_trial: float = bounded(1.0, gt=0)
+    gpus_per_trial: float = bounded(0.0, ge=0)  # the INN / GCL of method cmt; fractions share a GPU (raygen.device)
 
     def validate(self) -> None:
         super().validate()
@@ -116,11 +122,13 @@ def run_trial(trial: dict[str, Any], *, panel, job: dict[str, Any]) -> list[dict
     """{"trial": spec, "on_eval": callback or absent} -> the spec's evaluations; used by Tune and the benchmark."""
 
     from raygen.cmt.methods import Setting, Training, run_method
+    from raygen.device import device_for
     from raygen.seeds import Stream, numpy_rng, torch_generator
     from raygen.threads import use_one_thread
 
     use_one_thread()
     config = CmtConfig.from_dict(job)
+    device = device_for("gpus_per_trial", config.gpus_per_trial)
     spec = trial["trial"]
     split = make_split(config, panel, spec["target"], spec["n"], spec["split"])
     training = Training(lr=config.lr, batch_size=config.batch_size, epochs=config.epochs,
@@ -131,7 +139,7 @@ def run_trial(trial: dict[str, Any], *, panel, job: dict[str, Any]) -> list[dict
     return run_method(spec["method"], split, training=training, rng=numpy_rng(config.seed, Stream.CMT_FIT, *index, 1),
                       generator=torch_generator(config.seed, Stream.CMT_FIT, *index, 0),
                       setting=Setting(**spec["setting"]) if spec["setting"] else None, mechanism=panel.mechanism,
-                      on_eval=trial.get("on_eval"))
+                      on_eval=trial.get("on_eval"), device=device)
 
 
 def make_split(config: CmtConfig, panel, target: str, n: int, split: int):
@@ -163,7 +171,7 @@ def make_trainable(config: CmtConfig, panel):
     from ray import tune
 
     return tune.with_resources(tune.with_parameters(tune_trial, panel=panel, job=config.to_dict()),
-                               {"cpu": config.cpus_per_trial})
+                               {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial})
 
 
 def fit_trials(specs: list[dict[str, Any]], trainable, storage: dict[str, Any], *,
@@ -303,16 +311,19 @@ def run(config: CmtConfig, *, verbose: bool = False, checked: tuple | None = Non
     """`checked`: preflight(config)'s result when the caller (the CLI) has run it already."""
     from raygen import runtime
     from raygen.cmt.report import markdown_table, plot
+    from raygen.device import trial_resources
     from raygen.rundir import RunDir
 
     panel, specs = checked or preflight(config)
     runtime.init(verbose=verbose)
+    _, where = trial_resources(config.cpus_per_trial, config.gpus_per_trial)  # checked before anything is written
     run_dir = RunDir(config)
     start = time.perf_counter()
-    print(f"cmt on {config.data}: {len(specs)} trials (Ray Tune) ...")
+    print(f"cmt on {config.data}: {len(specs)} trials (Ray Tune) on {where} ...")
     trials = collect(fit_trials(specs, make_trainable(config, panel), run_dir.ray_storage()))
     seconds = {"tune": time.perf_counter() - start, "trials": sum(t["seconds"] for t in trials)}
     summary = summarise(config, panel, trials, seconds)
+    summary["device"] = where
     rows = [{**r, "cells": {m: tuple(c) for m, c in r["cells"].items()}} for r in summary["table"]]
     for r in rows:
         run_dir.log(r["n"], **{f"{r['target']}/{m}": c[0] for m, c in r["cells"].items()})

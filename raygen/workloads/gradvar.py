@@ -11,6 +11,11 @@ published one, LR ≫ LR+C > LR+C+IDB (NVIL). "NVIL ≳ LEG ≈ optimal" in vari
 paper's abstract (it says modern estimators *perform* close to optimal): those gaps are shown as
 measured and labelled unverified, never judged. LEG+C (`leg_baseline`, LEG with a centred signal)
 is an addition of this project, outside the published comparison.
+
+Devices: `gpus_per_trial` trains each trial's SBN on the GPU Ray assigned it (`raygen.device`). Its
+initial weights and every example's binarisation and latent noise are still drawn on the CPU
+(numpy per-example seeds, CPU torch generators) and moved, so a GPU trial sees the CPU trial's
+noise; its numbers agree to float32 rounding, not bit for bit.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ LABELS = {"lr": "LR", "lr_baseline": "LR+C", "nvil": "LR+C+IDB (NVIL)", "leg": "
 
 @dataclasses.dataclass
 class GradvarConfig(Config):
-    RESUME_FREE = frozenset({"cpus_per_trial"})
+    RESUME_FREE = frozenset({"cpus_per_trial", "gpus_per_trial"})
 
     name: str = "gradvar_digits"
     models: list[str] = dataclasses.field(default_factory=lambda: ["linear", "deep"])
@@ -54,6 +59,7 @@ class GradvarConfig(Config):
     validation: int = bounded(200, ge=1)  # digits held out for validation; as many again for test
     test: int = bounded(200, ge=1)
     cpus_per_trial: float = bounded(1.0, gt=0)
+    gpus_per_trial: float = bounded(0.0, ge=0)  # fractions share a GPU (raygen.device)
 
     def validate(self) -> None:
         super().validate()
@@ -86,12 +92,15 @@ def tune_trial(trial: dict[str, Any], *, data, job: dict[str, Any]) -> None:
     """Tune function trainable: train one SBN, one `tune.report` per evaluation."""
     from ray import tune
 
+    from raygen.device import device_for
     from raygen.gradvar.training import train
     from raygen.threads import use_one_thread
 
     use_one_thread()
     config = GradvarConfig.from_dict(job)
-    train(config.spec(trial["model"], trial["estimator"], trial["lr"], trial["seed"]), *data, report=tune.report)
+    device = device_for("gpus_per_trial", config.gpus_per_trial)
+    train(config.spec(trial["model"], trial["estimator"], trial["lr"], trial["seed"]),
+          *(pixels.to(device) for pixels in data), report=tune.report)
 
 
 def _describe(config: dict[str, Any]) -> str:
@@ -258,18 +267,19 @@ def run(config: GradvarConfig, *, verbose: bool = False) -> dict[str, Any]:
     from ray import tune
 
     from raygen import runtime
+    from raygen.device import trial_resources
     from raygen.gradvar.training import split_digits
     from raygen.rundir import RunDir
     from raygen.workloads import tuning
 
     data = split_digits(config.seed, validation=config.validation, test=config.test)
     runtime.init(verbose=verbose)
+    resources, where = trial_resources(config.cpus_per_trial, config.gpus_per_trial)  # before anything is written
     run_dir = RunDir(config)
     start = time.perf_counter()
-    trainable = tune.with_resources(tune.with_parameters(tune_trial, data=data, job=config.to_dict()),
-                                    {"cpu": config.cpus_per_trial})
+    trainable = tune.with_resources(tune.with_parameters(tune_trial, data=data, job=config.to_dict()), resources)
     total = len(config.models) * len(config.estimators) * len(config.lrs) * len(config.seeds)
-    print(f"gradvar: {total} trials (Ray Tune), {config.iterations} iterations each ...", flush=True)
+    print(f"gradvar: {total} trials (Ray Tune) on {where}, {config.iterations} iterations each ...", flush=True)
     space = {"model": tune.grid_search(list(config.models)), "estimator": tune.grid_search(list(config.estimators)),
              "lr": tune.grid_search(list(config.lrs)), "seed": tune.grid_search(list(config.seeds))}
     results, tune_seconds = tuning.fit(trainable, storage=run_dir.ray_storage(), name=EXPERIMENT, param_space=space, total=total,
@@ -283,7 +293,7 @@ def run(config: GradvarConfig, *, verbose: bool = False) -> dict[str, Any]:
         "trials": len(trials) + len(failed), "failed": failed, "table": rows,
         "pattern": compare(rows, list(config.models)),
         "seconds": {"tune": tune_seconds},
-        "plots": ["grad_variance.png", "val_elbo.png"],
+        "plots": ["grad_variance.png", "val_elbo.png"], "device": where,
     }
     for r in rows:  # metrics.jsonl / TensorBoard: each estimator's curve at its best lr
         for i, it in enumerate(r.get("curve", {}).get("iteration", [])):
