@@ -27,9 +27,10 @@ def assigned_gpu_ids() -> list:
     return list(ray.get_gpu_ids()) if ray.is_initialized() else []
 
 
-def device_for(key: str, requested: float):
+def device_for(key: str, requested: float, off: str = ""):
     """The torch device this process computes on; `key` is the config key that reserved
-    `requested` GPUs per unit (named when they cannot be used)."""
+    `requested` GPUs per unit (named when they cannot be used, with `off`, the setting that runs
+    without one: `<key>=0` by default)."""
     import torch
 
     ids = assigned_gpu_ids()
@@ -38,13 +39,20 @@ def device_for(key: str, requested: float):
             raise UserError(f"config key '{key}' reserves {requested:g} GPU per unit but Ray assigned none to this "
                             f"process on node {socket.gethostname()}; run it as a Ray task with num_gpus={requested:g}")
         return torch.device("cpu")
+    require_cuda(f"config key '{key}' reserves {requested:g} GPU per unit and Ray assigned GPU "
+                 f"{','.join(map(str, ids))}", off or f"{key}=0")
+    return torch.device("cuda", 0)
+
+
+def require_cuda(reserved: str, off: str) -> None:
+    """Refuse, in one line, a GPU that `reserved` (what reserved it) gives this process but torch cannot
+    see; `off` is the setting that runs without one."""
+    import torch
+
     if not torch.cuda.is_available():
         build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
-        raise UserError(f"config key '{key}' reserves {requested:g} GPU per unit and Ray assigned GPU "
-                        f"{','.join(map(str, ids))} on node {socket.gethostname()}, but torch {torch.__version__} "
-                        f"({build}) sees no CUDA device there; install CUDA torch on that node (make TORCH_SPEC=...) "
-                        f"or set {key}=0")
-    return torch.device("cuda", 0)
+        raise UserError(f"{reserved} on node {socket.gethostname()}, but torch {torch.__version__} ({build}) sees "
+                        f"no CUDA device there; install CUDA torch on that node (make TORCH_SPEC=...) or set {off}")
 
 
 def describe(device) -> str:
@@ -58,8 +66,8 @@ def describe(device) -> str:
     return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
 
 
-def _describe_here(key: str, requested: float) -> str:
-    return describe(device_for(key, requested))
+def _describe_here(key: str, requested: float, off: str) -> str:
+    return describe(device_for(key, requested, off))
 
 
 def on_unit(fn, *args, num_cpus: float, num_gpus: float):
@@ -74,12 +82,12 @@ def on_unit(fn, *args, num_cpus: float, num_gpus: float):
         raise (find_user_error(exc.cause) or exc) from None
 
 
-def probe(key: str, num_cpus: float, num_gpus: float) -> str:
+def probe(key: str, num_cpus: float, num_gpus: float, off: str = "") -> str:
     """`describe` of the device a unit reserving these resources computes on ("cpu" without a task
     when it reserves no GPU); refuses, before any work, a GPU that torch cannot see there."""
     if num_gpus <= 0:
         return "cpu"
-    return on_unit(_describe_here, key, num_gpus, num_cpus=num_cpus, num_gpus=num_gpus)
+    return on_unit(_describe_here, key, num_gpus, off, num_cpus=num_cpus, num_gpus=num_gpus)
 
 
 def trial_resources(cpus: float, gpus: float, keys: str = "cpus_per_trial/gpus_per_trial") -> tuple[dict, str]:

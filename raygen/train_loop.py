@@ -312,11 +312,14 @@ class TrainRun:
                  mixed_precision: str = "auto", grad_accum: int = 1):
         from accelerate import Accelerator
 
+        from raygen.device import require_cuda
         from raygen.rundir import RunDir
 
-        gpu = use_gpu and torch.cuda.is_available()
-        precision = ("bf16" if gpu else "no") if mixed_precision == "auto" else mixed_precision
-        self.accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=grad_accum, cpu=not gpu)
+        if use_gpu:  # never a silent CPU run
+            require_cuda("config key 'use_gpu' asks for a GPU per training worker", "use_gpu=false")
+        precision = ("bf16" if use_gpu else "no") if mixed_precision == "auto" else mixed_precision
+        self.accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=grad_accum,
+                                       cpu=not use_gpu)
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.device = self.accelerator.device
         self.run_dir = RunDir(config) if self.rank == 0 else None
@@ -338,6 +341,8 @@ class TrainRun:
             modules = [self.accelerator.unwrap_model(m) for m in modules]
         state.modules = dict(zip(names_m, modules))
         state.optimizers = dict(zip(names_o, prepared[len(names_m):]))
+        for ema in state.emas.values():  # updated from the prepared modules: on their device
+            ema.model.to(self.device)
 
     def reduce(self, value: torch.Tensor) -> float:
         """The mean over ranks: every rank gets the same number."""

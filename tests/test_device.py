@@ -131,3 +131,77 @@ def test_gpu_check_without_a_gpu_stops_with_one_line():
     assert out.returncode == 0, out.stderr
     assert (out.stdout + out.stderr).strip().splitlines() == [out.stdout.strip()]
     assert out.stdout.startswith("gpu_check: no CUDA GPU visible to torch")
+
+
+@pytest.fixture
+def local_ray_without_gpus(monkeypatch):
+    """The embedded local Ray of a 2-CPU machine without GPUs, as the resource checks see it
+    (`ray.nodes`, `ray.cluster_resources`), without starting Ray: a refusal must come before it matters."""
+    import ray
+
+    from raygen import runtime
+
+    monkeypatch.setattr(runtime, "init", lambda **kwargs: None)
+    monkeypatch.setattr(runtime, "_embedded", True)
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 2.0}}])
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+
+
+def _refused(run, config, phrase: str, run_dir) -> None:
+    with pytest.raises(UserError) as info:
+        run(config)
+    message = str(info.value)
+    assert "\n" not in message and phrase in message and "this machine has CPU 2, GPU 0" in message
+    assert not run_dir.exists()  # refused before anything is written
+
+
+def test_cmt_and_gradvar_trials_asking_for_a_gpu_no_node_has_are_refused_before_writing(tmp_path,
+                                                                                        local_ray_without_gpus):
+    from raygen.workloads.cmt import CmtConfig, run as run_cmt
+    from raygen.workloads.gradvar import GradvarConfig, run as run_gradvar
+
+    cmt = CmtConfig(name="cmt", storage_path=str(tmp_path), data="synthetic", n_train=[4], splits=1,
+                    methods=["cmt"], depths=[1], coupling_hidden=[4], classifier_hidden=[4], weight_decays=[0.1],
+                    epochs=2, gpus_per_trial=0.5)
+    _refused(run_cmt, cmt, "cpus_per_trial/gpus_per_trial asks for CPU 1, GPU 0.5 per unit", tmp_path / "cmt")
+    gradvar = GradvarConfig(name="gv", storage_path=str(tmp_path), models=["linear"], estimators=["lr"], lrs=[1e-3],
+                            iterations=2, gpus_per_trial=1)
+    _refused(run_gradvar, gradvar, "cpus_per_trial/gpus_per_trial asks for CPU 1, GPU 1 per unit", tmp_path / "gv")
+
+
+def test_weightgen_gpus_for_training_or_generation_no_node_has_are_refused_before_writing(tmp_path,
+                                                                                          local_ray_without_gpus):
+    from raygen.workloads.weightgen import WeightgenConfig, run
+
+    base = dict(storage_path=str(tmp_path), mode="tasks", task_family="subset", zoo_tasks=1, classes_per_task=2)
+    _refused(run, WeightgenConfig(name="train", train_workers=1, use_gpu=True, **base),
+             "use_gpu asks for CPU 1, GPU 1 per unit", tmp_path / "train")
+    # the generation workers take gpus_per_member too (checked before the zoo stage starts)
+    _refused(run, WeightgenConfig(name="gen", gpus_per_member=0.5, **base), "gpus_per_member asks for CPU 1, GPU 0.5",
+             tmp_path / "gen")
+
+
+@pytest.mark.parametrize("keys, phrase", [
+    (dict(use_gpu=True), "config key 'use_gpu': GPUs are reserved by Ray Train workers: set train_workers >= 1"),
+    (dict(mixed_precision="bf16", train_workers=1), "config key 'mixed_precision': bf16 is for GPU training"),
+])
+def test_weightgen_gpu_training_keys_are_checked_with_the_config(keys, phrase):
+    from raygen.workloads.weightgen import WeightgenConfig
+
+    with pytest.raises(UserError, match=phrase):
+        WeightgenConfig(**keys)
+
+
+def test_a_trainer_asked_for_a_gpu_torch_cannot_see_is_one_line_not_a_cpu_run(tmp_path, monkeypatch):
+    """`raygen.train_loop.TrainRun` (every trainer: train, weightgen's AE and diffusion), in this process."""
+    from raygen.train_loop import TrainRun
+    from raygen.weightgen.train import StageConfig
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    config = StageConfig(name="ae", storage_path=str(tmp_path), zoo="unused", use_gpu=True)
+    with pytest.raises(UserError) as info:
+        TrainRun(config, keep_checkpoints=1, use_gpu=config.use_gpu, mixed_precision=config.mixed_precision)
+    message = str(info.value)
+    assert "\n" not in message and "config key 'use_gpu' asks for a GPU per training worker" in message
+    assert socket.gethostname() in message and message.endswith("or set use_gpu=false")
+    assert not (tmp_path / "ae").exists()

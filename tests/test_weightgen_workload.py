@@ -31,6 +31,7 @@ def test_tiny_tasks_run_end_to_end(ray_local, tmp_path, capsys):
     shown = capsys.readouterr().out
     assert re.search(r"^step \d+/\d+  ae loss \S+  \d+ models/s$", shown, re.M) and "img/s" not in shown
     report = json.loads((tmp_path / "tiny" / "report.json").read_text())
+    assert report["device"] == {"zoo": "cpu", "ae": "cpu", "diffusion": "cpu", "generation": "cpu"}  # no GPU keys
     for a, b in (("zoo", "original"), ("zoo", "generated")):
         for k in ("acc_mean", "acc_max"):
             assert 0 <= report[a][b][k] <= 100
@@ -52,6 +53,7 @@ def test_tiny_tasks_run_end_to_end(ray_local, tmp_path, capsys):
     PartStore.at(summary["generated"]["uri"], "model_id").verify(Chunks(12, 4), check="ids")
     # a generated model's stored accuracy is its accuracy on *its own task's* test set
     gen, cols, meta = read_zoo(summary["generated"]["uri"])
+    assert meta["device"] == "cpu"  # the generation workers' own device
     i = int(np.flatnonzero(cols["task_id"] == 7)[0])
     net = build_classifier(meta["arch"]).eval()
     net.load_state_dict(unflatten(gen[i], ParamLayout.from_dict(meta["layout"])))

@@ -91,7 +91,9 @@ def latent_loss(loss_fn: DenoisingLoss, denoiser: Callable, h0: torch.Tensor, co
 
 def sample_latents(denoiser: Callable, dim: int, seeds: Sequence[int], cond: torch.Tensor | None = None, *,
                    data_mean: float = 0.0, num_steps: int = 32, sigma_min: float = 0.002,
-                   sigma_max: float = 80.0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """One latent [D] per seed (sample i depends only on seeds[i] and cond[i]): [N, D]."""
-    x = data_mean + initial_state(list(seeds), (1, 1, dim), scale=sigma_max, dtype=dtype)
+                   sigma_max: float = 80.0, dtype: torch.dtype = torch.float32,
+                   device: torch.device | str = "cpu") -> torch.Tensor:
+    """One latent [D] per seed (sample i depends only on seeds[i] and cond[i]): [N, D], on `device`
+    (the denoiser's; the initial noise is drawn on the CPU, so every device starts from the same)."""
+    x = data_mean + initial_state(list(seeds), (1, 1, dim), scale=sigma_max, dtype=dtype, device=device)
     return heun_sample(denoiser, None, None, num_steps, sigma_min, sigma_max, cond, x_init=x)[:, 0, 0, :]

@@ -70,6 +70,8 @@ class StageConfig(Config):
     keep_checkpoints: int = 2
     num_workers: int = 0
     max_failures: int = 1
+    use_gpu: bool = False  # one GPU per Ray Train worker
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # Accelerate's (`raygen.train_loop.TrainRun`)
 
     def validate(self) -> None:
         super().validate()
@@ -97,7 +99,8 @@ def load_checkpoint_file(checkpoint_uri: str, filename: str) -> dict[str, Any]:
     """A stage's exported file, unpickled without running code (tensors and plain containers only)."""
     where = storage.resolve(checkpoint_uri).child(filename)
     try:
-        return torch.load(io.BytesIO(storage.read_bytes(where)), weights_only=True)
+        # a GPU-trained stage saved CUDA tensors; its readers (generation, the report) may have no GPU
+        return torch.load(io.BytesIO(storage.read_bytes(where)), map_location="cpu", weights_only=True)
     except Exception as exc:  # weights_only refuses anything but tensors and plain containers
         raise UserError(f"{storage.display(where.uri)} is not a checkpoint raygen wrote ({first_line(exc)}); "
                         "delete that stage's directory (or use --fresh) to retrain it") from None
@@ -111,7 +114,7 @@ def train_autoencoder(config: dict) -> dict:
     layout = ParamLayout.from_dict(meta["layout"])
     norm = NORMS[cfg.normalize].fit(thetas, layout)
     x = norm.normalize(thetas.double()).float()
-    run = TrainRun(cfg, keep_checkpoints=cfg.keep_checkpoints)
+    run = TrainRun(cfg, keep_checkpoints=cfg.keep_checkpoints, use_gpu=cfg.use_gpu, mixed_precision=cfg.mixed_precision)
     try:
         restored = run.store.load(run.rank)
         ae = seeded(stream_seed(cfg.seed, Stream.MODEL_INIT), lambda: ParamAutoencoder(layout.numel, cfg.latent_dim, cfg.ae_kind, cfg.hidden,
@@ -188,7 +191,7 @@ def train_diffusion(config: dict) -> dict:
     supports = TaskSupports(zoo_meta, task_ids, cfg.support_shots) if conditional else None
     fixed = supports.draw(list(range(len(task_ids)))) if conditional else None
     mu, sd = float(h.mean()), float(h.std())
-    run = TrainRun(cfg, keep_checkpoints=cfg.keep_checkpoints)
+    run = TrainRun(cfg, keep_checkpoints=cfg.keep_checkpoints, use_gpu=cfg.use_gpu, mixed_precision=cfg.mixed_precision)
     try:
         restored = run.store.load(run.rank)
         denoiser = seeded(stream_seed(cfg.seed, Stream.MODEL_INIT), lambda: VectorDenoiser(h.shape[1], cfg.cond_dim if conditional else 0,

@@ -35,12 +35,12 @@ import numpy as np
 
 import torch
 
-from raygen import fanout, runtime
+from raygen import device, fanout, runtime
 from raygen.config import bounded, check
 from raygen.errors import UserError
 from raygen.parts import Chunks, PartStore
 from raygen.rundir import RunDir
-from raygen.train_loop import checkpoint_name, launch
+from raygen.train_loop import check_workers_fit, checkpoint_name, launch
 from raygen.weightgen import report
 from raygen.weightgen.generate import Generator
 from raygen.weightgen.store import ID_COLUMN, read_zoo
@@ -95,6 +95,8 @@ class WeightgenConfig(ZooConfig):
     finetune_lr: float = bounded(0.003, gt=0)
     # training runtime
     train_workers: int = bounded(0, ge=0)  # 0: AE and diffusion train in this process; N: Ray Train workers
+    use_gpu: bool = False  # one GPU per Ray Train worker (needs train_workers >= 1)
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # Accelerate's; auto: bf16 on a GPU, else no
     keep_checkpoints: int = bounded(2, ge=1)
     max_failures: int = bounded(1, ge=0)
     log_every: int = bounded(100, ge=1)
@@ -105,6 +107,10 @@ class WeightgenConfig(ZooConfig):
             check(0 < self.contrastive_steps < self.diff_steps, "contrastive_steps",
                   f"must be in 1..diff_steps-1 (diff_steps is {self.diff_steps}): the rest trains the diffusion")
         check(self.finetune_steps >= self.finetune_every, "finetune_steps", "must be >= finetune_every")
+        check(not self.use_gpu or self.train_workers >= 1, "use_gpu",
+              "GPUs are reserved by Ray Train workers: set train_workers >= 1 (one GPU each)")
+        check(self.use_gpu or self.mixed_precision in ("auto", "no"), "mixed_precision",
+              f"{self.mixed_precision} is for GPU training: set use_gpu: true (or mixed_precision: auto)")
         if self.mode == "trajectory":
             check(not self.heldout_tasks, "heldout_tasks", "trajectory mode has no held-out tasks; use mode: tasks")
         check(len(set(self.heldout_tasks)) == len(self.heldout_tasks), "heldout_tasks", "lists a task twice")
@@ -123,7 +129,8 @@ CONFIG = WeightgenConfig
 
 def stage_config(cfg: WeightgenConfig, stage: str, root: str, zoo: str, autoencoder: str = "") -> StageConfig:
     common = dict(storage_path=root, seed=cfg.seed, zoo=zoo, mode=cfg.mode, keep_checkpoints=cfg.keep_checkpoints,
-                  num_workers=cfg.train_workers, max_failures=cfg.max_failures, log_every=cfg.log_every)
+                  num_workers=cfg.train_workers, max_failures=cfg.max_failures, log_every=cfg.log_every,
+                  use_gpu=cfg.use_gpu, mixed_precision=cfg.mixed_precision)
     if stage == "ae":
         normalize = cfg.normalize if cfg.normalize != "auto" else "weight" if cfg.mode == "trajectory" else "tensor"
         return StageConfig(name="ae", stage="ae", ae_kind=cfg.ae_kind, normalize=normalize, latent_dim=cfg.latent_dim,
@@ -149,7 +156,7 @@ def _train_stage(stage: StageConfig, train_func, verbose: bool) -> str:
     else:
         metrics, latest = launch(train_func, stage, run_dir, num_workers=stage.num_workers,
                                  keep_checkpoints=stage.keep_checkpoints, max_failures=stage.max_failures,
-                                 verbose=verbose)
+                                 use_gpu=stage.use_gpu, verbose=verbose)
     if latest is None:
         raise UserError(f"{stage.stage} training under {run_dir.uri} wrote no checkpoint; see its metrics.jsonl")
     run_dir.write_report({"stage": stage.stage, "checkpoint": run_dir.child_uri(latest), "final": metrics},
@@ -162,8 +169,9 @@ def _train_stage(stage: StageConfig, train_func, verbose: bool) -> str:
 
 
 def generate(cfg: WeightgenConfig, run_dir, ae_uri: str, diff_uri: str, metadata: dict,
-             task_ids: list[int]) -> dict[str, Any]:
-    """n_generate vectors per task as parts (`raygen.weightgen.generate.Generator` on Ray tasks)."""
+             task_ids: list[int], where: str) -> dict[str, Any]:
+    """n_generate vectors per task as parts (`raygen.weightgen.generate.Generator` on Ray tasks, each
+    reserving gpus_per_member); `where`: `raygen.device.describe` of their device."""
     store = PartStore(run_dir.child("generated"), id_column=ID_COLUMN)
     chunks = Chunks(len(task_ids) * cfg.n_generate, cfg.n_generate)
     settings = {"n_generate": cfg.n_generate, "tasks": task_ids, "sample_steps": cfg.sample_steps,
@@ -172,14 +180,26 @@ def generate(cfg: WeightgenConfig, run_dir, ae_uri: str, diff_uri: str, metadata
         settings["support_draw"] = cfg.support_draw
     fanout.settle(store, settings)
     print(f"[4/4] generating {cfg.n_generate} weight vectors for each of {len(task_ids)} task(s) "
-          f"on {cfg.num_actors} workers")
-    # the zoo's metadata, but not its device: generation reserves no GPU (yet) and computes on the CPU
-    done = fanout.run_chunks(fanout.Output(store, chunks, {**metadata, "device": "cpu"}), Generator,
+          f"on {cfg.num_actors} workers" + (f" × {where}" if cfg.gpus_per_member else ""))
+    # the zoo's metadata, but the generation workers' own device
+    done = fanout.run_chunks(fanout.Output(store, chunks, {**metadata, "device": where}), Generator,
                              {"metadata": metadata, "ae_uri": ae_uri, "diff_uri": diff_uri, "task_ids": task_ids,
                               "seed": cfg.seed, "n_generate": cfg.n_generate, "support_shots": cfg.support_shots,
-                              "sample_steps": cfg.sample_steps, "support_draw": cfg.support_draw},
-                             what="generated", workers=cfg.num_actors, run_dir=run_dir)
-    return {"uri": store.loc.uri, "models": chunks.n, "written": done.rows, "seconds": done.seconds}
+                              "sample_steps": cfg.sample_steps, "support_draw": cfg.support_draw,
+                              "gpus": cfg.gpus_per_member},
+                             what="generated", workers=cfg.num_actors, run_dir=run_dir, num_gpus=cfg.gpus_per_member)
+    return {"uri": store.loc.uri, "models": chunks.n, "written": done.rows, "seconds": done.seconds,
+            "device": where}
+
+
+def devices(cfg: WeightgenConfig) -> dict[str, str]:
+    """Where training and generation compute (`raygen.device.describe`), checked against the nodes
+    before anything is written: a GPU no node has is refused on a local Ray, waited for on a cluster."""
+    runtime.check_fits({"CPU": 1, "GPU": cfg.gpus_per_member}, "gpus_per_member")
+    if cfg.train_workers:
+        check_workers_fit(cfg.train_workers, cfg.use_gpu)
+    return {"training": device.probe("use_gpu", 1, 1.0 if cfg.use_gpu else 0.0, off="use_gpu=false"),
+            "generation": device.probe("gpus_per_member", 1, cfg.gpus_per_member)}
 
 
 # ====================================================================== the workload
@@ -213,6 +233,7 @@ def run(config: WeightgenConfig, *, verbose: bool = False, checked: tuple | None
     if checked is None:
         preflight(config)
     runtime.init(verbose=verbose)
+    where = devices(config)
     run_dir = RunDir(config)
     root = run_dir.uri
     started = time.perf_counter()
@@ -244,7 +265,7 @@ def run(config: WeightgenConfig, *, verbose: bool = False, checked: tuple | None
           + (", conditioned on a DeepSets task embedding)" if config.mode == "tasks" else ")"))
     diff_uri = _train_stage(stage_config(config, "diffusion", root, zoo_uri, ae_uri), train_diffusion, verbose)
     task_ids = sorted(set(cols["task_id"].tolist())) + list(config.heldout_tasks)
-    gen_stage = generate(config, run_dir, ae_uri, diff_uri, meta, task_ids)
+    gen_stage = generate(config, run_dir, ae_uri, diff_uri, meta, task_ids, where["generation"])
     gen, gcols, _ = read_zoo(gen_stage["uri"], "generated set")
 
     print("       evaluating: originals vs generated vs noise-perturbed vs random init"
@@ -266,6 +287,9 @@ def run(config: WeightgenConfig, *, verbose: bool = False, checked: tuple | None
         "generated": gen_stage, "table": table, "ae": diagnostics,
         "memorisation": {k: v for k, v in memo.items() if k != "raw"},
         "checkpoints": {"ae": ae_uri, "diffusion": diff_uri}, "seconds": time.perf_counter() - started,
+        # per stage; the report's own evaluation (tables, fine-tuning) runs in this process, on the CPU
+        "device": {"zoo": zoo_stage["device"], "ae": where["training"], "diffusion": where["training"],
+                   "generation": where["generation"]},
     }
     summary["zoo"]["generated"] = {k: table["generated"][k] for k in ("acc_mean", "acc_median", "acc_max", "acc_min")}
     if held is not None:
