@@ -2,11 +2,15 @@
 
 Writes benchmarks/results/gpu_check.json:
 - per workload: the device it ran on, read from the run's own records (report.json `device`,
-  recorded by `raygen.device` from what Ray assigned the workers), its seconds and throughput;
-  a workload that has no GPU key yet is listed as such, not run;
+  recorded by `raygen.device` from what Ray assigned the workers; weightgen's per stage: zoo, AE
+  and diffusion on a Ray Train worker with use_gpu in bf16, generation), its seconds and
+  throughput; cmt and gradvar trials share the GPU (gpus_per_trial 0.5); a workload that has no
+  GPU key yet is listed as such, not run;
 - MMDGS samples/s of a small conv denoiser (float32, covariance diag) with 1 worker holding the
   GPU and 2 workers sharing it (gpus_per_actor 0.5), against the same sampler in a plain loop in
-  this process;
+  this process; and the same 64 ids drawn on the CPU and on the GPU (the same per-sample noise,
+  drawn on the CPU in both): how far apart they are (other kernels and reduction orders; TF32 in
+  convolutions, PyTorch's cuDNN default on Ampere and newer) and whether they are bit-identical;
 - Ray Train img/s (SADM, 1 worker, use_gpu) against the same `train_func` in this process;
 - the GPU's memory high-water mark (nvidia-smi, polled every 0.2 s, all processes) and this
   process's own (torch.cuda.max_memory_allocated, the plain loops).
@@ -64,8 +68,12 @@ WEIGHTGEN = dict(ZOO, zoo_tasks=2, heldout_tasks=[7], seeds=2, member_steps=100,
                  n_generate=8, sample_steps=8, latent_dim=8, ae_hidden=64, diff_hidden=64, diff_depth=1, cond_dim=8,
                  support_shots=2, finetune_steps=4, finetune_every=2, finetune_models=1, log_every=50)
 TRAIN = dict(steps=120, batch_size=64, log_every=20, checkpoint_every=120, sample_every=0, model_size="small")
-NO_GPU_KEY_YET = {"tune": "gpus_per_trial: owned by the tune workload's engineer (raygen.device.trial_resources)",
-                  "cmt": "gpus_per_trial not wired yet", "gradvar": "gpus_per_trial not wired yet"}
+CMT = dict(data="synthetic", n_train=[6], splits=2, methods=["cmt", "target_only"], depths=[4], coupling_hidden=[32],
+           classifier_hidden=[16], weight_decays=[0.01], epochs=40, eval_every=20, max_augment=500, n_sources=3,
+           source_size=200, test_size=200)
+GRADVAR = dict(models=["linear"], estimators=["lr", "optimal"], lrs=[1e-3], seeds=[0], iterations=200, eval_every=100,
+               variance_batches=20, iw_samples=10, validation=100, test=100)
+NO_GPU_KEY_YET = {"tune": "gpus_per_trial: owned by the tune workload's engineer (raygen.device.trial_resources)"}
 
 
 class MemoryWatch:
@@ -106,16 +114,23 @@ def timed_run(workload: str, **overrides) -> tuple[dict, float]:
     return report_of(result), time.perf_counter() - start
 
 
+def plain_sampler(chunk: int, device: torch.device):
+    """The sampling workers' ChunkSampler in this process, on `device` (this process reserved no GPU
+    from Ray: it is built on the CPU and moved, as a worker's would be)."""
+    from raygen.workloads.sample import ChunkSampler, SampleConfig
+
+    sampler = ChunkSampler(SampleConfig.from_dict(dict(SAMPLE, name="plain")).to_dict(), chunk,
+                           import_dirs=(os.getcwd(),))
+    sampler.device = device
+    sampler.model = sampler.model.to(device)
+    return sampler
+
+
 def plain_mmdgs(n: int, chunk: int) -> float:
     """Samples/s of the same sampler and net in this process on the GPU, chunk by chunk."""
     import numpy as np
 
-    from raygen.workloads.sample import ChunkSampler, SampleConfig
-
-    sampler = ChunkSampler(SampleConfig.from_dict(dict(SAMPLE, name="plain")).to_dict(), chunk,
-                           import_dirs=(os.getcwd(),))  # no GPU reserved in this process: built on the CPU, moved
-    sampler.device = torch.device("cuda", 0)
-    sampler.model = sampler.model.to(sampler.device)
+    sampler = plain_sampler(chunk, torch.device("cuda", 0))
     sampler.draw(np.arange(8))  # warm-up: kernels, allocator
     torch.cuda.synchronize()
     start = time.perf_counter()
@@ -123,6 +138,22 @@ def plain_mmdgs(n: int, chunk: int) -> float:
         sampler.draw(sampler.layout.ids(c))
     torch.cuda.synchronize()
     return n / (time.perf_counter() - start)
+
+
+def cpu_vs_gpu(ids: int = 64) -> dict:
+    """The same ids drawn on the CPU and on the GPU: each sample's noise comes from its own seed on the
+    CPU in both, so what differs is the arithmetic (kernels, reduction order, TF32 convolutions)."""
+    import numpy as np
+
+    drawn = {}
+    for name in ("cpu", "cuda"):
+        x, *_ = plain_sampler(ids, torch.device(name)).draw(np.arange(ids))
+        drawn[name] = x.detach().cpu().double()
+    diff = (drawn["cuda"] - drawn["cpu"]).abs()
+    return {"ids": ids, "dtype": SAMPLE["dtype"], "bit_identical": bool(torch.equal(drawn["cuda"], drawn["cpu"])),
+            "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
+            "sample_abs_max": float(drawn["cpu"].abs().max()),
+            "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32, "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32}
 
 
 def steady_images_per_s(run_dir: str) -> float:
@@ -181,9 +212,20 @@ def main() -> int:
         return {"device": report["device"], "seconds": seconds, "members_per_s": report["members"] / seconds}
 
     def weightgen() -> dict:
-        report, seconds = timed_run("weightgen", name="wg", storage_path=storage, gpus_per_member=0.5, **WEIGHTGEN)
-        return {"device": report.get("device", report.get("zoo", {}).get("device", "not recorded")),
-                "seconds": seconds, "note": "gpus_per_member reaches the zoo stage; AE/diffusion/generation: CPU"}
+        # zoo and generation workers share the GPU; the AE and diffusion on one Ray Train worker, bf16 (auto)
+        report, seconds = timed_run("weightgen", name="wg", storage_path=storage, gpus_per_member=0.5, use_gpu=True,
+                                    train_workers=1, **WEIGHTGEN)
+        generated = report["generated"]
+        return {"device": report["device"], "seconds": seconds,
+                "generated_per_s": generated["written"] / generated["seconds"] if generated["seconds"] else None}
+
+    def cmt() -> dict:
+        report, seconds = timed_run("cmt", name="cmt", storage_path=storage, gpus_per_trial=0.5, **CMT)
+        return {"device": report["device"], "seconds": seconds, "trials_per_s": report["trials"] / seconds}
+
+    def gradvar() -> dict:
+        report, seconds = timed_run("gradvar", name="gradvar", storage_path=storage, gpus_per_trial=0.5, **GRADVAR)
+        return {"device": report["device"], "seconds": seconds, "trials_per_s": report["trials"] / seconds}
 
     def study() -> dict:
         report, seconds = timed_run("study", name="study", storage_path=storage, gpus_per_trial=0.5,
@@ -209,10 +251,13 @@ def main() -> int:
         attempt(result["mmdgs"], "ray_2_workers_sharing", lambda: sampled("mmdgs2", 2, 0.5))
         attempt(result["mmdgs"], "plain_loop", lambda: {"samples_per_s": plain_mmdgs(SAMPLE["n_samples"],
                                                                                      SAMPLE["chunk_size"])})
+        attempt(result["mmdgs"], "cpu_vs_gpu", cpu_vs_gpu)
         result["workloads"]["sample"] = result["mmdgs"]["ray_1_worker"]
         attempt(result["workloads"], "zoo", zoo)
         attempt(result["workloads"], "weightgen", weightgen)
         attempt(result["workloads"], "study", study)
+        attempt(result["workloads"], "cmt", cmt)
+        attempt(result["workloads"], "gradvar", gradvar)
         attempt(result, "train", train)
         result["workloads"]["train"] = result["train"]
         for name, why in NO_GPU_KEY_YET.items():
