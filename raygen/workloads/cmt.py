@@ -16,8 +16,9 @@ synthetic panel from CMT_PANEL (`raygen.seeds`).
 
 Devices: `gpus_per_trial` puts method cmt's INN and GCL training on the GPU Ray assigned the trial
 (`raygen.device`); their draws are still made by the CPU generators above and moved, so a GPU run
-uses the CPU run's draws (its numbers agree to float64 rounding, not bit for bit). Augmentation,
-the one-class SVM and every KRR stay numpy on the CPU, and so do the other methods.
+uses the CPU run's draws (its numbers differ by float64 rounding as training carries it, not bit
+for bit). Augmentation, the one-class SVM and every KRR stay numpy on the CPU, and so do the other
+methods.
 
 Data: `gasoline` (each country in turn is the target, the others the sources; n = 6 training and
 13 test points per split) or `synthetic` (known f, one target domain, n swept over `n_train`).

@@ -15,7 +15,8 @@ is an addition of this project, outside the published comparison.
 Devices: `gpus_per_trial` trains each trial's SBN on the GPU Ray assigned it (`raygen.device`). Its
 initial weights and every example's binarisation and latent noise are still drawn on the CPU
 (numpy per-example seeds, CPU torch generators) and moved, so a GPU trial sees the CPU trial's
-noise; its numbers agree to float32 rounding, not bit for bit.
+noise. Not bit for bit: float32 rounding differs, and a binary unit whose uniform lies within it of
+its threshold flips, so a GPU trial can drift from the CPU trial (same distribution, not the same run).
 """
 
 from __future__ import annotations
