@@ -45,6 +45,9 @@ actor count, worker count), and one table says which stream is which:
 | 33 | HPO_INIT        | -                  | L: seed + 1  a bilevel task's MLP initialisation         |
 | 34 | SUPPORT_DRAW    | 0, step, rank      | weightgen's re-drawn support sets: a diffusion training  |
 |    |                 | 1, vector id       | step's; one generated vector's                           |
+| 35 | HPO_SOLVER      | -                  | L: seed      a Tune trial's IHVP solver draws (Nyström    |
+|    |                 |                    |              columns, sketches, λ_max start); the key is  |
+|    |                 |                    |              HPO_TASK's (a legacy sharing)               |
 
 `stream_seed` gives a 63-bit integer (numpy's SeedSequence over the key), `numpy_rng` and
 `torch_generator` wrap it. Streams marked L are *legacy* keys, registered as named streams from the
@@ -102,6 +105,7 @@ class Stream(enum.IntEnum):
     HPO_TASK = 32
     HPO_INIT = 33
     SUPPORT_DRAW = 34
+    HPO_SOLVER = 35
 
 
 # The legacy keys of the table above: (run seed, *index) -> the key the draws used before.
@@ -120,6 +124,7 @@ LEGACY: dict[Stream, Callable[..., int | list[int]]] = {
     Stream.MODEL_INIT: lambda seed: seed,
     Stream.HPO_TASK: lambda seed: seed,
     Stream.HPO_INIT: lambda seed: seed + 1,
+    Stream.HPO_SOLVER: lambda seed: seed,
     # subs 0-3 numpy keys [seed, sub, *index]; subs 4, 5 torch inits seed, seed + 1
     Stream.GRADVAR: lambda seed, sub, *index: seed + sub - 4 if sub >= 4 else [seed, sub, *index],
 }

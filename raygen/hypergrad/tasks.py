@@ -16,6 +16,7 @@ Digits come from scikit-learn (`load_digits`, shipped with the package: nothing 
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Callable
 
@@ -219,8 +220,13 @@ def make_task(name: str, *, data: torch.Generator, init: torch.Generator, device
     if not is_import_path(name):
         raise UserError(f"config key 'task': unknown task {name!r}; valid: {', '.join(TASKS)} or an import path "
                         "pkg.module:make_problem")
-    problem = load_object(name, key="task", returns="a raygen.hypergrad.BilevelProblem", search=search)(
-        data, init, device, **kwargs)
+    factory = load_object(name, key="task", returns="a raygen.hypergrad.BilevelProblem", search=search)
+    try:
+        inspect.signature(factory).bind(data, init, device, **kwargs)
+    except TypeError as exc:
+        raise UserError(f"config key 'task_options': {name} cannot be called as make_problem(data, init, device"
+                        f"{''.join(f', {k}=...' for k in kwargs)}): {exc}") from None
+    problem = factory(data, init, device, **kwargs)
     if not isinstance(problem, BilevelProblem):
         raise UserError(f"config key 'task': {name} returned a {type(problem).__name__}, not a "
                         "raygen.hypergrad.BilevelProblem (see raygen.hypergrad.problem for the protocol)")

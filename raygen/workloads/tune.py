@@ -12,6 +12,15 @@ model for the same number of steps with that hyperparameter fixed.
 A trial's result depends only on its sampled settings: the seed fixes the task's data and init and
 the Nyström column draws, and each trial runs single-threaded.
 
+`task` is a built-in task or a user's own problem by import path, `task: pkg.module:make_problem`:
+`make_problem(data, init, device, **task_options)` returns a `raygen.hypergrad.BilevelProblem` (the
+protocol is in `raygen.hypergrad.problem`); the built-in tasks are made the same way. The module is
+looked for in the working directory (which `raygen submit` ships), the driver's, then the installed
+packages. The driver builds the problem once and checks it before any trial starts.
+
+`gpus_per_trial` > 0 runs each trial on the GPU Ray assigns it (`raygen.device`; the report
+records the device); the problem is built there.
+
 `rho_scale: lambda_max` (the default) makes each sampled rho relative to the inner Hessian's top
 eigenvalue, estimated by `power_iters` warm-started power iterations per outer step and reported;
 `reset_inner: true` restarts θ before every outer step (the reference library's protocol). Every
@@ -29,6 +38,7 @@ from typing import Any, Literal
 
 from raygen.config import Config, bounded, check
 from raygen.errors import UserError
+from raygen.imports import is_import_path
 
 # The trial keys each solver of `raygen.hypergrad.SOLVERS` uses ("sketch_every" goes to the bilevel
 # optimiser, the rest to the solver); tests check this matches the registry. Kept here as names so
@@ -44,13 +54,16 @@ SOLVER_KNOBS = {
 }
 SOLVER_NAMES = tuple(SOLVER_KNOBS)
 BASELINES = ("random", "optuna")
+OPTIONAL_METRICS = ("val_acc", "test_loss", "test_acc")  # reported when the problem's evaluate gives them
+TASKS = ("weight_decay", "reweight", "distill")  # raygen.hypergrad.tasks.TASKS, named without importing torch
 EXPERIMENT = "hypergrad"
 
 
 @dataclasses.dataclass
 class TuneHypergradConfig(Config):
     name: str = "tune_hypergrad"
-    task: Literal["weight_decay", "reweight", "distill"] = "reweight"
+    task: str = "reweight"  # a built-in task (TASKS) or pkg.module:make_problem
+    task_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # make_problem's keyword arguments
     imbalance: float = bounded(50.0, ge=1)  # reweight: largest / smallest class size
     per: Literal["class", "example"] = "example"  # reweight: one weight per example (the paper's form) or per class
     images_per_class: int = bounded(1, ge=1)  # distill
@@ -82,9 +95,14 @@ class TuneHypergradConfig(Config):
     baseline_samples: int = bounded(4, ge=1)
     checkpoint_every: int = bounded(5, ge=1)  # outer steps between trial checkpoints
     cpus_per_trial: float = bounded(1.0, gt=0)
+    gpus_per_trial: float = bounded(0.0, ge=0)  # fractions share a GPU (raygen.device)
 
     def validate(self) -> None:
         super().validate()
+        check(self.task in TASKS or is_import_path(self.task), "task",
+              f"unknown task {self.task!r}; valid: {', '.join(TASKS)} or an import path pkg.module:make_problem")
+        check(not self.task_options or self.task not in TASKS, "task_options",
+              "only for a task given by import path; the built-in tasks take imbalance, per, images_per_class")
         check(bool(self.solvers), "solvers", "list at least one solver")
         for s in self.solvers:
             check(s in SOLVER_NAMES, "solvers", f"unknown solver {s!r}; valid: {', '.join(SOLVER_NAMES)}")
@@ -100,7 +118,7 @@ class TuneHypergradConfig(Config):
             return {"imbalance": self.imbalance, "per": self.per}
         if self.task == "distill":
             return {"images_per_class": self.images_per_class}
-        return {}
+        return dict(self.task_options)
 
 
 CONFIG = TuneHypergradConfig
@@ -120,6 +138,14 @@ def setting(trial: dict[str, Any]) -> str:
     return ", ".join(parts + [f"outer_lr={trial['outer_lr']}", f"unroll={trial['unroll']}", f"seed={trial['seed']}"])
 
 
+def solver_generator(seed: int):
+    """The generator of a trial's solver draws (Nyström columns, sketches, λ_max starts): stream
+    HPO_SOLVER, whose legacy key (the seed itself) keeps the draws of the integer-seeded trials."""
+    from raygen.seeds import Stream, torch_generator
+
+    return torch_generator(seed, Stream.HPO_SOLVER)
+
+
 def task_generators(seed: int) -> dict[str, Any]:
     """The generators `make_task` takes, from the run seed's named streams (legacy keys: the draws of
     the integer-seeded tasks before, so published figures reproduce)."""
@@ -135,18 +161,23 @@ def load_state(checkpoint_dir: Path) -> dict[str, Any]:
     return load_weights(checkpoint_dir / "state.pt", "start the run over with --fresh")
 
 
-def run_trial(trial: dict[str, Any], job: dict[str, Any]) -> None:
-    """The Tune function trainable: one bilevel optimisation, one `tune.report` per outer step."""
+def run_trial(trial: dict[str, Any], job: dict[str, Any], import_dirs: tuple[str, ...] = ()) -> None:
+    """The Tune function trainable: one bilevel optimisation, one `tune.report` per outer step.
+    `import_dirs`: the driver's working directory, where an import-path task may live."""
     import torch
     from ray import tune
 
+    from raygen.device import device_for
     from raygen.hypergrad.bilevel import BilevelOptimizer
     from raygen.hypergrad.tasks import make_task
+    from raygen.imports import working_dirs
     from raygen.threads import use_one_thread
 
     use_one_thread()
     config = TuneHypergradConfig.from_dict(job)
-    task = make_task(config.task, **task_generators(trial["seed"]), **config.task_kwargs())
+    device = device_for("gpus_per_trial", config.gpus_per_trial)
+    task = make_task(config.task, **task_generators(trial["seed"]), device=device,
+                     search=(*working_dirs(), *import_dirs), **config.task_kwargs())
     solver = trial["solver"]
     if solver == "none":  # black-box baseline: hyperparameters fixed at the sampled global value
         task.hparams = task.global_hparam.to_raw(trial["global"])
@@ -159,7 +190,7 @@ def run_trial(trial: dict[str, Any], job: dict[str, Any]) -> None:
         outer_lr=trial["outer_lr"],
         outer_momentum=config.outer_momentum,
         outer_optimizer=config.outer_optimizer,
-        generator=torch.Generator().manual_seed(trial["seed"]),
+        generator=solver_generator(trial["seed"]),
         sketch_every=trial["sketch_every"] if "sketch_every" in SOLVER_KNOBS.get(solver, ()) else 1,
         rho_scale=config.rho_scale,
         power_iters=config.power_iters,
@@ -178,9 +209,7 @@ def run_trial(trial: dict[str, Any], job: dict[str, Any]) -> None:
         elapsed += time.perf_counter() - start
         metrics = {
             "val_loss": record["val_loss"],
-            "val_acc": record["val_acc"],
-            "test_loss": record["test_loss"],
-            "test_acc": record["test_acc"],
+            **{k: record[k] for k in OPTIONAL_METRICS if k in record},  # a user's problem may report only val_loss
             "inner_loss": record["inner_loss"],
             "inner_grad_norm": record["inner_grad_norm"],
             "outer_step": record["outer_step"],
@@ -232,19 +261,16 @@ def _baseline_space(config: TuneHypergradConfig, g) -> dict[str, Any]:
 
 def _describe(trial: dict[str, Any], result: dict[str, Any]) -> str:
     """The progress line's text for a finished trial."""
-    return f"{trial['solver']} val_loss={result['val_loss']:.4f} test_acc={result['test_acc']:.3f}"
+    accuracy = f" test_acc={result['test_acc']:.3f}" if "test_acc" in result else ""
+    return f"{trial['solver']} val_loss={result['val_loss']:.4f}{accuracy}"
 
 
-def _fit(config: TuneHypergradConfig, run_dir, name: str, space: dict, search_alg, scheduler, num_samples: int,
-         total: int):
+def _fit(trainable, run_dir, name: str, space: dict, search_alg, scheduler, num_samples: int, total: int):
     """Run (or resume, when the run dir holds an unfinished experiment `name`) one Tuner; return (results, seconds)."""
     from ray import tune
 
     from raygen.workloads import tuning
 
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, job=config.to_dict()), {"cpu": config.cpus_per_trial}
-    )
     tune_config = tune.TuneConfig(
         metric="val_loss", mode="min", search_alg=search_alg, scheduler=scheduler, num_samples=num_samples
     )
@@ -294,8 +320,8 @@ def _summarise(trials: list[dict[str, Any]], seconds: dict[str, float], max_step
             row.update(
                 best_setting=best["setting"],
                 final_val_loss=last["val_loss"],
-                final_val_acc=last["val_acc"],
-                final_test_acc=last["test_acc"],
+                final_val_acc=last.get("val_acc"),
+                final_test_acc=last.get("test_acc"),
                 outer_steps=last["outer_step"],
                 skipped_steps=last["skipped_steps"],
                 sketch_hvps_saved=last["sketch_hvps_saved"],
@@ -308,12 +334,14 @@ def _summarise(trials: list[dict[str, Any]], seconds: dict[str, float], max_step
     return methods
 
 
-def _markdown(config: TuneHypergradConfig, methods: dict[str, Any], info: dict[str, Any], plot: str) -> str:
+def _markdown(config: TuneHypergradConfig, methods: dict[str, Any], info: dict[str, Any], plot: str,
+              device: str) -> str:
     fmt = lambda v, spec: "–" if v is None else format(v, spec)
     lines = [
         f"# raygen tune: {config.task} ({config.name})",
         "",
-        f"Task info: `{json.dumps(info)}`. Outer steps per trial: {config.max_outer_steps}; "
+        f"Task info: `{json.dumps(info, default=str)}`. Trials ran on {device}. Outer steps per trial: "
+        f"{config.max_outer_steps}; "
         f"scheduler: {config.scheduler}; seeds: {config.seeds}; rho scale: {config.rho_scale}; "
         f"θ reset every outer step: {config.reset_inner}.",
         "",
@@ -371,13 +399,26 @@ def run(config: TuneHypergradConfig, *, verbose: bool = False) -> dict[str, Any]
 
     optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
 
+    from ray import tune
+
     from raygen import runtime
+    from raygen.device import trial_resources
     from raygen.hypergrad.tasks import make_task
+    from raygen.imports import working_dirs
     from raygen.rundir import RunDir
 
+    driver_dirs = working_dirs()  # read once, at the start: where the trials look for an import-path task
+    # bad settings and a broken problem fail here, on the driver's CPU, before Ray starts or anything is written
+    task = make_task(config.task, **task_generators(config.seeds[0]), search=driver_dirs, **config.task_kwargs())
+    task.check()
+    if config.baselines and task.global_hparam is None:
+        raise UserError(f"config key 'baselines': task {config.task!r} has no global_hparam for black-box search; "
+                        "set baselines: [] or give the BilevelProblem a global_hparam")
     runtime.init(verbose=verbose)
+    resources, where = trial_resources(config.cpus_per_trial, config.gpus_per_trial)
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, job=config.to_dict(), import_dirs=driver_dirs), resources)
     run_dir = RunDir(config)
-    task = make_task(config.task, **task_generators(config.seeds[0]), **config.task_kwargs())  # bad settings fail here
 
     def scheduler():
         if config.scheduler == "fifo":
@@ -388,7 +429,7 @@ def run(config: TuneHypergradConfig, *, verbose: bool = False) -> dict[str, Any]
 
     results, seconds = {}, {}
     results[EXPERIMENT], seconds[EXPERIMENT] = _fit(
-        config, run_dir, EXPERIMENT, _space(config), BasicVariantGenerator(random_state=config.seed),
+        trainable, run_dir, EXPERIMENT, _space(config), BasicVariantGenerator(random_state=config.seed),
         scheduler(), config.num_samples, total=config.num_samples * len(config.solvers),
     )
     for baseline in config.baselines:
@@ -396,7 +437,7 @@ def run(config: TuneHypergradConfig, *, verbose: bool = False) -> dict[str, Any]
         search = (BasicVariantGenerator(random_state=config.seed) if baseline == "random"
                   else OptunaSearch(metric="val_loss", mode="min", seed=config.seed))
         results[baseline], seconds[baseline] = _fit(
-            config, run_dir, f"baseline_{baseline}", space, search, FIFOScheduler(), config.baseline_samples,
+            trainable, run_dir, f"baseline_{baseline}", space, search, FIFOScheduler(), config.baseline_samples,
             total=config.baseline_samples,
         )
 
@@ -413,7 +454,7 @@ def run(config: TuneHypergradConfig, *, verbose: bool = False) -> dict[str, Any]
         if mine:
             best = min(mine, key=lambda t: t["history"][-1]["val_loss"])
             for h in best["history"]:
-                run_dir.log(int(h["outer_step"]), **{f"val_loss/{method}": h["val_loss"], f"val_acc/{method}": h["val_acc"]})
+                run_dir.log(int(h["outer_step"]), **{f"{k}/{method}": h[k] for k in ("val_loss", "val_acc") if k in h})
 
     plot = "val_loss.png"
     run_dir.save_figure(plot, _plot(trials, methods), dpi=120)
@@ -421,13 +462,15 @@ def run(config: TuneHypergradConfig, *, verbose: bool = False) -> dict[str, Any]
     summary = {
         "task": config.task,
         "task_info": task.info,
+        "device": where,
         "methods": methods,
         "trials": len(trials),
         "plot": plot,
         "experiments": [run_dir.child_uri(name) for name in [EXPERIMENT] + [f"baseline_{b}" for b in config.baselines]],
     }
-    run_dir.write_report(summary, _markdown(config, methods, task.info, plot))
+    report = _markdown(config, methods, task.info, plot, where)
+    run_dir.write_report(summary, report)
     run_dir.close()
     if verbose:
-        print(_markdown(config, methods, task.info, plot))
+        print(report)
     return summary
