@@ -56,7 +56,7 @@ def main() -> None:
         checkpoint = Path(args.checkpoint) if args.checkpoint else latest_checkpoint(Path("runs/train_sadm_digits"))
     model = load_denoiser(checkpoint)
     n = 200 if args.quick else args.samples
-    classifier, real = digits_reference(seed=0, steps=150 if args.quick else 400)
+    classifier, real = digits_reference(torch.Generator().manual_seed(0), steps=150 if args.quick else 400)
     sigmas = [args.sigma_max * (args.sigma_min / args.sigma_max) ** (i / (args.levels - 1)) for i in range(args.levels)]
     seeds = list(range(n))
     x_init = 0.5 + initial_state(seeds, (1, 8, 8), scale=args.sigma_max, dtype=torch.float32)

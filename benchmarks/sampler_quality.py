@@ -72,7 +72,7 @@ def main() -> None:
             start = time.perf_counter()
             x, info = SAMPLERS[sampler](target, x0, sigmas, seeds=seeds, **kwargs)
             seconds += time.perf_counter() - start
-            runs.append(compare_to_truth(target, x, seed=10_000 + rep))
+            runs.append(compare_to_truth(target, x, generator=torch.Generator().manual_seed(10_000 + rep)))
         rows[name] = {
             "sampler": sampler,
             "sigmas": sigmas,
@@ -87,7 +87,7 @@ def main() -> None:
         }
         print(f"done {name}", flush=True)
     exact = [
-        compare_to_truth(target, target.sample(n, torch.Generator().manual_seed(rep)), seed=10_000 + rep)
+        compare_to_truth(target, target.sample(n, torch.Generator().manual_seed(rep)), generator=torch.Generator().manual_seed(10_000 + rep))
         for rep in range(n_seeds)
     ]
     rows["exact samples"] = {"score_evals": 0, "hvp_evals": 0, **{m: summarize([r[m] for r in exact]) for m in METRICS}}

@@ -48,6 +48,10 @@ actor count, worker count), and one table says which stream is which:
 | 35 | HPO_SOLVER      | -                  | L: seed      a Tune trial's IHVP solver draws (Nyström    |
 |    |                 |                    |              columns, sketches, λ_max start); the key is  |
 |    |                 |                    |              HPO_TASK's (a legacy sharing)               |
+| 36 | DOWNSTREAM      | -                  | L: seed      a study trial's classifier (init, epoch     |
+|    |                 |                    |              order), keyed by the trial's own seed       |
+| 37 | FEATURES        | -                  | L: seed      the metrics' feature classifier (init,      |
+|    |                 |                    |              batches) and its KID subsets                |
 
 `stream_seed` gives a 63-bit integer (numpy's SeedSequence over the key), `numpy_rng` and
 `torch_generator` wrap it. Streams marked L are *legacy* keys, registered as named streams from the
@@ -106,6 +110,8 @@ class Stream(enum.IntEnum):
     HPO_INIT = 33
     SUPPORT_DRAW = 34
     HPO_SOLVER = 35
+    DOWNSTREAM = 36
+    FEATURES = 37
 
 
 # The legacy keys of the table above: (run seed, *index) -> the key the draws used before.
@@ -125,6 +131,8 @@ LEGACY: dict[Stream, Callable[..., int | list[int]]] = {
     Stream.HPO_TASK: lambda seed: seed,
     Stream.HPO_INIT: lambda seed: seed + 1,
     Stream.HPO_SOLVER: lambda seed: seed,
+    Stream.DOWNSTREAM: lambda seed: seed,
+    Stream.FEATURES: lambda seed: seed,
     # subs 0-3 numpy keys [seed, sub, *index]; subs 4, 5 torch inits seed, seed + 1
     Stream.GRADVAR: lambda seed, sub, *index: seed + sub - 4 if sub >= 4 else [seed, sub, *index],
 }

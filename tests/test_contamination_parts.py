@@ -196,5 +196,5 @@ def test_label_agreement_sees_wrong_labels():
     shuffled = (labels + 3) % 10  # every image labelled as another class
     div = diversity(images[:900], labels[:900], {"right": (images[900:1300], labels[900:1300]),
                                                  "wrong": (images[900:1300], shuffled[900:1300])},
-                    seed=0, steps=150, k=3)
+                    generator=torch.Generator().manual_seed(0), steps=150, k=3)
     assert div["right"]["label_agreement"] > 0.8 > 0.2 > div["wrong"]["label_agreement"]

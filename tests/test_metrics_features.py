@@ -8,7 +8,7 @@ def test_feature_classifier_learns_digits_and_identical_sets_score_perfectly():
     images, labels = (torch.from_numpy(a) for a in digits_arrays())
     perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
     train, test = perm[:1400], perm[1400:]
-    model = train_feature_classifier(images[train], labels[train], seed=0, steps=200, batch_size=128)
+    model = train_feature_classifier(images[train], labels[train], generator=torch.Generator().manual_seed(0), steps=200, batch_size=128)
     with torch.no_grad():
         accuracy = (model(images[test]).argmax(1) == labels[test]).float().mean().item()
     assert accuracy > 0.9

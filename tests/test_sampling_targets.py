@@ -149,7 +149,7 @@ def test_energy_distance_on_hand_computed_sets():
 def test_compare_to_truth_separates_good_and_collapsed_samples():
     target = TARGETS["mog4"]()
     exact = target.sample(4000, torch.Generator().manual_seed(5))
-    good = compare_to_truth(target, exact, seed=6, max_points=1500)
+    good = compare_to_truth(target, exact, generator=torch.Generator().manual_seed(6), max_points=1500)
     assert good["mode_weight_error"] < 0.03
     assert good["within_mode_var_error"] < 0.004
     assert abs(good["energy_distance"]) < 0.02
@@ -157,9 +157,9 @@ def test_compare_to_truth_separates_good_and_collapsed_samples():
     # shrink every sample halfway towards its mode mean: variance / 4, weights unchanged
     means = target.truth()["means"]
     nearest = means[torch.cdist(exact, means).argmin(1)]
-    shrunk = compare_to_truth(target, nearest + 0.5 * (exact - nearest), seed=6, max_points=10)
+    shrunk = compare_to_truth(target, nearest + 0.5 * (exact - nearest), generator=torch.Generator().manual_seed(6), max_points=10)
     assert shrunk["within_mode_var"] == pytest.approx(good["within_mode_var"] / 4, rel=1e-9)
     assert shrunk["mode_weights"] == good["mode_weights"]
-    collapsed = compare_to_truth(target, exact[torch.cdist(exact, means).argmin(1) == 3], seed=6, max_points=1500)
+    collapsed = compare_to_truth(target, exact[torch.cdist(exact, means).argmin(1) == 3], generator=torch.Generator().manual_seed(6), max_points=1500)
     assert collapsed["mode_weight_error"] == pytest.approx(0.6)
     assert collapsed["energy_distance"] > 0.5

@@ -21,15 +21,18 @@ MIN_LABEL_AGREEMENT = 0.5
 
 
 def diversity(real: np.ndarray, real_labels: np.ndarray, replacements: dict[str, tuple[np.ndarray, np.ndarray]], *,
-              seed: int, steps: int, k: int) -> dict[str, dict[str, float]]:
+              generator: torch.Generator, steps: int, k: int) -> dict[str, dict[str, float]]:
     """{name: {fd, kid, kid_std, precision, recall, label_agreement}} of each replacement set
     (images, labels) vs the `real` images; label_agreement = the real-data classifier's accuracy
-    on the set's own labels."""
+    on the set's own labels. Every set's KID uses the same draws (from the generator's state on
+    entry), so the sets are compared on equal terms."""
+    start = generator.get_state()
     x, y = torch.from_numpy(real), torch.from_numpy(real_labels)
-    model = train_feature_classifier(x, y, seed=seed, steps=steps)
+    model = train_feature_classifier(x, y, generator=generator, steps=steps)
     out = {}
     for name, (images, labels) in replacements.items():
-        imgs = torch.from_numpy(images)
-        out[name] = {**sample_quality(model, x, imgs, generator=torch.Generator().manual_seed(seed), k=k),
+        imgs, kid_draws = torch.from_numpy(images), torch.Generator()
+        kid_draws.set_state(start)
+        out[name] = {**sample_quality(model, x, imgs, generator=kid_draws, k=k),
                      "label_agreement": accuracy(model, imgs, torch.from_numpy(np.asarray(labels, np.int64)))}
     return out

@@ -15,12 +15,13 @@ import torch
 from raygen.models.classifier import ConvClassifier, fit_classifier
 
 
-def train_downstream(images: np.ndarray, labels: np.ndarray, *, num_classes: int, seed: int, epochs: int,
+def train_downstream(images: np.ndarray, labels: np.ndarray, *, num_classes: int, generator: torch.Generator,
+                     epochs: int,
                      batch_size: int, lr: float, on_epoch: Callable[[int, float, ConvClassifier], None] | None = None,
                      device="cpu") -> ConvClassifier:
     """Epoch-based training on the mix (see `fit_classifier`) on `device`; `on_epoch` after each epoch."""
     x, y = torch.from_numpy(np.asarray(images, np.float32)), torch.from_numpy(np.asarray(labels, np.int64))
-    return fit_classifier(x, y, num_classes=num_classes, seed=seed, lr=lr, batch_size=batch_size, epochs=epochs,
+    return fit_classifier(x, y, num_classes=num_classes, generator=generator, lr=lr, batch_size=batch_size, epochs=epochs,
                           on_epoch=on_epoch, device=device)
 
 

@@ -16,11 +16,11 @@ from raygen.models.classifier import ConvClassifier, fit_classifier
 
 
 def train_feature_classifier(
-    images: torch.Tensor, labels: torch.Tensor, *, seed: int = 0, steps: int = 400, batch_size: int = 128,
-    lr: float = 2e-3,
+    images: torch.Tensor, labels: torch.Tensor, *, generator: torch.Generator, steps: int = 400,
+    batch_size: int = 128, lr: float = 2e-3,
 ) -> ConvClassifier:
     """Fit a ConvClassifier to (images [N, C, H, W], labels [N]) for `steps` random batches."""
-    return fit_classifier(images, labels, num_classes=int(labels.max()) + 1, seed=seed, lr=lr,
+    return fit_classifier(images, labels, num_classes=int(labels.max()) + 1, generator=generator, lr=lr,
                           batch_size=batch_size, steps=steps)
 
 
@@ -39,9 +39,9 @@ def sample_quality(model: ConvClassifier, real: torch.Tensor, fake: torch.Tensor
             "precision": precision, "recall": recall}
 
 
-def digits_reference(seed: int = 0, steps: int = 400) -> tuple[ConvClassifier, torch.Tensor]:
+def digits_reference(generator: torch.Generator, steps: int = 400) -> tuple[ConvClassifier, torch.Tensor]:
     """The feature classifier fitted to all built-in digits, and those real images (the reference set)."""
     from raygen.data import digits_arrays
 
     images, labels = (torch.from_numpy(a) for a in digits_arrays())
-    return train_feature_classifier(images, labels, seed=seed, steps=steps), images
+    return train_feature_classifier(images, labels, generator=generator, steps=steps), images

@@ -73,27 +73,29 @@ def train_cross_entropy(model: nn.Module, opt: torch.optim.Optimizer, x: torch.T
     return total / max(seen, 1)
 
 
-def fit_classifier(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int, seed: int, lr: float,
+def fit_classifier(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int, generator: torch.Generator,
+                   lr: float,
                    batch_size: int, epochs: int | None = None, steps: int | None = None,
                    on_epoch: Callable[[int, float, ConvClassifier], None] | None = None,
                    device="cpu") -> ConvClassifier:
-    """Adam on cross-entropy for a ConvClassifier seeded by `seed`; returns it in eval mode.
+    """Adam on cross-entropy for a ConvClassifier drawn from `generator`; returns it in eval mode.
 
     Batches either by `epochs` (every row once per epoch in a seeded order: the contamination
     study needs the model to see each mix's exact ratio) or by `steps` (one pass of `steps`
     batches drawn with replacement: the metrics' feature classifier). `on_epoch(epoch,
     mean_loss, model)` runs after each epoch with the model in eval mode. Init and batch order are
-    drawn on the CPU, so `device` changes only where the arithmetic runs.
+    drawn on the CPU, so `device` changes only where the arithmetic runs. The init and the first
+    batch order both start from the generator's state (the keys of the published figures; the init
+    does not advance the generator).
     """
     if (epochs is None) == (steps is None):
         raise ValueError("pass exactly one of epochs and steps")
-    with torch.random.fork_rng():  # seeded init without disturbing the caller's global RNG
-        torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):  # nn's init draws from the global RNG: fork it, leave the caller's alone
+        torch.set_rng_state(generator.get_state())
         model = ConvClassifier(images.shape[1], num_classes)
     model, images, labels = model.to(device), images.to(device), labels.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    g = torch.Generator().manual_seed(seed)
-    n = len(images)
+    g, n = generator, len(images)
     for epoch in range(1, (epochs or 1) + 1):
         batches = epoch_batches(n, batch_size, g) if steps is None else random_batches(n, batch_size, steps, g)
         model.train()

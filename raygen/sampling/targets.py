@@ -199,14 +199,14 @@ TARGETS: dict[str, Callable[[], Gaussian | GaussianMixture]] = {
 }
 
 
-def compare_to_truth(target, x: torch.Tensor, *, seed: int = 0, max_points: int = 4000) -> dict:
+def compare_to_truth(target, x: torch.Tensor, *, generator: torch.Generator, max_points: int = 4000) -> dict:
     """Sample statistics of x [N, d] against the target's exact facts, as a flat dict of floats.
 
     mean_error: |mean(x) - mean|; cov_error: |cov(x) - cov|_F / |cov|_F. Mixtures also:
     mode_weights (each sample assigned to the nearest mode mean), mode_weight_error (max abs),
     within_mode_var (pooled within-cluster variance per coordinate around each cluster's sample
     mean), within_mode_var_true (sum_k w_k tr(C_k)/d) and within_mode_var_error (abs).
-    energy_distance: to as many exact samples (torch.Generator seeded with `seed`), using the
+    energy_distance: to as many exact samples (drawn from `generator`), using the
     first max_points samples of x (the pairwise cost grows as N^2).
     """
     x = x.reshape(len(x), -1).double()
@@ -231,6 +231,6 @@ def compare_to_truth(target, x: torch.Tensor, *, seed: int = 0, max_points: int 
         out["within_mode_var_true"] = float(truth["weights"] @ truth["within_mode_var"])
         out["within_mode_var_error"] = abs(out["within_mode_var"] - out["within_mode_var_true"])
     m = min(n, max_points)
-    ref = target.sample(m, torch.Generator().manual_seed(seed))
+    ref = target.sample(m, generator)
     out["energy_distance"] = energy_distance_unbiased(x[:m], ref)
     return out

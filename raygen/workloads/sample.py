@@ -30,7 +30,7 @@ from raygen import device, fanout, parts, runtime, storage
 from raygen.config import Config, bounded, check
 from raygen.errors import UserError
 from raygen.imports import is_import_path, working_dirs
-from raygen.seeds import Stream, per_item_seeds, stream_seed, torch_generator
+from raygen.seeds import Stream, per_item_seeds, torch_generator
 from raygen.threads import torch_threads
 from raygen.parts import Chunks, PartStore
 
@@ -359,7 +359,7 @@ def run(config: SampleConfig, *, verbose: bool = False, checked: tuple | None = 
 
         from raygen.sampling import compare_to_truth
 
-        summary["stats"] = compare_to_truth(target, torch.as_tensor(x), seed=stream_seed(config.seed, Stream.PREVIEW))
+        summary["stats"] = compare_to_truth(target, torch.as_tensor(x), generator=torch_generator(config.seed, Stream.PREVIEW))
         summary["truth"] = {k: np.asarray(v).tolist() for k, v in target.truth().items()}
     run_dir.save_figure("preview.png", preview(x, labels, target, config, settings.get("data_range")))
     summary["preview"] = run_dir.child("preview.png").uri

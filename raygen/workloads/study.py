@@ -22,6 +22,7 @@ import numpy as np
 
 from raygen.config import Config, bounded, check
 from raygen.errors import UserError
+from raygen.seeds import Stream, torch_generator
 
 EXPERIMENT = "trials"
 
@@ -87,7 +88,8 @@ def run_trial(trial: dict[str, Any], *, mixes_dir: str, test_sets: dict[str, tup
             metrics["ood_acc"] = float(np.mean([metrics[f"{n}_acc"] for n in tests if n != "clean"]))
         tune.report(metrics)
 
-    train_downstream(mix["image"], mix["label"], num_classes=num_classes, seed=trial["seed"], epochs=config.epochs,
+    train_downstream(mix["image"], mix["label"], num_classes=num_classes,
+                     generator=torch_generator(trial["seed"], Stream.DOWNSTREAM), epochs=config.epochs,
                      batch_size=config.batch_size, lr=config.lr, on_epoch=on_epoch, device=device)
 
 
@@ -177,7 +179,7 @@ def run(config: StudyConfig, *, verbose: bool = False) -> dict[str, Any]:
     holdout_images, holdout_labels = real.read(np.sort(pick.choice(split.holdout, n_div, replace=False)))
     div = diversity(real_train, train_labels, {"generated": (gen_images, gen_labels),
                                                "held-back real": (holdout_images, holdout_labels)},
-                    seed=config.seed, steps=config.feature_steps, k=config.pr_k)
+                    generator=torch_generator(config.seed, Stream.FEATURES), steps=config.feature_steps, k=config.pr_k)
     if div["generated"]["label_agreement"] < MIN_LABEL_AGREEMENT:
         print(f"warning: a classifier trained on the real data agrees with only "
               f"{100 * div['generated']['label_agreement']:.1f} % of the generated labels; see the report")
