@@ -243,7 +243,7 @@ def main() -> int:
         # the same job in this process: the plain PyTorch loop on the same GPU
         train_func(make_config("train", name="train_plain", storage_path=storage, use_gpu=True, **TRAIN).to_dict())
         plain_ips = steady_images_per_s(str(Path(storage, "train_plain")))
-        return {"device": report.get("device", "not recorded"), "ray_train_1_worker_images_per_s": ray_ips,
+        return {"device": report["device"], "ray_train_1_worker_images_per_s": ray_ips,
                 "plain_loop_images_per_s": plain_ips, "ray_vs_plain": ray_ips / plain_ips, "ray_seconds": seconds}
 
     with MemoryWatch() as memory:

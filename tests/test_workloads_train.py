@@ -69,6 +69,7 @@ def test_plain_and_ray_train_runs_resume_from_each_other_in_a_bucket(embedded_ra
     run_uri = storage.join(bucket, "mixed")
     assert summary["resumed_from"] == 4 and summary["checkpoint"] == storage.join(run_uri, "checkpoint_000006")
     assert summary["final"]["loss"] > 0  # rank 0's last metrics come back to the driver
+    assert summary["device"] == "cpu"  # no use_gpu
     assert load_denoiser(storage.local_dir_for(summary["checkpoint"])).sample_shape == (1, 8, 8)
     lines = storage.read_bytes(storage.resolve(storage.join(run_uri, "metrics.jsonl"))).decode().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [1, 2, 3, 4, 5, 6]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from raygen import device
 from raygen.diffusion.train import TrainSADMConfig, train_func
 from raygen.errors import UserError
 from raygen.rundir import RunDir
@@ -44,10 +45,21 @@ def run(config: TrainSADMConfig, *, verbose: bool = False) -> dict[str, Any]:
         "sample_grid": run_dir.child_uri(f"samples/{grids[-1]}") if grids else None,
         "workers": config.num_workers,
         "sadm_lambda": config.sadm_lambda,
+        "device": trained_on(config),
     }
     run_dir.write_report(summary, _markdown(config, summary, grids[-1] if grids else None))
     run_dir.close()
     return summary
+
+
+def trained_on(config: TrainSADMConfig) -> str:
+    """`raygen.device.describe` of what trained: a Ray Train worker's GPU (probed), this process's
+    (TrainRun refuses use_gpu where torch sees no GPU), or the CPU."""
+    if not config.use_gpu:
+        return "cpu"
+    if config.num_workers:
+        return device.probe("use_gpu", 1, 1.0, off="use_gpu=false")
+    return device.describe("cuda")
 
 
 def check_classes(config: TrainSADMConfig) -> None:
