@@ -259,10 +259,11 @@ def run(config: WeightgenConfig, *, verbose: bool = False, checked: tuple | None
                                   [int(t) for t in meta["tasks"]], config.heldout_tasks)
         meta["tasks"].update({str(t): d for t, d in held_tasks.items()})
 
-    print(f"[2/4] parameter autoencoder ({config.ae_kind}, latent {config.latent_dim}, {config.ae_steps} steps)")
+    on = f" on {config.train_workers} × {where['training']}" if config.use_gpu else ""
+    print(f"[2/4] parameter autoencoder ({config.ae_kind}, latent {config.latent_dim}, {config.ae_steps} steps){on}")
     ae_uri = _train_stage(stage_config(config, "ae", root, zoo_uri), train_autoencoder, verbose)
     print(f"[3/4] latent diffusion ({config.diff_steps} steps"
-          + (", conditioned on a DeepSets task embedding)" if config.mode == "tasks" else ")"))
+          + (", conditioned on a DeepSets task embedding)" if config.mode == "tasks" else ")") + on)
     diff_uri = _train_stage(stage_config(config, "diffusion", root, zoo_uri, ae_uri), train_diffusion, verbose)
     task_ids = sorted(set(cols["task_id"].tolist())) + list(config.heldout_tasks)
     gen_stage = generate(config, run_dir, ae_uri, diff_uri, meta, task_ids, where["generation"])
