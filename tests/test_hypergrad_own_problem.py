@@ -56,6 +56,8 @@ def test_own_ridge_problem_has_the_closed_form_hypergradient(ridge, solver, kwar
                            outer_optimizer="sgd", outer_lr=1.0, outer_momentum=0.0)
     u = opt.raw[0].detach().clone()
     assert float(problem.constrain((u,))[0]) == pytest.approx(lam, rel=1e-14)  # bounds (0, None): u = log λ
+    # before the first step the optimiser's losses (benchmarks take them) are at the lists' first batches
+    assert torch.equal(opt.inner_loss(problem.params, (u,)), problem.inner_loss(problem.params, opt.hparams(), (x, y)))
     record = opt.step()
     assert record["inner_grad_norm"] < 1e-12  # θ is the inner optimum: implicit differentiation is exact there
     # closed form: w(λ) = A⁻¹Xᵀy/n, A = XᵀX/n + λI; dw/dλ = −A⁻¹w; dg/du = λ·dg/dλ (u = log λ)
@@ -75,6 +77,8 @@ def test_minibatch_loaders_are_drawn_in_order_and_a_resumed_run_repeats_the_unin
                                 unroll=3, inner_lr=0.3, outer_lr=0.3)
 
     straight = make()
+    with pytest.raises(UserError, match="call step"):  # a loader is not iterated ahead of the run
+        straight.inner_loss(straight.problem.params, straight.problem.hparams)
     records = [straight.step() for _ in range(3)]
     times = ("hypergrad_seconds", "hypergrad_cpu_seconds")
     drop = lambda r: {k: v for k, v in r.items() if k not in times}

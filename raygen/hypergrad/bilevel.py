@@ -96,7 +96,7 @@ class BilevelOptimizer:
         self.raw = [h.detach().clone().requires_grad_(True) for h in problem.hparams]
         self.inner_batches = Batches(problem.inner_data, "inner_data")
         self.outer_batches = Batches(problem.outer_data, "outer_data")
-        self.batches = (None, None)  # the (inner, outer) batches of the latest hypergradient
+        self.batches: tuple | None = None  # the (inner, outer) batches of the latest hypergradient
         self.inner_opt = optimizer(inner_optimizer, self.params, inner_lr, inner_momentum)
         self.outer_opt = optimizer(outer_optimizer, self.raw, outer_lr, outer_momentum)
         if generator is None and (solver in RANDOMIZED or (rho_scale == "lambda_max" and "rho" in (solver_kwargs or {}))):
@@ -115,13 +115,27 @@ class BilevelOptimizer:
         self.lambda_max: float | None = None  # the last estimate
         self.reset_inner = reset_inner
 
+    def _latest_batches(self) -> tuple:
+        """The latest hypergradient's (inner, outer) batches; before the first step the first batches of
+        lists (a loader is not iterated ahead: that would move its shuffling generator)."""
+        if self.batches is not None:
+            return self.batches
+
+        def first(data):
+            if data is None or isinstance(data, (list, tuple)):
+                return None if data is None else data[0]
+            raise UserError("the optimiser's losses are taken at the latest hypergradient's batches: call step() "
+                            "first (the problem's data is a loader, not a list of batches)")
+
+        return first(self.problem.inner_data), first(self.problem.outer_data)
+
     def inner_loss(self, theta: Tensors, u: Tensors) -> torch.Tensor:
         """f(θ, constrain(u)) on the latest hypergradient's inner batch."""
-        return self.problem.inner_loss(theta, self.problem.constrain(tuple(u)), self.batches[0])
+        return self.problem.inner_loss(theta, self.problem.constrain(tuple(u)), self._latest_batches()[0])
 
     def outer_loss(self, theta: Tensors, u: Tensors) -> torch.Tensor:
         """g(θ, constrain(u)) on the latest hypergradient's outer batch."""
-        return self.problem.outer_loss(theta, self.problem.constrain(tuple(u)), self.batches[1])
+        return self.problem.outer_loss(theta, self.problem.constrain(tuple(u)), self._latest_batches()[1])
 
     def hparams(self) -> Tensors:
         """The constrained hyperparameters phi."""
@@ -268,4 +282,4 @@ class BilevelOptimizer:
         self.inner_batches.skip_to(inner_drawn)
         self.outer_batches.skip_to(outer_drawn)
         # the hypergradient batches are the last ones drawn (inner and outer losses see them)
-        self.batches = (self.inner_batches.last, self.outer_batches.last)
+        self.batches = (self.inner_batches.last, self.outer_batches.last) if self.outer_step else None
