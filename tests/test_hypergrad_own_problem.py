@@ -118,10 +118,12 @@ def test_bounds_keep_phi_in_its_box(low, high, phi0):
     (dict(bounds=[(1.0, 1.0)]), "is empty"),
     (dict(params=[1.0, 2.0]), "params must be a non-empty tuple of floating-point tensors"),
     (dict(inner_loss="f"), "inner_loss must be a function"),
+    (dict(inner_data=[]), "inner_data gives no batches"),
+    (dict(evaluate=lambda theta, phi: {"loss": 1.0}), "evaluate.* must return a dict with a finite number 'val_loss'"),
 ])
 def test_a_problem_not_following_the_protocol_is_one_line(kwargs, match):
     with pytest.raises(UserError, match=match) as exc:
-        _problem(**kwargs)
+        _problem(**kwargs).check()
     assert "\n" not in str(exc.value)
 
 

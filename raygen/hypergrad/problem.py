@@ -12,7 +12,8 @@ A problem gives:
   of batches, a `torch.utils.data.DataLoader`), started over when it ends; one inner batch per inner
   step, and a fresh inner and outer batch for each hypergradient. None: full-batch, batch is None.
   A resumed run skips the batches already drawn, so a loader shuffling with a seeded generator
-  gives the same batches as the uninterrupted run.
+  gives the same batches as the uninterrupted run (unless something else iterates the same loader,
+  such as the default `evaluate` below: give a shuffling `outer_data` its own `evaluate`).
 - The hyperparameters φ, in one of two forms:
   `hparams` = φ₀ with `bounds` = one (low, high) per hyperparameter (None: unbounded on that side;
   the outer optimiser moves an unconstrained u with φ = low + exp(u), high − exp(u),
@@ -165,6 +166,8 @@ class BilevelProblem:
         with torch.no_grad():
             for key, data in (("inner_loss", self.inner_data), ("outer_loss", self.outer_data)):
                 batch = None if data is None else next(iter(data), None)
+                if data is not None and batch is None:
+                    raise _problem_error(f"{key.replace('loss', 'data')} gives no batches")
                 value = getattr(self, key)(self.params, phi, batch)
                 if not (isinstance(value, torch.Tensor) and value.numel() == 1):
                     raise _problem_error(f"{key}(θ, φ, batch) must return a scalar tensor, got "
