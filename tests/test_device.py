@@ -86,7 +86,7 @@ def ray_with_a_missing_gpu():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine where torch sees no GPU")
-def test_sampling_and_zoo_on_a_gpu_torch_cannot_see_fail_before_writing(tmp_path, monkeypatch, ray_with_a_missing_gpu):
+def test_workers_and_trials_on_a_gpu_torch_cannot_see_fail_before_writing(tmp_path, monkeypatch, ray_with_a_missing_gpu):
     from raygen.workloads.sample import SampleConfig, run
 
     name = f"shrink_{uuid.uuid4().hex[:8]}"
@@ -109,6 +109,19 @@ def test_sampling_and_zoo_on_a_gpu_torch_cannot_see_fail_before_writing(tmp_path
     with pytest.raises(UserError, match="config key 'gpus_per_member' reserves 1 GPU per unit and Ray assigned GPU 0"):
         run_zoo(zoo)
     assert not list((tmp_path / "runs" / "zoo").glob("parts/part-*"))
+    # and so do Tune trials (cmt, gradvar: probed before the run dir) and weightgen's Ray Train stages
+    from raygen.workloads.cmt import CmtConfig, run as run_cmt
+    from raygen.workloads.weightgen import WeightgenConfig, run as run_weightgen
+
+    cmt = CmtConfig(name="cmt", storage_path=str(tmp_path / "runs"), data="synthetic", n_train=[4], splits=1,
+                    methods=["target_only"], gpus_per_trial=1)
+    with pytest.raises(UserError, match="config key 'gpus_per_trial' reserves 1 GPU per unit and Ray assigned GPU 0"):
+        run_cmt(cmt)
+    weightgen = WeightgenConfig(name="wg", storage_path=str(tmp_path / "runs"), mode="tasks", task_family="subset",
+                                zoo_tasks=1, classes_per_task=2, train_workers=1, use_gpu=True)
+    with pytest.raises(UserError, match="config key 'use_gpu' reserves 1 GPU per unit .* or set use_gpu=false$"):
+        run_weightgen(weightgen)
+    assert not (tmp_path / "runs" / "cmt").exists() and not (tmp_path / "runs" / "wg").exists()
 
 
 def test_an_analytic_target_on_a_gpu_is_refused():
