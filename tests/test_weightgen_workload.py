@@ -71,6 +71,7 @@ def test_tiny_tasks_run_end_to_end(ray_local, tmp_path, capsys):
                   for s in ("ae", "diffusion")}
     again = weightgen.run(cfg)
     assert again["zoo"]["written"] == 0 and again["generated"]["written"] == 0
+    assert again["device"]["generation"] == "cpu"  # what the reused parts were drawn on
     assert [p.stat().st_mtime_ns for p in parts] == mtimes
     for s, loss in stage_loss.items():  # a reused stage keeps its report's final metrics
         assert json.loads((tmp_path / "tiny" / s / "report.json").read_text())["final"]["loss"] == loss

@@ -188,8 +188,9 @@ def generate(cfg: WeightgenConfig, run_dir, ae_uri: str, diff_uri: str, metadata
                               "sample_steps": cfg.sample_steps, "support_draw": cfg.support_draw,
                               "gpus": cfg.gpus_per_member},
                              what="generated", workers=cfg.num_actors, run_dir=run_dir, num_gpus=cfg.gpus_per_member)
+    # a run that drew nothing reports what its reused parts were drawn on (gpus_per_member may change)
     return {"uri": store.loc.uri, "models": chunks.n, "written": done.rows, "seconds": done.seconds,
-            "device": where}
+            "device": where if done.rows else store.metadata().get("device", "cpu")}
 
 
 def devices(cfg: WeightgenConfig) -> dict[str, str]:
@@ -288,9 +289,10 @@ def run(config: WeightgenConfig, *, verbose: bool = False, checked: tuple | None
         "generated": gen_stage, "table": table, "ae": diagnostics,
         "memorisation": {k: v for k, v in memo.items() if k != "raw"},
         "checkpoints": {"ae": ae_uri, "diffusion": diff_uri}, "seconds": time.perf_counter() - started,
-        # per stage; the report's own evaluation (tables, fine-tuning) runs in this process, on the CPU
+        # per stage (a reused AE or diffusion stage had this use_gpu: it is part of its settings); the
+        # report's own evaluation (tables, fine-tuning) runs in this process, on the CPU
         "device": {"zoo": zoo_stage["device"], "ae": where["training"], "diffusion": where["training"],
-                   "generation": where["generation"]},
+                   "generation": gen_stage["device"]},
     }
     summary["zoo"]["generated"] = {k: table["generated"][k] for k in ("acc_mean", "acc_median", "acc_max", "acc_min")}
     if held is not None:
