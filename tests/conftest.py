@@ -1,19 +1,21 @@
 """Shared fixtures, and the test tiers: the `ray` and `slow` markers, applied automatically.
 
 A test is marked `ray` (it starts Ray, in this process or a child) when it uses one of
-RAY_FIXTURES, or its module sets `pytestmark = pytest.mark.ray`. The autouse guard fails any
-unmarked test that starts Ray in this process, so the marking cannot silently go stale.
+RAY_FIXTURES, or its module sets `pytestmark = pytest.mark.ray`. A check right after each test body
+fails any unmarked test that has started Ray in this process (also when a fixture of its own holds it
+and shuts it down afterwards), so the marking cannot silently go stale.
 
-A test is also marked `slow` when it uses one of SLOW_FIXTURES (a multi-node or token cluster) or
-is listed in SLOW: fault injection, end-to-end runs, and the few Ray-free tests that train or sample
-for tens of seconds (`make test-fast` stays under a minute without them). A listed name that no
-longer exists in its module fails the collection, so the list cannot go stale either.
+A test is also marked `slow`, and with its kind (`faults`, `cluster`, `e2e`, `long`: SLOW_KINDS),
+when it uses one of SLOW_FIXTURES (a multi-node or token cluster) or is listed in SLOW. A listed
+name that no longer exists in its module fails the collection, so the list cannot go stale either.
 
-Tiers (Makefile): `make test-fast` = -m "not ray and not slow", `make test-ray` = -m "ray and not
-slow", `make test-slow` = -m slow; `make test` runs all three.
+Tiers (Makefile): `make test-fast` = -m "not ray and not slow" (in two processes), `make test-ray` =
+-m "ray and not slow", `make test-slow` = -m slow, and one target per kind (`make test-faults`, ...);
+`make test` runs everything.
 """
 
 import os
+import sys
 
 import pytest
 
@@ -24,42 +26,73 @@ os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+# Ray workers import functions defined in tests/ by module name: they find `tests` however pytest was
+# started (one process or xdist's workers, whose sys.path differs), since they inherit the environment.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH")) if p)
 
-RAY_FIXTURES = {"ray_local", "two_node_cluster", "cluster", "ray_cluster"}
+RAY_FIXTURES = {"ray_local", "two_node_cluster", "cluster", "ray_cluster", "ray_with_a_missing_gpu"}
+_RAY_BEFORE = pytest.StashKey[bool]()
 SLOW_FIXTURES = {"two_node_cluster", "cluster"}  # a simulated 2-node cluster; cluster/local.sh + the job API
 
-# module (all its tests) or module::test -> why it is slow
+# The kinds of slow test, each its own marker (and Makefile target): what a developer reruns after
+# touching fault handling, cluster wiring, or a whole workload.
+SLOW_KINDS = {
+    "faults": "fault injection: real Ctrl-C and kill -9 of raygen runs and workers",
+    "cluster": "a simulated multi-node cluster (ray.cluster_utils) or a real `ray start` + job API",
+    "e2e": "end to end: whole runs, in a bucket or one raygen process per case",
+    "long": "no Ray, but tens of seconds: trains to convergence, several processes, network retries",
+}
+
+# module (all its tests) or module::test -> (kind, why it is slow)
 SLOW = {
-    "test_faults.py": "fault injection: Ctrl-C and kill -9 of whole raygen runs",
-    "test_weightgen_reliability.py": "fault injection: killed zoo / Ray Train workers",
-    "test_sample_job.py::test_killed_worker_still_gives_every_id_exactly_once": "fault injection",
-    "test_quickstart_cluster.py": "end to end, multi-node (ray.cluster_utils.Cluster)",
-    "test_workloads_bucket.py": "end to end, in a bucket",
-    "test_weightgen_workload.py::test_tiny_tasks_run_end_to_end": "end to end",
-    # no Ray, but the slowest of the rest (measured, -m "not ray", 2 cores under load ~15: 20-70 s each)
-    "test_weightgen_autoencoder.py::test_autoencoder_reconstructs_low_rank_zoo": "trains to convergence",
+    "test_faults.py": ("faults", "Ctrl-C and kill -9 of whole raygen runs"),
+    "test_weightgen_reliability.py": ("faults", "killed zoo / Ray Train workers"),
+    "test_sample_job.py::test_killed_worker_still_gives_every_id_exactly_once": ("faults", "a killed sampling worker"),
+    "test_quickstart_cluster.py": ("cluster", "the main job on two simulated nodes"),
+    "test_workloads_bucket.py": ("e2e", "in a bucket"),
+    "test_weightgen_workload.py::test_tiny_tasks_run_end_to_end": ("e2e", "weightgen's four stages"),
+    "test_sample_job.py::test_cli_bad_input_is_one_line_and_nonzero": ("e2e", "one raygen process per case"),
+    "test_train_loop.py::test_resume_in_a_bucket_matches_local_training": ("e2e", "in a bucket"),
+    # no Ray, but the slowest of the rest (measured on 2 cores: 5-70 s each)
+    "test_weightgen_autoencoder.py::test_autoencoder_reconstructs_low_rank_zoo": ("long", "trains to convergence"),
     "test_metrics_features.py::test_feature_classifier_learns_digits_and_identical_sets_score_perfectly":
-        "trains to convergence",
-    "test_weightgen_latent.py::test_sampler_with_exact_denoiser_reproduces_gaussian_mean_and_cov": "long sampling",
-    "test_sample_job.py::test_cli_bad_input_is_one_line_and_nonzero": "end to end: one raygen process per case",
-    "test_train_loop.py::test_resume_in_a_bucket_matches_local_training": "end to end, in a bucket",
+        ("long", "trains to convergence"),
+    "test_weightgen_latent.py::test_sampler_with_exact_denoiser_reproduces_gaussian_mean_and_cov":
+        ("long", "long sampling"),
+    "test_diffusion_sadm.py::test_two_gloo_workers_match_one_process_on_concatenated_batch":
+        ("long", "two processes (gloo)"),
+    "test_diffusion_sadm.py::test_gated_and_mmd_forms_two_gloo_workers_match_one_process":
+        ("long", "two processes (gloo)"),
+    "test_storage.py::test_unreachable_endpoint_and_missing_bucket_are_clear_lines":
+        ("long", "waits out the S3 client's retries"),
+    "test_bad_inputs.py::test_bad_input_is_one_clear_line[bucket-unreachable]": ("long", "the S3 client's retries"),
+    "test_bad_inputs.py::test_bad_input_is_one_clear_line[address-not-ray]": ("long", "waits for a Ray that never answers"),
 }
 
 
-def _slow_reason(item) -> str | None:
+def _slow_kind(item) -> str | None:
     if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
-        return "multi-node or job-submit cluster"
+        return "cluster"
     module = item.path.name
-    return SLOW.get(module) or SLOW.get(f"{module}::{getattr(item, 'originalname', item.name)}")
+    entry = (SLOW.get(module) or SLOW.get(f"{module}::{item.name}")  # one parametrized case, or every case
+             or SLOW.get(f"{module}::{getattr(item, 'originalname', item.name)}"))
+    return entry[0] if entry else None
 
 
 def _check_slow_names(items) -> None:
     # against the modules themselves: a run of one test collects only that test of its module
     modules = {item.path.name: item.module for item in items if getattr(item, "module", None) is not None}
     stale = [k for k in SLOW if "::" in k and k.split("::")[0] in modules
-             and not hasattr(modules[k.split("::")[0]], k.split("::")[1])]
+             and not hasattr(modules[k.split("::")[0]], k.split("::")[1].split("[")[0])]
     if stale:
         raise pytest.UsageError(f"tests/conftest.py SLOW names tests that do not exist: {stale}")
+
+
+def pytest_configure(config):
+    for kind, why in SLOW_KINDS.items():
+        config.addinivalue_line("markers", f"{kind}: {why} (a kind of slow; marked by tests/conftest.py)")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -67,20 +100,29 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.ray)
-        if _slow_reason(item):
+        kind = _slow_kind(item)
+        if kind:
             item.add_marker(pytest.mark.slow)
+            item.add_marker(getattr(pytest.mark, kind))
 
 
-@pytest.fixture(autouse=True)
-def _ray_marker_is_true(request):
-    import sys
-
+def _ray_running() -> bool:
     ray = sys.modules.get("ray")
-    was_running = ray is not None and ray.is_initialized()
+    return ray is not None and ray.is_initialized()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item):
+    item.stash[_RAY_BEFORE] = _ray_running()  # a Ray left by an earlier marked test is not this one's
     yield
-    if request.node.get_closest_marker("ray") is None and not was_running:
-        ray = sys.modules.get("ray")
-        assert ray is None or not ray.is_initialized(), (
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    # checked right after the test body, while a fixture that started Ray still holds it
+    yield
+    if item.get_closest_marker("ray") is None and not item.stash[_RAY_BEFORE]:
+        assert not _ray_running(), (
             "this test started Ray but is not marked: use the ray_local fixture or pytest.mark.ray")
 
 
