@@ -43,8 +43,11 @@ def test_quickstart_in_a_bucket_then_reused_and_refused(bucket, tmp_path, monkey
     assert any(o.startswith("study/mixes/mix=") for o in objects)
     assert _report(run)["table"] == first["table"]
 
-    second = quickstart.run(job.config)  # every stage reused from the bucket
-    assert second["stages"]["train"]["reused"] and second["stages"]["sample"]["parts_reused"] == 2
+    second = quickstart.run(job.config)  # every stage reused from the bucket: the same checkpoint and table
+    assert second["stages"]["train"]["reused"]
+    assert second["stages"]["train"]["checkpoint"] == first["stages"]["train"]["checkpoint"]
+    assert second["stages"]["sample"]["parts_reused"] == second["stages"]["sample"]["parts"] == 2
+    assert second["table"] == first["table"]
     changed = load_job(_jobs("quickstart.yaml"), QUICKSTART_TINY + [f"storage_path={bucket}", "name=qs", "epochs=3"])
     with pytest.raises(UserError, match="epochs: 2 -> 3"):
         quickstart.run(changed.config)
