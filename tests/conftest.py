@@ -69,6 +69,30 @@ SLOW = {
         ("long", "waits out the S3 client's retries"),
     "test_bad_inputs.py::test_bad_input_is_one_clear_line[bucket-unreachable]": ("long", "the S3 client's retries"),
     "test_bad_inputs.py::test_bad_input_is_one_clear_line[address-not-ray]": ("long", "waits for a Ray that never answers"),
+    # a fresh Python process each (torch imported again: 3-4 s)
+    "test_models_energy.py::test_models_do_not_import_the_samplers": ("long", "a fresh Python process"),
+    "test_contamination_mixing.py::test_contamination_never_imports_ray": ("long", "a fresh Python process"),
+    "test_device.py::test_gpu_check_without_a_gpu_stops_with_one_line": ("long", "a fresh Python process"),
+    # the slowest numerical checks (2-7 s each on a quiet 2-core machine): `make test-fast` stays
+    # under a minute without them
+    "test_contamination_parts.py::test_label_agreement_sees_wrong_labels": ("long", "trains a digits classifier"),
+    "test_gradvar_estimators.py::test_lr_variance_enumerated_matches_sampled_and_optimal_is_lower":
+        ("long", "Monte Carlo variances"),
+    "test_cmt_gcl.py::test_gcl_loss_decreases_on_a_separable_toy": ("long", "trains the INN"),
+    "test_hypergrad_hypergradient.py::test_ridge_hypergradient_every_solver[neumann-kwargs1]":
+        ("long", "the Neumann series to 1e-8"),
+    "test_hypergrad_own_problem.py::test_own_ridge_problem_has_the_closed_form_hypergradient[neumann-kwargs5-1e-08]":
+        ("long", "the Neumann series to 1e-8"),
+    "test_hypergrad_bilevel.py::test_bilevel_reaches_closed_form_optimal_ridge_penalty":
+        ("long", "optimises to the closed-form optimum"),
+    "test_models_denoiser.py::test_energy_gradient_is_score_and_hessian_symmetric": ("long", "double backward"),
+    "test_models_denoiser.py::test_energy_score_supports_hessian_vector_products": ("long", "double backward"),
+    "test_hypergrad_protocol.py::test_rho_relative_gives_the_hypergradient_of_the_damped_system_at_rho_times_lambda_max":
+        ("long", "power iterations to convergence"),
+    "test_hypergrad_protocol.py::test_rho_relative_to_lambda_max_scales_rho_by_the_top_eigenvalue":
+        ("long", "power iterations to convergence"),
+    "test_parts.py::test_fast_and_full_checks_agree_with_the_oracle_on_random_damage": ("long", "many damaged stores"),
+    "test_submit.py::test_unreachable_address_is_one_line": ("long", "waits for a connection that never opens"),
 }
 
 
