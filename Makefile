@@ -29,12 +29,12 @@ lint: setup
 
 # Tests without Ray run in two pytest processes (-n 2); Ray's tests run one at a time: two local
 # Rays on 2 cores overload each other (measured: no faster in all, and a raylet missed Ray's fixed
-# 30 s start-up limit), so `make test` is the Ray-free tier in parallel, then the rest.
+# 30 s start-up limit), so `make test` is every Ray-free test in parallel, then the Ray ones.
 PYTEST := $(BIN)/python -m pytest -q
 
 test: lint
-	$(PYTEST) -n 2 -m "not ray and not slow"
-	$(PYTEST) --durations=15 -m "ray or slow"
+	$(PYTEST) -n 2 --durations=5 -m "not ray"
+	$(PYTEST) --durations=15 -m ray
 
 # The tiers split the whole suite by the markers tests/conftest.py applies (`ray`: starts Ray;
 # `slow`: fault injection, multi-node, job submit, end to end, long training); together they are
