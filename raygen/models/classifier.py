@@ -95,9 +95,10 @@ def fit_classifier(images: torch.Tensor, labels: torch.Tensor, *, num_classes: i
         model = ConvClassifier(images.shape[1], num_classes)
     model, images, labels = model.to(device), images.to(device), labels.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    g, n = generator, len(images)
+    n = len(images)
     for epoch in range(1, (epochs or 1) + 1):
-        batches = epoch_batches(n, batch_size, g) if steps is None else random_batches(n, batch_size, steps, g)
+        batches = (epoch_batches(n, batch_size, generator) if steps is None
+                   else random_batches(n, batch_size, steps, generator))
         model.train()
         mean_loss = train_cross_entropy(model, opt, images, labels, batches)
         model.eval()
