@@ -48,6 +48,8 @@ def init(address: str | None = None, *, verbose: bool = False, num_cpus: int | N
     # Ray Data logs a failed task's traceback itself and logs progress in non-terminals; raygen
     # re-raises failures as one clear line and prints its own progress.
     logging.getLogger("ray.data").setLevel(level if verbose else logging.CRITICAL)
+    # Tune's "operation took 0.9 s, may be a performance bottleneck" lines measure a loaded driver, not the job.
+    logging.getLogger("ray.tune.utils.util").setLevel(level if verbose else logging.ERROR)
     # Token auth is on by default since Ray 2.60: say so only when asked.
     logging.getLogger("ray._private.authentication").setLevel(level if verbose else logging.ERROR)
     kwargs = dict(logging_level=level, log_to_driver=verbose, configure_logging=True)
