@@ -58,8 +58,9 @@ class Generator:
                                                for i in ids.tolist()]).to(self.device))
             elif self.encoder is not None:
                 cond = self.encoder(self.supports.draw([chunk]).to(self.device)).expand(len(ids), -1)
-            h = sample_latents(self.denoiser, self.denoiser.spec["dim"], seeds.tolist(), cond,
-                               data_mean=self.denoiser.data_mean, num_steps=self.sample_steps, device=self.device)
+            h = self.denoiser.to_latents(sample_latents(
+                self.denoiser, self.denoiser.spec["dim"], seeds.tolist(), cond, data_mean=self.denoiser.data_mean,
+                num_steps=self.sample_steps, device=self.device))
             thetas = self.norm.denormalize(self.ae.decode(h).cpu().double()).float()
         if not torch.isfinite(thetas).all():
             raise UserError(f"generation produced NaN/inf for task {task_id}; retrain with lower diff_lr")

@@ -4,7 +4,19 @@ Latent vectors h [B, D] are carried as one-row images [B, 1, 1, D], so `raygen.m
 EDM preconditioning (Karras et al. 2022), `raygen.diffusion.DenoisingLoss` and
 `raygen.diffusion.karras_sigmas` apply unchanged; `VectorDenoiser` only swaps the U-Net for an
 MLP F(c_in (h - mu), c_noise, c) that also takes a condition vector c (D2NWG's dataset embedding;
-absent for p-diff). mu and sigma_data are the latents' mean and standard deviation over the zoo.
+absent for p-diff).
+
+Noise levels per latent dimension (`LatentScale`, `latent_scale: dim`, the default): the diffusion runs
+on z = (h - mean_d) / std_d, each latent dimension standardised by its own mean and std over the zoo,
+with sigma_data = 1 and EDM's sigma distribution moved to it (`DenoisingLoss.at_scale(1)`). Noise level
+sigma is then sigma * std_d in latent units: every dimension is at the same signal-to-noise ratio
+1 / sigma^2 at every level, and EDM's preconditioning and loss weight (which assume each coordinate
+has std sigma_data) hold in every dimension. With one scalar std (`latent_scale: scalar`, runs made
+before the key), a dimension of std 0.1 among dimensions of std 2 is drowned at sigma ~ 0.1, a level
+EDM then treats as almost clean, so its distribution is learnt only in the last, smallest steps; a
+dimension of std 10 keeps its signal up to sigma ~ 10, beyond most training levels. Only the diagonal
+is standardised (correlations between dimensions are left to the denoiser). The sampler's range
+(sigma_min 0.002, sigma_max 80) is in standardised units: 80 data stds in every dimension.
 
 Sampling integrates the probability-flow ODE dh/dsigma = (h - D(h, sigma, c)) / sigma with Heun's
 method (EDM Algorithm 1) from h ~ N(mu, sigma_max^2 I). The initial state of sample i is drawn from
@@ -17,6 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -69,17 +82,50 @@ class ConditionalMLP(nn.Module):
         return self.out(h).reshape(x.shape)
 
 
+@dataclass
+class LatentScale:
+    """Each latent dimension's mean and std over the zoo (population std): the diffusion's coordinates
+    are z = (h - mean) / std, so its noise level sigma is sigma * std_d in dimension d."""
+    mean: torch.Tensor  # [D]
+    std: torch.Tensor  # [D]
+
+    @classmethod
+    def fit(cls, h: torch.Tensor) -> "LatentScale":
+        # a dimension the zoo does not vary in (std 0) is only shifted: its noise stays absolute
+        std = h.std(0, correction=0)
+        return cls(h.mean(0), torch.where(std > 0, std, torch.ones_like(std)))
+
+    def whiten(self, h: torch.Tensor) -> torch.Tensor:
+        return (h - self.mean.to(h)) / self.std.to(h)
+
+    def unwhiten(self, z: torch.Tensor) -> torch.Tensor:
+        return self.mean.to(z) + self.std.to(z) * z
+
+
 class VectorDenoiser(Denoiser):
-    """EDM denoiser D(h, sigma, c) for vectors in the [B, 1, 1, D] view; `labels` is the condition."""
+    """EDM denoiser D(h, sigma, c) for vectors in the [B, 1, 1, D] view; `labels` is the condition.
+    With `latent_mean` / `latent_std` (lists, one per dimension) it works on standardised latents
+    (`LatentScale`; `to_latents` maps its samples back); without them (checkpoints written before
+    per-dimension scales) on the latents themselves, with one scalar sigma_data and data_mean."""
 
     def __init__(self, dim: int, cond_dim: int = 0, hidden: int = 256, depth: int = 3, sigma_data: float = 1.0,
-                 data_mean: float = 0.0):
+                 data_mean: float = 0.0, latent_mean: list[float] | None = None,
+                 latent_std: list[float] | None = None):
         nn.Module.__init__(self)  # Denoiser.__init__ builds a U-Net; only its preconditioning is reused
         self.spec: dict[str, Any] = dict(dim=dim, cond_dim=cond_dim, hidden=hidden, depth=depth,
                                          sigma_data=sigma_data, data_mean=data_mean)
+        self.scale = None
+        if latent_std is not None:
+            self.spec.update(latent_mean=list(latent_mean), latent_std=list(latent_std))
+            self.scale = LatentScale(torch.tensor(latent_mean, dtype=torch.float64),
+                                     torch.tensor(latent_std, dtype=torch.float64))
         self.net = ConditionalMLP(dim, cond_dim, hidden, depth)
         self.num_classes = 0
         self.sigma_data, self.data_mean = sigma_data, data_mean
+
+    def to_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """Samples of this denoiser's diffusion [N, D] in the AE's latent units."""
+        return z if self.scale is None else self.scale.unwhiten(z.double()).to(z.dtype)
 
 
 def latent_loss(loss_fn: DenoisingLoss, denoiser: Callable, h0: torch.Tensor, cond: torch.Tensor | None,

@@ -97,6 +97,16 @@ def ae_diagnostics(cfg: WeightgenConfig, thetas, cols, meta, ae, norm) -> dict[s
     return out
 
 
+def noise_scale(spec: dict[str, Any]) -> dict[str, Any]:
+    """The latent diffusion's noise scale from its denoiser's spec: per dimension (`latent_std`, the
+    latents' std over the zoo; noise level sigma is sigma * latent_std[d] in dimension d) or one scalar."""
+    if "latent_std" in spec:
+        std = spec["latent_std"]
+        return {"latent_scale": "dim", "latent_std": std, "latent_std_min": min(std), "latent_std_max": max(std),
+                "sigma_data": spec["sigma_data"]}
+    return {"latent_scale": "scalar", "sigma_data": spec["sigma_data"]}
+
+
 def collapse_warning(diag: dict[str, Any]) -> str | None:
     """The console / report line when the AE reconstructs the zoo as (nearly) one model."""
     if not diag["collapsed"]:
@@ -238,6 +248,11 @@ def markdown(cfg: WeightgenConfig, summary: dict[str, Any], figures: list[str]) 
         warning = collapse_warning(d)
         if warning:
             lines += ["", f"**{warning}**"]
+    n = summary.get("diffusion")
+    if n:
+        lines += ["", "Latent diffusion noise: " + (
+            f"per dimension, sigma x the dimension's std over the zoo ({n['latent_std_min']:.3g}..{n['latent_std_max']:.3g})"
+            if n["latent_scale"] == "dim" else f"one scalar scale, sigma_data {n['sigma_data']:.3g}") + "."]
     m = summary.get("memorisation")
     if m:
         lines += ["", "## Memorisation (means over models)", "",

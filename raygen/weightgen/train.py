@@ -31,7 +31,7 @@ from raygen.seeds import Stream, stream_seed, torch_generator
 from raygen.threads import one_thread
 from raygen.train_loop import Schedule, TrainRun, TrainState, fit, seeded
 from raygen.weightgen.autoencoder import ParamAutoencoder
-from raygen.weightgen.latent import VectorDenoiser, latent_loss
+from raygen.weightgen.latent import LatentScale, VectorDenoiser, latent_loss
 from raygen.weightgen.normalize import NORMS, norm_from_dict
 from raygen.models.params import ParamLayout
 from raygen.weightgen.set_encoder import ContrastiveHeads, SetEncoder, contrastive_loss
@@ -61,6 +61,9 @@ class StageConfig(Config):
     contrastive_steps: int = 1000
     input_noise: float = 0.001
     latent_noise: float = 0.1
+    # diffusion: noise levels per latent dimension (its std over the zoo) or from one scalar std; the
+    # default is the old behaviour so a stage directory made before the key is refused, not resumed
+    latent_scale: Literal["dim", "scalar"] = "scalar"
     steps: int = 1000
     lr: float = 1e-3
     batch_size: int = 64
@@ -190,12 +193,17 @@ def train_diffusion(config: dict) -> dict:
     task_index = torch.as_tensor(np.searchsorted(task_ids, cols["task_id"]))
     supports = TaskSupports(zoo_meta, task_ids, cfg.support_shots) if conditional else None
     fixed = supports.draw(list(range(len(task_ids)))) if conditional else None
-    mu, sd = float(h.mean()), float(h.std())
+    if cfg.latent_scale == "dim":  # the diffusion runs on standardised latents (see latent.py)
+        scale = LatentScale.fit(h)
+        h, sd, mu = scale.whiten(h), 1.0, 0.0
+        spec = dict(latent_mean=scale.mean.tolist(), latent_std=scale.std.tolist())
+    else:
+        mu, sd, spec = float(h.mean()), float(h.std()), {}
     run = TrainRun(cfg, keep_checkpoints=cfg.keep_checkpoints, use_gpu=cfg.use_gpu, mixed_precision=cfg.mixed_precision)
     try:
         restored = run.store.load(run.rank)
         denoiser = seeded(stream_seed(cfg.seed, Stream.MODEL_INIT), lambda: VectorDenoiser(h.shape[1], cfg.cond_dim if conditional else 0,
-                                                           cfg.hidden, cfg.depth, sigma_data=sd, data_mean=mu))
+                                                           cfg.hidden, cfg.depth, sigma_data=sd, data_mean=mu, **spec))
         modules = {"denoiser": denoiser}
         optimizers = {"denoiser": torch.optim.AdamW(denoiser.parameters(), lr=cfg.lr)}
         contrastive = conditional and cfg.encoder_training == "contrastive"
@@ -212,7 +220,7 @@ def train_diffusion(config: dict) -> dict:
         if restored is not None:
             state.load_state_dict(restored)
         run.prepare(state)
-        loss_fn = DenoisingLoss.at_scale(sd)  # EDM's noise levels relative to the latents' std (see losses.py)
+        loss_fn = DenoisingLoss.at_scale(sd)  # EDM's noise levels relative to the (standardised) latents' std
 
         def step(state, batch, step_index):
             h0, t = batch

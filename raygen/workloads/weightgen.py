@@ -44,7 +44,8 @@ from raygen.train_loop import check_workers_fit, checkpoint_name, launch
 from raygen.weightgen import report
 from raygen.weightgen.generate import Generator
 from raygen.weightgen.store import ID_COLUMN, read_zoo
-from raygen.weightgen.train import StageConfig, load_autoencoder, train_autoencoder, train_diffusion
+from raygen.weightgen.train import (StageConfig, load_autoencoder, load_diffusion, train_autoencoder,
+                                    train_diffusion)
 from raygen.weightgen.zoo import define_tasks, load_source, member_layout
 from raygen.workloads import zoo
 from raygen.workloads.zoo import ZooConfig
@@ -87,10 +88,15 @@ class WeightgenConfig(ZooConfig):
     encoder_training: Literal["joint", "contrastive"] = "joint"  # contrastive: D2NWG's pretraining, then frozen
     contrastive_steps: int = bounded(1000, ge=0)  # contrastive: the first diff_steps align the encoder to the AE latents
     sample_steps: int = bounded(32, ge=1)
+    # noise levels per latent dimension, from its std over the zoo (dim), or from the latents' one
+    # scalar std (scalar: runs before this key; their diffusion stage is refused with dim, not resumed)
+    latent_scale: Literal["dim", "scalar"] = "dim"
     # generation, evaluation
     n_generate: int = bounded(100, ge=1)  # per task
     finetune_steps: int = bounded(200, ge=0)
-    finetune_every: int = bounded(10, ge=1)
+    # fine-tuning accuracy logged every this many steps; 1 (the default) makes steps_to_90 exact to the
+    # step (at 10, 0.5 vs 0.56 of random init's steps was one logging interval)
+    finetune_every: int = bounded(1, ge=1)
     finetune_models: int = bounded(3, ge=1)
     finetune_lr: float = bounded(0.003, gt=0)
     # training runtime
@@ -139,7 +145,7 @@ def stage_config(cfg: WeightgenConfig, stage: str, root: str, zoo: str, autoenco
                            checkpoint_every=max(1, cfg.ae_steps // 3), **common)
     return StageConfig(name="diffusion", stage="diffusion", autoencoder=autoencoder, hidden=cfg.diff_hidden,
                        depth=cfg.diff_depth, cond_dim=cfg.cond_dim, support_shots=cfg.support_shots,
-                       support_draw=cfg.support_draw,
+                       support_draw=cfg.support_draw, latent_scale=cfg.latent_scale,
                        set_encoder=cfg.set_encoder, encoder_training=cfg.encoder_training,
                        contrastive_steps=cfg.contrastive_steps, steps=cfg.diff_steps, lr=cfg.diff_lr,
                        batch_size=cfg.diff_batch, ema_decay=cfg.ema_decay,
@@ -288,6 +294,7 @@ def run(config: WeightgenConfig, *, verbose: bool = False, checked: tuple | None
                 "original": {k: table["original"][k] for k in ("acc_mean", "acc_median", "acc_max", "acc_min")}},
         "generated": gen_stage, "table": table, "ae": diagnostics,
         "memorisation": {k: v for k, v in memo.items() if k != "raw"},
+        "diffusion": report.noise_scale(load_diffusion(diff_uri)[0].spec),
         "checkpoints": {"ae": ae_uri, "diffusion": diff_uri}, "seconds": time.perf_counter() - started,
         # per stage (a reused AE or diffusion stage had this use_gpu: it is part of its settings); the
         # report's own evaluation (tables, fine-tuning) runs in this process, on the CPU
