@@ -34,6 +34,23 @@ every evaluation the variance of LR, LEG and optimal is measured at those same �
 LEG+C would need their baselines trained along). Reported: per model, mean over seeds of the mean
 log10 variance over evaluations, and the paired LEG − optimal gap with a 95% t-interval. It
 measures the variance gap; it does not test the paper's claim, which is about performance.
+`--units 200` is the paper's width; `--iterations 20000` a long run. `--progress FILE` appends
+one JSON line per (run, evaluation) as it goes, and `--from-progress FILE` prints the same table
+from those lines, over the evaluations every seed reached, so a run stopped early still reports
+how far it got.
+
+Arm 1c — performance (`--arm performance`), the abstract's claim that modern estimators *perform*
+close to the optimal one. LR, NVIL, LEG and optimal each train their own SBN (as in arm 1) for
+`--iterations`; measured at the end: validation ELBO (single-sample, fixed per-example noise) and
+the test importance-weighted bound (K = `iw_samples`). Decision rule (fixed before running): per
+estimator E in {NVIL, LEG} and metric, d = metric(optimal) − metric(E) per seed (nats per example,
+paired by seed; positive: optimal better) with its 95 % t-interval;
+  - "supported" (E performs close to optimal) when the interval lies inside (−1, 1) nat;
+  - "contradicted" when it lies entirely above +1 (E worse than optimal by more than 1 nat);
+  - "E better by > 1 nat" when it lies entirely below −1 (not close, but not the claim's failure);
+  - "undecided" otherwise.
+The 1-nat band is a choice made here (the ELBOs are about −27 nats on 64 pixels); the paper gives
+no tolerance. "Plain LR worst" is judged as in arm 1.
 
 Arm 2 — Tune throughput. The same small grid of `raygen gradvar` trials (the workload's own
 trainable) run by one Tuner with at most 1 and then at most 2 concurrent trials on a local Ray with
@@ -41,7 +58,9 @@ trainable) run by one Tuner with at most 1 and then at most 2 concurrent trials 
 actually free, which the JSON records (load average before and after).
 
     .venv/bin/python benchmarks/gradvar_variance.py [--quick] [--workers N]
-writes benchmarks/results/gradvar_variance[_quick].json and prints the tables.
+    .venv/bin/python benchmarks/gradvar_variance.py --arm matched [--units 200] [--iterations 20000]
+    .venv/bin/python benchmarks/gradvar_variance.py --arm performance [--iterations N]
+writes benchmarks/results/gradvar_<arm>[_<tag>].json and prints the tables.
 """
 
 from __future__ import annotations
@@ -97,14 +116,14 @@ def verdict(sym: str, lo: float, hi: float) -> str:
 
 
 def variance_arm(args) -> dict:
-    jobs = [dict(model=m, estimator=e, lr=args.lr, seed=s, units=16, batch_size=args.batch_size,
+    jobs = [dict(model=m, estimator=e, lr=args.lr, seed=s, units=args.units, batch_size=args.batch_size,
                  iterations=args.iterations, eval_every=args.eval_every, variance_batches=args.variance_batches,
                  iw_samples=args.iw_samples)
             for m, e, s in itertools.product(args.models, args.estimators, args.seeds)]
     start = time.perf_counter()
     with ProcessPoolExecutor(args.workers) as pool:
         runs = list(pool.map(one_run, jobs))
-    rows, claims = [], []
+    rows, claims, performance = [], [], []
     for model in args.models:
         by = {e: sorted((r for r in runs if r["model"] == model and r["estimator"] == e), key=lambda r: r["seed"])
               for e in args.estimators}
@@ -127,14 +146,17 @@ def variance_arm(args) -> dict:
                             else "contradicted" if not worst and elbo["lr"][1] > others[0][2] else "undecided")
             claims.append({"model": model, "claim": "lr worst validation ELBO", "log10_ratio": None,
                            "verdict": verdict_elbo})
-    return {"runs": runs, "rows": rows, "claims": claims, "seconds": time.perf_counter() - start}
+        performance.extend(performance_claims(runs, model, args.estimators))
+    return {"runs": runs, "rows": rows, "claims": claims, "performance": performance,
+            "seconds": time.perf_counter() - start}
 
 
 MATCHED = ("lr", "leg", "optimal")
 
 
 def matched_run(job: dict) -> dict:
-    """One SBN trained with the optimal estimator; LR, LEG and optimal variances at every evaluation."""
+    """One SBN trained with the optimal estimator; LR, LEG and optimal variances at every evaluation.
+    `progress` (a path or None, popped from the job): one JSON line per evaluation, appended."""
     import dataclasses
 
     import torch
@@ -143,6 +165,8 @@ def matched_run(job: dict) -> dict:
     from raygen.gradvar.training import TrainSpec, gradient_variance, split_digits, train
 
     torch.set_num_threads(1)
+    job = dict(job)
+    progress = job.pop("progress", None)
     data = split_digits(0, validation=200, test=200)
     spec = TrainSpec(**job)
     curves: dict[str, list[float]] = {e: [] for e in MATCHED}
@@ -151,25 +175,67 @@ def matched_run(job: dict) -> dict:
         for e in MATCHED:  # same parameters, same batches (the batch keys depend on seed and iteration only)
             other = dataclasses.replace(spec, estimator=e)
             curves[e].append(math.log10(gradient_variance(model, data[0], other, make_baselines(model, e), iteration)))
+        if progress:
+            with open(progress, "a") as f:  # one short line per write: the pool's processes do not interleave it
+                f.write(json.dumps({"model": spec.model, "units": spec.units, "seed": spec.seed,
+                                    "iteration": iteration, **{e: curves[e][-1] for e in MATCHED}}) + "\n")
 
     train(spec, *data, on_eval=on_eval)
     return {**job, "log10_var": {e: statistics.fmean(v) for e, v in curves.items()}, "curves": curves}
 
 
+def matched_rows(runs: list[dict], models: list[str]) -> list[dict]:
+    """Per model: mean over seeds of each run's mean log10 variance, and the paired LEG − optimal gap."""
+    rows = []
+    for model in models:
+        mine = sorted((r for r in runs if r["model"] == model), key=lambda r: r["seed"])
+        rows.append({"model": model, "seeds": len(mine),
+                     **{e: interval([r["log10_var"][e] for r in mine]) for e in MATCHED},
+                     "leg_minus_optimal": interval([r["log10_var"]["leg"] - r["log10_var"]["optimal"] for r in mine])})
+    return rows
+
+
 def matched_arm(args) -> dict:
-    jobs = [dict(model=m, estimator="optimal", lr=args.lr, seed=s, units=16, batch_size=args.batch_size,
+    jobs = [dict(model=m, estimator="optimal", lr=args.lr, seed=s, units=args.units, batch_size=args.batch_size,
                  iterations=args.iterations, eval_every=args.eval_every, variance_batches=args.variance_batches,
-                 iw_samples=args.iw_samples)
+                 iw_samples=args.iw_samples, progress=args.progress)
             for m, s in itertools.product(args.models, args.seeds)]
     start = time.perf_counter()
     with ProcessPoolExecutor(args.workers) as pool:
         runs = list(pool.map(matched_run, jobs))
-    rows = []
-    for model in args.models:
-        mine = sorted((r for r in runs if r["model"] == model), key=lambda r: r["seed"])
-        rows.append({"model": model, **{e: interval([r["log10_var"][e] for r in mine]) for e in MATCHED},
-                     "leg_minus_optimal": interval([r["log10_var"]["leg"] - r["log10_var"]["optimal"] for r in mine])})
-    return {"runs": runs, "rows": rows, "seconds": time.perf_counter() - start}
+    return {"runs": runs, "rows": matched_rows(runs, args.models), "seconds": time.perf_counter() - start}
+
+
+def runs_from_progress(path: Path) -> tuple[list[dict], int]:
+    """Runs rebuilt from a --progress file, cut at the last evaluation every run reached (so seeds are
+    compared over the same iterations); also that iteration."""
+    curves: dict[tuple, dict[int, dict]] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            curves.setdefault((rec["model"], rec["seed"]), {})[rec["iteration"]] = rec
+    reached = min(max(c) for c in curves.values())
+    runs = [{"model": model, "seed": seed,
+             "log10_var": {e: statistics.fmean(c[it][e] for it in sorted(c) if it <= reached) for e in MATCHED}}
+            for (model, seed), c in curves.items()]
+    return runs, reached
+
+
+def performance_claims(runs: list[dict], model: str, estimators: list[str]) -> list[dict]:
+    """The abstract's 'perform close to optimal', judged by the rule in the module docstring."""
+    claims = []
+    by = {e: sorted((r for r in runs if r["model"] == model and r["estimator"] == e), key=lambda r: r["seed"])
+          for e in estimators}
+    for e in ("nvil", "leg"):
+        if e not in by or "optimal" not in by:
+            continue
+        for metric in ("val_elbo", "test_iw_bound"):
+            d = interval([ro[metric] - re[metric] for ro, re in zip(by["optimal"], by[e])])
+            v = ("supported" if -1 < d[1] and d[2] < 1 else "contradicted" if d[1] > 1
+                 else f"{e} better by > 1 nat" if d[2] < -1 else "undecided")
+            claims.append({"model": model, "claim": f"{e} performs close to optimal ({metric})",
+                           "optimal_minus_estimator": d, "verdict": v})
+    return claims
 
 
 def throughput_arm(args) -> dict:
@@ -205,38 +271,69 @@ def throughput_arm(args) -> dict:
     return out
 
 
+def print_matched(matched: dict, fmt) -> None:
+    for r in matched["rows"]:
+        print(f"{r['model']:8} " + "  ".join(f"{e} {fmt(r[e])}" for e in MATCHED)
+              + f"  LEG - optimal {fmt(r['leg_minus_optimal'])} (log10; {r['seeds']} seeds)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="linear model, 2 seeds, few iterations (smoke run)")
     parser.add_argument("--workers", type=int, default=2, help="processes for the variance arm")
-    parser.add_argument("--arm", choices=("all", "matched"), default="all",
-                        help="matched: only the matched-parameter arm (arm 1b)")
+    parser.add_argument("--arm", choices=("all", "matched", "performance"), default="all",
+                        help="matched: only arm 1b; performance: only arm 1c")
+    parser.add_argument("--models", nargs="+", choices=("linear", "deep"), help="default: both (linear if --quick)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="default 0 1 2 (0 1 if --quick)")
+    parser.add_argument("--units", type=int, default=16, help="units per layer (the paper's width: 200)")
+    parser.add_argument("--iterations", type=int, help="default 400 (40 if --quick)")
+    parser.add_argument("--eval-every", type=int, help="default 100 (20 if --quick)")
+    parser.add_argument("--variance-batches", type=int, help="default 40 (5 if --quick)")
+    parser.add_argument("--progress", type=Path, help="matched arm: append one JSON line per evaluation here")
+    parser.add_argument("--from-progress", type=Path, help="matched arm: print the table from a --progress file")
+    parser.add_argument("--tag", default="", help="suffix of the result file's name")
     args = parser.parse_args()
-    args.models = ["linear"] if args.quick else ["linear", "deep"]
-    args.estimators = ["lr", "lr_baseline", "nvil", "leg", "leg_baseline", "optimal"]
-    args.seeds = [0, 1] if args.quick else [0, 1, 2]
+    args.models = args.models or (["linear"] if args.quick else ["linear", "deep"])
+    args.estimators = (["lr", "nvil", "leg", "optimal"] if args.arm == "performance"
+                       else ["lr", "lr_baseline", "nvil", "leg", "leg_baseline", "optimal"])
+    args.seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2])
     args.lr, args.batch_size = 3e-3, 50
-    args.iterations, args.eval_every, args.variance_batches = (40, 20, 5) if args.quick else (400, 100, 40)
+    args.iterations = args.iterations or (40 if args.quick else 400)
+    args.eval_every = args.eval_every or (20 if args.quick else 100)
+    args.variance_batches = args.variance_batches or (5 if args.quick else 40)
     args.iw_samples = 5 if args.quick else 50
     args.tune_seeds, args.tune_iterations = (1, 20) if args.quick else (2, 100)
+    suffix = ("_quick" if args.quick else "") + (f"_{args.tag}" if args.tag else "")
 
     fmt = lambda t: f"{t[0]:.2f} [{t[1]:.2f}, {t[2]:.2f}]"
-    if args.arm == "matched":
-        matched = matched_arm(args)
-        out = Path(__file__).parent / "results" / f"gradvar_matched{'_quick' if args.quick else ''}.json"
+    if args.from_progress:
+        runs, reached = runs_from_progress(args.from_progress)
+        print(f"matched arm from {args.from_progress}: {len(runs)} runs, evaluations up to iteration {reached}")
+        print_matched({"rows": matched_rows(runs, sorted({r["model"] for r in runs}))}, fmt)
+        return
+    if args.arm in ("matched", "performance"):
+        result = matched_arm(args) if args.arm == "matched" else variance_arm(args)
+        out = Path(__file__).parent / "results" / f"gradvar_{args.arm}{suffix}.json"
         out.parent.mkdir(exist_ok=True)
-        out.write_text(json.dumps({"settings": vars(args), "matched": matched}, indent=1))
-        print(f"matched arm: trained with optimal, {len(matched['runs'])} runs, seeds {args.seeds}, "
-              f"{args.iterations} iterations, {args.variance_batches} batches per variance ({matched['seconds']:.0f} s)")
-        for r in matched["rows"]:
-            print(f"{r['model']:8} " + "  ".join(f"{e} {fmt(r[e])}" for e in MATCHED)
-                  + f"  LEG - optimal {fmt(r['leg_minus_optimal'])} (log10)")
+        out.write_text(json.dumps({"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                                   args.arm: result}, indent=1))
+        print(f"{args.arm} arm: {len(result['runs'])} runs, seeds {args.seeds}, {args.units} units, "
+              f"{args.iterations} iterations, {args.variance_batches} batches per variance ({result['seconds']:.0f} s)")
+        if args.arm == "matched":
+            print_matched(result, fmt)
+        else:
+            for r in result["rows"]:
+                print(f"{r['model']:8} {r['estimator']:10} val ELBO {fmt(r['val_elbo'])}  test IW bound "
+                      f"{fmt(r['test_iw_bound'])}  log10 var {fmt(r['log10_var'])}")
+            for c in [c for c in result["claims"] if c["claim"].startswith("lr worst")] + result["performance"]:
+                d = c.get("optimal_minus_estimator")
+                print(f"{c['model']:8} {c['claim']:44} {fmt(d) if d else '':24} {c['verdict']}")
         print(f"wrote {out}")
         return
     variance = variance_arm(args)
     throughput = throughput_arm(args)
     result = {"settings": vars(args), "variance": variance, "throughput": throughput}
-    out = Path(__file__).parent / "results" / f"gradvar_variance{'_quick' if args.quick else ''}.json"
+    out = Path(__file__).parent / "results" / f"gradvar_variance{suffix}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
 
@@ -251,6 +348,8 @@ def main() -> None:
     for c in variance["claims"]:
         ratio = "" if c["log10_ratio"] is None else fmt(c["log10_ratio"])
         print(f"{c['model']:8} {c['claim']:28} {ratio:28} {c['verdict']}")
+    for c in variance["performance"]:
+        print(f"{c['model']:8} {c['claim']:44} {fmt(c['optimal_minus_estimator']):24} {c['verdict']}")
     t = throughput
     print(f"\nTune throughput, {t['trials']} trials of {t['iterations_per_trial']} iterations: "
           f"1 worker {t['workers_1']['trials_per_s']:.3f} trials/s, 2 workers {t['workers_2']['trials_per_s']:.3f} "
