@@ -61,6 +61,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import tempfile
 import time
@@ -71,13 +72,16 @@ import torch
 from benchlib import RESULTS, write
 
 from raygen.diffusion import EMA, DenoisingLoss, StructureEncoder, heun_sample
-from raygen.diffusion.structure import SpectralEncoder, gated_structure_term, js_critic_loss, structure_noise
+from raygen.diffusion.sadm import discriminator_loss
+from raygen.diffusion.structure import (SpectralEncoder, adaptive_lambda, few_step_sample, gated_structure_term,
+                                        js_critic_loss, mmd_critic_loss, mmd_structure_term, structure_noise)
 from raygen.diffusion.train import SADMStep, _digit_batches, sadm_step, train_func
 from raygen.metrics import digits_reference, frechet_distance, extract_features, sample_quality
 from raygen.models import load_denoiser
 from raygen.train_loop import TrainState, _read_checkpoint, seeded
 
 BASE_STEPS, STEPS, SAMPLES, SEEDS = 1200, 100, 500, 3
+CONVERGED_BASE = 4800  # issue 28's plan: see the docstring's measurement
 METRICS = ("fd", "kid", "precision", "recall")
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}  # t_{0.975, df}
 
@@ -93,15 +97,39 @@ class Arm:
 
 ARMS = (Arm("plain"), Arm("current", "current", lam=0.1), Arm("gated-0.1", "gated", 0.1),
         Arm("gated-0.3", "gated", 0.3), Arm("frozen-0.3", "gated", 0.3, frozen=True))
+MMD_ARM = Arm("mmd-0.3", "mmd", 0.3)  # distribution-level form (issue 28's study; not in the 100-step study)
+ALL_ARMS = {a.name: a for a in (*ARMS, MMD_ARM)}
+MMD_SIGMAS = (5.0, 1.0, 0.2, 0.05)  # the MMD arm's few-step sampler: Euler to 0.05, then D(x, 0.05) with gradients
+PROBE_SIGMAS = (0.05, 0.2, 0.5, 1.0, 2.0)  # output movement is measured at these noise levels
+
+
+def probe(seed: int, sigma_data: float) -> list[tuple[float, torch.Tensor]]:
+    """A fixed probe set: 64 digits of the seed's first batch noised at each PROBE_SIGMAS level."""
+    x0, _ = next(_digit_batches(seed, 64, 0))
+    g = torch.Generator().manual_seed(50_000 + seed)
+    return [(s, x0 + s * torch.randn(x0.shape, generator=g)) for s in PROBE_SIGMAS]
+
+
+@torch.no_grad()
+def outputs(model, probes) -> list[torch.Tensor]:
+    return [model(x, torch.full((x.shape[0],), s), None) for s, x in probes]
+
+
+def movement(model, probes, before: list[torch.Tensor]) -> dict[str, float]:
+    """RMS change of D(x_sigma, sigma) from `before` (the base EMA's outputs), per probe sigma."""
+    return {f"move_{s:g}": float((o - b).pow(2).mean().sqrt()) for (s, _), o, b in zip(probes, outputs(model, probes), before)}
 
 
 def train_base(seed: int, steps: int, root: Path) -> Path:
-    """The seed's plain base run (discriminator trained alongside); returns its checkpoint directory."""
+    """The seed's plain base run (discriminator trained alongside); returns its checkpoint directory.
+    A longer base extends (resumes) a shorter one of the same seed, bit for bit the uninterrupted run;
+    every checkpoint made is kept, so bases of several lengths share one run."""
     name = f"base_seed{seed}"
     ckpt = root / name / f"checkpoint_{steps:06d}"
     if not ckpt.exists():
         train_func(dict(name=name, storage_path=str(root), steps=steps, batch_size=64, sadm_lambda=0.0,
-                        sample_every=0, log_every=max(steps // 10, 1), checkpoint_every=steps, seed=seed))
+                        sample_every=0, log_every=max(steps // 10, 1), checkpoint_every=steps, seed=seed,
+                        keep_checkpoints=100))
     return ckpt
 
 
@@ -119,8 +147,16 @@ def restore(ckpt: Path, seed: int) -> TrainState:
     return state
 
 
-def finetune(arm: Arm, ckpt: Path, seed: int, base_steps: int, steps: int, snapshots: tuple[int, ...]):
-    """Fine-tune from the base for `steps`; returns ({step: EMA model copy}, per-step logs)."""
+def finetune(arm: Arm, ckpt: Path, seed: int, base_steps: int, steps: int, snapshots: tuple[int, ...],
+             critic_warmup: int = 0, log_every: int = 10):
+    """Fine-tune from the base for `steps`; returns ({step: EMA model copy}, per-step logs).
+
+    `critic_warmup` W > 0: before the first fine-tuning step, arms with an adversary (current,
+    gated with a trained encoder, mmd) train their critic alone for W steps against the base
+    denoiser's outputs (the denoiser, its EMA and the denoising noise stream untouched; the critic
+    sees the structure stream's batches of fine-tuning steps 1..W). Every `log_every` steps the
+    logs carry the evaluated EMA's output movement from the base EMA on a fixed probe set
+    (`movement`): "no effect" can then be told from "no dose"."""
     from accelerate import Accelerator
 
     state = restore(ckpt, seed)
@@ -128,14 +164,44 @@ def finetune(arm: Arm, ckpt: Path, seed: int, base_steps: int, steps: int, snaps
     loss_fn = DenoisingLoss()
     batches = _digit_batches(seed, 64, base_steps)
     current = SADMStep(Accelerator(cpu=True), loss_fn, grad_clip=1.0)
-    if arm.form == "gated":
+    probes = probe(seed, loss_fn.sigma_data)
+    before = outputs(ema.model, probes)  # EMA models are always in eval mode
+    if arm.form in ("gated", "mmd"):
         enc = seeded(seed + 2, lambda: SpectralEncoder(1, embed_dim=64))
         opt_enc = torch.optim.Adam(enc.parameters(), lr=2e-4, betas=(0.5, 0.999))
 
         def critic(x0, x_hat):
             opt_enc.zero_grad(set_to_none=True)
-            js_critic_loss(enc, x0, x_hat).backward()
+            (mmd_critic_loss if arm.form == "mmd" else js_critic_loss)(enc, x0, x_hat).backward()
             opt_enc.step()
+
+    def mmd_generate(x0, step):  # few-step samples from the structure stream's noise; the last step with gradients
+        _, eps = structure_noise((seed, 4, step), 0, x0.shape, 0.02, loss_fn.sigma_data)
+        x = few_step_sample(model, 0.5 + MMD_SIGMAS[0] * eps, list(MMD_SIGMAS))
+        return model(x, torch.full((x0.shape[0],), MMD_SIGMAS[-1]), None)
+
+    adversary = arm.form in ("current", "mmd") or (arm.form == "gated" and not arm.frozen)
+    warm = _digit_batches(seed, 64, base_steps)
+    warm_gen = torch.Generator().manual_seed(60_000 + seed)  # current form's warm-up noise: not the denoising stream
+    c0 = time.process_time()
+    for i in range(1, (critic_warmup if adversary else 0) + 1):
+        x0, _ = next(warm)
+        step = base_steps + i
+        with torch.no_grad():
+            if arm.form == "current":
+                x_hat = loss_fn(model, x0, warm_gen)[1]
+            elif arm.form == "mmd":
+                x_hat = mmd_generate(x0, step)
+            else:
+                sigma, eps = structure_noise((seed, 3, step), 0, x0.shape, 0.02, loss_fn.sigma_data)
+                x_hat = model(x0 + sigma * eps, torch.full((x0.shape[0],), sigma), None)
+        if arm.form == "current":
+            state.optimizers["opt_phi"].zero_grad(set_to_none=True)
+            discriminator_loss(state.modules["encoder"], x0, x_hat).backward()
+            state.optimizers["opt_phi"].step()
+        else:
+            critic(x0, x_hat)
+    warmup_cpu_s, c0, t0 = time.process_time() - c0, time.process_time(), time.perf_counter()
 
     out, logs = {}, []
     for i in range(1, steps + 1):
@@ -153,15 +219,24 @@ def finetune(arm: Arm, ckpt: Path, seed: int, base_steps: int, steps: int, snaps
                                                  eps=eps, sigma_data=loss_fn.sigma_data, ratio=arm.ratio,
                                                  critic=None if arm.frozen else critic)
                 loss = loss + term
+            elif arm.form == "mmd":
+                x_gen = mmd_generate(x0, step)
+                critic(x0, x_gen.detach())
+                d = mmd_structure_term(enc, x0, x_gen)
+                lam = adaptive_lambda(loss, d, model.net.out.weight, arm.ratio)
+                loss = loss + lam * d
+                row = {"structure_mmd": float(d.detach()), "lambda_t": float(lam)}
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             ema.update(model)
-        if i % 10 == 0:
-            logs.append({"step": i, **row})
+        if i % log_every == 0 or i in snapshots:
+            logs.append({"step": i, **row, **movement(ema.model, probes, before)})
         if i in snapshots:
             out[i] = EMA(ema.model).model  # a frozen copy of the EMA weights
+    logs.append({"critic_warmup_steps": critic_warmup if adversary else 0, "critic_warmup_cpu_s": warmup_cpu_s,
+                 "finetune_cpu_s": time.process_time() - c0, "finetune_wall_s": time.perf_counter() - t0})
     return out, logs
 
 
@@ -170,13 +245,15 @@ def score(model, seed: int, noise_seed: int, n: int, classifier, real) -> dict:
     return sample_quality(classifier, real, fake, generator=torch.Generator().manual_seed(seed))
 
 
-def run_seed(seed: int, ckpt: Path, base_steps: int, steps: int, n: int, classifier, real) -> dict:
+def run_seed(seed: int, ckpt: Path, base_steps: int, steps: int, n: int, classifier, real, arms=ARMS,
+             critic_warmup: int = 0) -> dict:
     """Every arm of one seed: {arm: metrics}, plus the sampler's resampling noise and training logs."""
     res, logs = {}, {}
-    for arm in ARMS:
+    for arm in arms:
         t0 = time.perf_counter()
         snaps = (steps, 2 * steps) if arm.form == "plain" else (steps,)
-        models, logs[arm.name] = finetune(arm, ckpt, seed, base_steps, snaps[-1], snaps)
+        models, logs[arm.name] = finetune(arm, ckpt, seed, base_steps, snaps[-1], snaps, critic_warmup,
+                                          log_every=max(steps // 10, 1))
         train_s = time.perf_counter() - t0
         res[arm.name] = {**score(models[steps], seed, 10_000 + seed, n, classifier, real), "train_s": train_s}
         if arm.form == "plain":
@@ -204,7 +281,7 @@ def decide(per_seed: list[dict], arm: str, control: str) -> dict:
 
 
 def report(per_seed: list[dict], floor: float, meta: dict) -> dict:
-    arms = ["plain", "plain@2N", *[a.name for a in ARMS[1:]]]
+    arms = ["plain", "plain@2N", *[a for a in meta["arm_names"] if a != "plain"]]
     summary = {a: {k: {"mean": statistics.mean(r[a][k] for r in per_seed), "std": statistics.stdev(r[a][k] for r in per_seed)}
                    for k in (*METRICS, "train_s")} for a in arms}
     resampling = [abs(r["plain_resampled"]["fd"] - r["plain"]["fd"]) for r in per_seed]
@@ -227,7 +304,7 @@ def report(per_seed: list[dict], floor: float, meta: dict) -> dict:
             "decisions": decisions}
 
 
-def plot_logs(per_seed: list[dict], path: Path) -> None:
+def plot_logs(per_seed: list[dict], path: Path, arms=ARMS) -> None:
     """d and lambda over fine-tuning (mean over seeds): the structure arms' training curves."""
     import matplotlib
 
@@ -235,9 +312,9 @@ def plot_logs(per_seed: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    for arm in ARMS[1:]:
-        key = "structure_distance" if arm.form == "current" else "structure_js"
-        rows = [r["logs"][arm.name] for r in per_seed]
+    for arm in [a for a in arms if a.form != "plain"]:
+        key = {"current": "structure_distance", "gated": "structure_js", "mmd": "structure_mmd"}[arm.form]
+        rows = [[row for row in r["logs"][arm.name] if "step" in row] for r in per_seed]
         steps = [row["step"] for row in rows[0]]
         for ax, k in ((axes[0], key), (axes[1], "lambda_t")):
             ax.plot(steps, [statistics.mean(r[i][k] for r in rows) for i in range(len(steps))], label=arm.name)
@@ -251,28 +328,111 @@ def plot_logs(per_seed: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def converge(seed: int, root: Path, first: int, last: int, n: int, classifier, real) -> dict:
+    """Is the plain base converged? Bases of first, 2·first, 4·first, ... <= last steps (one run,
+    extended); each base's EMA scored with two initial-noise draws (a: 10_000 + seed, b: 20_000 +
+    seed). Converged at B when FD_a(2B) − FD_a(B) (same noise, paired) lies within the resampling
+    noise, the mean over the scored bases of |FD_a − FD_b|."""
+    rows, b = [], first
+    path = RESULTS / f"sadm_converge_seed{seed}.json"
+    while b <= last:
+        load, t0, c0 = os.getloadavg(), time.perf_counter(), time.process_time()
+        ckpt = train_base(seed, b, root)
+        train_s, train_cpu_s = time.perf_counter() - t0, time.process_time() - c0
+        model = restore(ckpt, seed).emas["denoiser"].model
+        t1 = time.perf_counter()
+        fd_a = score(model, seed, 10_000 + seed, n, classifier, real)["fd"]
+        fd_b = score(model, seed, 20_000 + seed, n, classifier, real)["fd"]
+        rows.append({"base_steps": b, "fd_a": fd_a, "fd_b": fd_b, "train_s": train_s, "train_cpu_s": train_cpu_s,
+                     "score_s_per_draw": (time.perf_counter() - t1) / 2, "load_average": load})
+        noise = statistics.mean(abs(r["fd_a"] - r["fd_b"]) for r in rows)
+        for r, r2 in zip(rows, rows[1:]):
+            r["fd_2B_minus_B"] = r2["fd_a"] - r["fd_a"]
+            r["within_noise"] = abs(r["fd_2B_minus_B"]) <= noise
+        print(f"base {b}: FD {fd_a:.3f} / {fd_b:.3f} (two noise draws), trained in {train_s:.0f} s, "
+              f"load {load[0]:.1f}; resampling noise so far {noise:.3f}", flush=True)
+        write(path.stem, {"seed": seed, "samples": n, "resampling_abs_dfd": noise, "rows": rows})
+        b *= 2
+    return {"rows": rows}
+
+
+def cost(seed: int, root: Path, base_steps: int, k: int, warmup: int, arms) -> dict:
+    """CPU seconds per step (this process, one thread: what a step costs on a quiet core) of base
+    training and of every arm's fine-tuning and critic warm-up, from k steps and `warmup` warm-up
+    steps; wall seconds and the load average beside them (the machine is shared)."""
+    out = {"load_average_before": os.getloadavg(), "threads": torch.get_num_threads(), "k": k, "warmup": warmup}
+    t0 = time.perf_counter()
+    ckpt = train_base(seed, base_steps, root)
+    c1, t1 = time.process_time(), time.perf_counter()
+    train_base(seed, base_steps + k, root)  # k more base steps (extends the run; includes one checkpoint save)
+    out["base"] = {"cpu_s_per_step": (time.process_time() - c1) / k, "wall_s_per_step": (time.perf_counter() - t1) / k}
+    for arm in arms:
+        _, logs = finetune(arm, ckpt, seed, base_steps, k, (k,), warmup, log_every=k)
+        w = logs[-1]
+        out[arm.name] = {"cpu_s_per_step": w["finetune_cpu_s"] / k, "wall_s_per_step": w["finetune_wall_s"] / k,
+                         "warmup_cpu_s_per_step": w["critic_warmup_cpu_s"] / max(w["critic_warmup_steps"], 1)}
+        print(f"{arm.name}: {out[arm.name]['cpu_s_per_step']:.3f} CPU s/step ({out[arm.name]['wall_s_per_step']:.3f} wall), "
+              f"critic warm-up {out[arm.name]['warmup_cpu_s_per_step']:.3f} CPU s/step (load {os.getloadavg()[0]:.1f})",
+              flush=True)
+    out.update(load_average_after=os.getloadavg(), wall_seconds=time.perf_counter() - t0)
+    print(f"base: {out['base']['cpu_s_per_step']:.3f} CPU s/step ({out['base']['wall_s_per_step']:.3f} wall); "
+          f"load {out['load_average_before']} -> {out['load_average_after']}")
+    write("sadm_cost", out)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--converged", action="store_true",
+                   help="issue 28's protocol: CONVERGED_BASE-step bases, 1000 fine-tuning steps, 5 seeds, "
+                        "critic warm-up 200, every arm incl. mmd-0.3, 1000 samples")
     p.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "raygen_sadm_study"),
                    help="base checkpoints and per-seed results are kept here and reused")
-    p.add_argument("--stage", choices=("base", "seed", "report", "all"), default="all",
-                   help="seed: one seed's arms (--seed), so seeds can run as separate processes")
+    p.add_argument("--stage", choices=("base", "seed", "report", "all", "converge", "cost"), default="all",
+                   help="seed: one seed's arms (--seed), so seeds can run as separate processes; converge: "
+                        "FD of doubling bases (--seed, up to --base-steps); cost: seconds per step")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--base-steps", type=int, help=f"plain base length (default {BASE_STEPS})")
+    p.add_argument("--steps", type=int, help=f"fine-tuning steps N (default {STEPS})")
+    p.add_argument("--seeds", type=int, help=f"number of seeds (default {SEEDS})")
+    p.add_argument("--samples", type=int, help=f"samples per FD (default {SAMPLES})")
+    p.add_argument("--critic-warmup", type=int, help="critic-only steps before lambda > 0 (default 0)")
+    p.add_argument("--arms", help="comma-separated arm names (default: the 100-step study's; "
+                                  f"all: {','.join(ALL_ARMS)})")
+    p.add_argument("--first", type=int, default=600, help="converge: the shortest base")
     args = p.parse_args()
     RESULTS.mkdir(exist_ok=True)  # a fresh checkout has no results/: fail now, not after the whole run
-    base_steps, steps = (60, 20) if args.quick else (BASE_STEPS, STEPS)
-    n = 200 if args.quick else SAMPLES
-    seeds = list(range(2 if args.quick else SEEDS))
-    root = Path(args.workdir) / ("quick" if args.quick else "full")
+    if args.quick:
+        base_steps, steps, n, n_seeds, warmup, arm_names = 60, 20, 200, 2, 0, [a.name for a in ARMS]
+    elif args.converged:
+        base_steps, steps, n, n_seeds, warmup, arm_names = CONVERGED_BASE, 1000, 1000, 5, 200, list(ALL_ARMS)
+    else:
+        base_steps, steps, n, n_seeds, warmup, arm_names = BASE_STEPS, STEPS, SAMPLES, SEEDS, 0, [a.name for a in ARMS]
+    base_steps = args.base_steps or base_steps
+    steps, n, n_seeds = args.steps or steps, args.samples or n, args.seeds or n_seeds
+    warmup = warmup if args.critic_warmup is None else args.critic_warmup
+    arm_names = arm_names if not args.arms else list(ALL_ARMS) if args.arms == "all" else args.arms.split(",")
+    if "plain" not in arm_names:
+        arm_names = ["plain", *arm_names]  # the controls are always run
+    arms = [ALL_ARMS[a] for a in arm_names]
+    seeds = list(range(n_seeds))
+    tag = "quick" if args.quick else "converged" if args.converged else "full"
+    root = Path(args.workdir) / tag
+    if args.stage == "cost":
+        cost(args.seed, root, base_steps, args.steps or 20, warmup or 20, arms)
+        return
     if args.stage in ("base", "all"):
         for s in seeds:
             print(f"base seed {s}: {train_base(s, base_steps, root)}", flush=True)
     if args.stage == "base":
         return
     classifier, real = digits_reference(torch.Generator().manual_seed(0), steps=150 if args.quick else 400)
+    if args.stage == "converge":
+        converge(args.seed, root, args.first, base_steps, n, classifier, real)
+        return
     for s in ([args.seed] if args.stage == "seed" else seeds if args.stage == "all" else []):
-        result = run_seed(s, train_base(s, base_steps, root), base_steps, steps, n, classifier, real)
+        result = run_seed(s, train_base(s, base_steps, root), base_steps, steps, n, classifier, real, arms, warmup)
         (root / f"seed{s}.json").write_text(json.dumps(result))
     if args.stage == "seed":
         return
@@ -280,11 +440,11 @@ def main() -> None:
     halves = torch.randperm(len(real), generator=torch.Generator().manual_seed(0)).chunk(2)
     floor = frechet_distance(*(extract_features(classifier, real[h]) for h in halves))
     meta = {"base_steps": base_steps, "steps": steps, "seeds": seeds, "samples": n, "quick": args.quick,
-            "sampler": "heun 18 steps", "arms": [a.__dict__ for a in ARMS]}
+            "critic_warmup": warmup, "sampler": "heun 18 steps", "arms": [a.__dict__ for a in arms], "arm_names": arm_names}
     out = report([r["results"] for r in per_seed], floor, meta)
     out["runs"] = per_seed
-    path = write(f"sadm_quality{'_quick' if args.quick else ''}", out)
-    plot_logs(per_seed, path.with_suffix(".png"))
+    path = write(f"sadm_quality{'_quick' if args.quick else '_converged' if args.converged else ''}", out)
+    plot_logs(per_seed, path.with_suffix(".png"), arms)
     print(f"wrote {path}")
 
 
