@@ -4,6 +4,9 @@ Two sources:
 - the Gasoline panel (Baltagi & Griffin 1983; shipped as raygen/cmt/data/gasoline.csv): each country is
   a domain; Z = (LINCOMEP, LRPMG, LCARPCAP, LGASPCAR), Y = LGASPCAR last, YEAR dropped; every column
   standardised over the whole panel (as the paper's reference code does).
+  The authors' 180 splits of it ship as raygen/cmt/data/teshima2020_splits.csv (plain CSV, one line
+  per target, split, year and role; see that folder's README): `load_splits` reads them or a user's
+  CSV of the same form, and refuses a pickle.
 - a synthetic benchmark with a known mechanism f, D = 4, of structural-equation form (each variable
   a function of its causes plus its own independent component, so f⁻¹ follows by substitution):
 
@@ -58,6 +61,8 @@ class Panel:
     names: tuple[str, ...]
     columns: tuple[str, ...]
     mechanism: Mechanism | None = None  # known only for synthetic data
+    year: np.ndarray | None = None  # [N] the gasoline CSV's YEAR, which names a row within its domain
+    splits: dict | None = None  # fixed few-shot splits by year (load_splits); None: drawn by split_target
 
     def rows_of(self, name: str) -> np.ndarray:
         return self.z[self.domain == self.names.index(name)]
@@ -76,6 +81,85 @@ class Split:
 
 def default_gasoline_csv() -> Path:
     return Path(str(resources.files("raygen.cmt") / "data" / "gasoline.csv"))
+
+
+SHIPPED_SPLITS = {"teshima2020": "teshima2020_splits.csv"}
+SPLITS_HEADER = ["target", "split", "year", "role"]
+CONVERTER = "benchmarks/cmt_convert_authors_splits.py"
+
+
+def load_splits(source: str) -> dict[tuple[str, int], tuple[tuple[int, ...], tuple[int, ...]]]:
+    """Few-shot splits from a plain CSV (`target,split,year,role`, role train or test; training years
+    kept in the file's order): {(target, split): (train years, test years)}.
+
+    `source` is a shipped name ("teshima2020", the authors' splits) or a path. A pickle is refused:
+    unpickling can run arbitrary code; convert it offline with the restricted converter instead.
+    """
+    import csv
+
+    path = Path(str(resources.files("raygen.cmt") / "data" / SHIPPED_SPLITS[source])) if source in SHIPPED_SPLITS \
+        else Path(source)
+    where = f"splits_from {source!r}"
+    if not path.is_file():
+        raise UserError(f"{where}: no such file; give a CSV of target,split,year,role or one of "
+                        f"{', '.join(SHIPPED_SPLITS)}")
+    head = path.read_bytes()[:2]
+    if head[:1] == b"\x80" or path.suffix in (".dill", ".pkl", ".pickle"):
+        raise UserError(f"{where} is a pickle; raygen never unpickles (it can run code): convert it to CSV with "
+                        f"{CONVERTER}")
+    try:
+        rows = list(csv.reader(path.read_text(encoding="utf-8").splitlines()))
+    except UnicodeDecodeError:
+        raise UserError(f"{where} is not a text CSV; it needs the columns {','.join(SPLITS_HEADER)}") from None
+    if not rows or [c.strip() for c in rows[0]] != SPLITS_HEADER:
+        raise UserError(f"{where}: the first line must be {','.join(SPLITS_HEADER)} (found "
+                        f"{','.join(rows[0]) if rows else 'an empty file'!r})")
+    splits: dict[tuple[str, int], tuple[list[int], list[int]]] = {}
+    seen: set[tuple[str, int, int]] = set()
+    for line, row in enumerate(rows[1:], start=2):
+        if not row:
+            continue
+        try:
+            target, split, year, role = row
+            key = (target, int(split), int(year))
+        except ValueError:
+            raise UserError(f"{where} line {line}: expected target,split,year,role with integer split and year, "
+                            f"got {','.join(row)!r}") from None
+        if role not in ("train", "test") or key[1] < 0:
+            raise UserError(f"{where} line {line}: role must be train or test and split >= 0, got {','.join(row)!r}")
+        if key in seen:
+            raise UserError(f"{where} line {line}: year {key[2]} listed twice for {target!r} split {key[1]}")
+        seen.add(key)
+        splits.setdefault(key[:2], ([], []))[role == "test"].append(key[2])
+    if not splits:
+        raise UserError(f"{where} lists no split")
+    return {k: (tuple(train), tuple(test)) for k, (train, test) in splits.items()}
+
+
+def fixed_split(panel: Panel, target: str, split: int) -> Split:
+    """Split `split` of `target` as panel.splits lists it (by year); checked against the panel's years."""
+    if target not in panel.names:
+        raise UserError(f"unknown target domain {target!r}; valid: {', '.join(panel.names)}")
+    if (target, split) not in panel.splits:
+        have = sorted(s for t, s in panel.splits if t == target)
+        raise UserError(f"splits_from has no split {split} for target {target!r} (it has "
+                        f"{len(have)}{': ' + ', '.join(map(str, have)) if have else ''}); lower `splits` or pick "
+                        "targets it lists")
+    if panel.year is None:
+        raise UserError("splits_from names rows by year: the gasoline CSV needs a YEAR column")
+    train, test = panel.splits[(target, split)]
+    t = panel.names.index(target)
+    mine = panel.domain == t
+    row_of = {int(y): i for i, y in enumerate(panel.year[mine])}
+    if len(row_of) != int(mine.sum()) or sorted(train + test) != sorted(row_of):
+        raise UserError(f"splits_from split {split} of {target!r} lists years {sorted(train + test)}, not each of "
+                        f"the panel's years for it ({sorted(row_of)}) once")
+    z_target = panel.z[mine]
+    source = ~mine
+    u = panel.domain[source]
+    return Split(z_source=panel.z[source], u_source=np.where(u > t, u - 1, u),
+                 z_train=z_target[[row_of[y] for y in train]], z_test=z_target[[row_of[y] for y in test]],
+                 z_target=z_target)
 
 
 def _check_domains(names, where: str) -> None:
@@ -109,8 +193,13 @@ def load_gasoline(path: str | Path | None = None) -> Panel:
                         f"non-numeric value on data line {row + 1}; fix or drop that row")
     names, domain = np.unique(df[GASOLINE_DOMAIN].astype(str).to_numpy(), return_inverse=True)
     _check_domains(names, f"gasoline CSV {str(path)!r} column {GASOLINE_DOMAIN!r}")
+    # YEAR is optional (only fixed splits need it); a non-integer YEAR is then as good as absent
+    year = pd.to_numeric(df["YEAR"], errors="coerce").to_numpy() if "YEAR" in df.columns else None
+    if year is not None and not (np.isfinite(year).all() and (year == np.round(year)).all()):
+        year = None
     return Panel(z=standardise(values, [*GASOLINE_X, GASOLINE_Y], f"gasoline CSV {str(path)!r}"), domain=domain,
-                 names=tuple(names), columns=(*GASOLINE_X, GASOLINE_Y))
+                 names=tuple(names), columns=(*GASOLINE_X, GASOLINE_Y),
+                 year=None if year is None else year.astype(np.int64))
 
 
 def standardise(values: np.ndarray, columns: list[str], where: str) -> np.ndarray:

@@ -10,7 +10,12 @@ point held out in turn, the method redone from the other n − 1, augmentation i
 own partial LOOCV is kept beside it but leaks through augmentation) and scores it by target-test
 MSE relative to the target's leave-one-out reference (`raygen.cmt.report`).
 
-Randomness: the split from stream CMT_SPLIT, everything inside a trial (INN / classifier init, GCL
+Splits: `splits_from: teshima2020` takes the authors' 180 published Gasoline splits (shipped as a
+plain CSV, `raygen/cmt/data/`), or a path to a CSV of the same form (`target,split,year,role`), so
+results compare with theirs split by split; split k of a target is then the file's split k. A
+pickle is refused (raygen never unpickles). Empty: raygen's own seeded splits.
+
+Randomness: the split (unless `splits_from`) from stream CMT_SPLIT, everything inside a trial (INN / classifier init, GCL
 batches, recombination subsets, FastICA) from CMT_FIT, both indexed by (target, n, split), the
 synthetic panel from CMT_PANEL (`raygen.seeds`).
 
@@ -48,6 +53,8 @@ class CmtConfig(Config):
     data: Literal["gasoline", "synthetic"] = "gasoline"
     csv: str = ""  # gasoline: a CSV with COUNTRY, LINCOMEP, LRPMG, LCARPCAP, LGASPCAR; empty: the shipped copy
     targets: list[str] = dataclasses.field(default_factory=list)  # gasoline countries; empty: every domain in turn
+    # fixed splits: "teshima2020" (the authors', shipped) or a CSV path (target,split,year,role); empty: seeded
+    splits_from: str = ""
     n_train: list[int] = dataclasses.field(default_factory=lambda: [6])  # target training points
     splits: int = bounded(10, ge=1)
     methods: list[str] = dataclasses.field(default_factory=lambda: ["cmt", "target_only", "source_only", "pooled"])
@@ -89,17 +96,20 @@ class CmtConfig(Config):
         check(self.data == "gasoline" or not self.targets, "targets",
               "synthetic data has one target domain; leave targets empty and sweep n_train")
         check(self.data == "gasoline" or not self.csv, "csv", "only read with data: gasoline")
+        check(self.data == "gasoline" or not self.splits_from, "splits_from", "only used with data: gasoline")
 
 
 CONFIG = CmtConfig
 
 
 def load_panel(config: CmtConfig):
-    from raygen.cmt.datasets import load_gasoline, synthetic_panel
+    from raygen.cmt.datasets import load_gasoline, load_splits, synthetic_panel
     from raygen.seeds import Stream, numpy_rng
 
     if config.data == "gasoline":
-        return load_gasoline(config.csv or None)
+        panel = load_gasoline(config.csv or None)
+        # the splits travel with the panel to every trial: a relative path is read once, here
+        return dataclasses.replace(panel, splits=load_splits(config.splits_from)) if config.splits_from else panel
     return synthetic_panel(numpy_rng(config.seed, Stream.CMT_PANEL), n_sources=config.n_sources, source_size=config.source_size,
                            target_size=config.test_size + max(config.n_train))
 
@@ -145,8 +155,15 @@ def run_trial(trial: dict[str, Any], *, panel, job: dict[str, Any]) -> list[dict
 
 def make_split(config: CmtConfig, panel, target: str, n: int, split: int):
     """The few-shot split of (target, n, split): the same for every method and setting."""
-    from raygen.cmt.datasets import split_target
+    from raygen.cmt.datasets import fixed_split, split_target
     from raygen.seeds import Stream, numpy_rng
+
+    if panel.splits is not None:
+        fixed = fixed_split(panel, target, split)
+        if len(fixed.z_train) != n:
+            raise UserError(f"splits_from split {split} of {target!r} has {len(fixed.z_train)} training points, "
+                            f"not n_train={n}; set n_train: [{len(fixed.z_train)}]")
+        return fixed
 
     t = panel.names.index(target) if target in panel.names else 0  # an unknown target is refused by split_target
     return split_target(panel, target, n, numpy_rng(config.seed, Stream.CMT_SPLIT, t, n, split))
@@ -303,8 +320,9 @@ def preflight(config: CmtConfig) -> tuple:
     """The panel and the trial specs, checked: a bad CSV, target or n is one line before Ray starts."""
     panel = load_panel(config)
     specs = plan(config, panel)
-    for target, n in sorted({(s["target"], s["n"]) for s in specs}):  # bad targets / n fail here, not in 100 trials
-        make_split(config, panel, target, n, 0)
+    # bad targets / n / fixed splits fail here, not in 100 trials
+    for target, n, split in sorted({(s["target"], s["n"], s["split"] if panel.splits else 0) for s in specs}):
+        make_split(config, panel, target, n, split)
     return panel, specs
 
 
