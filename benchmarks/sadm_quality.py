@@ -54,6 +54,47 @@ equal wall-clock replaced by equal denoiser rows.
 
     python benchmarks/sadm_quality.py            # the study above
     python benchmarks/sadm_quality.py --quick    # smoke run: 60 + 20 steps, 2 seeds, 200 samples
+
+Converged-base study (issue 28): the plan, pre-registered 2026-12-05 00:05 UTC; NOT run.
+Protocol (`--converged`): as above, with these changes. Base: B plain steps, where B is the shortest
+length at which the base is converged, measured first on seed 0 by `--stage converge` (one plain run
+extended to 600, 1200, 2400, 4800, 9600 steps; each base's EMA scored with two initial-noise draws;
+converged at B when FD(2B) − FD(B) under the same noise lies within the sampler's resampling noise,
+the mean over the scored bases of |FD(draw a) − FD(draw b)|; the `--converged` run reads B from
+results/sadm_converge_seed0.json and stops if none is converged). Fine-tuning N = 1000 steps, 5 seeds,
+1000 samples per FD. Every arm with an adversary (current, gated-0.1, gated-0.3, mmd-0.3) first
+trains its critic alone for 200 steps against the base denoiser (critic warm-up before λ > 0; the
+denoiser, EMA and noise stream untouched). Arms: those above plus mmd-0.3 (distribution-level:
+4-step Euler sampler 5 → 0.05 from the structure stream's noise, the last step D(x, 0.05) with
+gradients, MMD² with a sum of Gaussian kernels on the spectral-norm encoder's embeddings, the encoder
+maximising it; λ adaptive at gradient ratio 0.3 as the gated arms). Logged every N/10 steps: the
+evaluated EMA's output movement from the base EMA, RMS of ΔD(x_σ, σ) on a fixed probe of 64 digits
+at σ ∈ {0.05, 0.2, 0.5, 1, 2}: an arm whose FD does not differ from plain@N and whose movement is far
+below plain@N's is "no dose", not "no effect". Decision rule: as above (a)-(c) over the 5 seeds (t
+with 4 degrees of freedom), against plain@N and against plain@2N (equal denoiser rows).
+
+    python benchmarks/sadm_quality.py --converged --stage converge --seed 0   # B, ~0.8 core-hours
+    python benchmarks/sadm_quality.py --converged --stage base                # bases of seeds 1-4
+    python benchmarks/sadm_quality.py --converged --stage seed --seed S       # per seed, in parallel
+    python benchmarks/sadm_quality.py --converged --stage report
+
+Measured cost (`--quick --stage cost --arms all --steps 20 --critic-warmup 20`, 2026-12-04
+23:43-00:03 UTC, results/sadm_cost.json): single-thread CPU seconds per step, on the shared 2-core
+machine at load average 19-37 (a quiet core is likely faster; wall time was 10-14x these):
+base training (plain + the λ = 0 discriminator) 0.265; fine-tuning plain 0.235, current 0.300,
+gated-0.1 0.530, gated-0.3 0.555, frozen-0.3 0.502, mmd-0.3 0.721; critic warm-up current 0.103,
+gated 0.110-0.125, mmd 0.352; FD of 1000 Heun samples ~32 (sampling; 6.4 s per 200 samples).
+Per seed without its base: plain@2N 2000 steps 470 s, current 321 s, gated 552 + 580 s, frozen 502 s,
+mmd 791 s, 8 FD scores 256 s: ~3,500 s, ~1.0 core-hour; 5 seeds ~4.8 core-hours. Bases: 0.265 s x B
+per seed, 5 seeds: 1.8 core-hours at B = 4800, 3.5 at B = 9600; `--stage converge` (seed 0's base
+run to 9600 plus 10 FD scores) ~0.8 of those. Total ~6.6-8.3 core-hours of this machine's CPU time;
+seeds are independent processes (`--stage seed`), so ~1.5 h wall on 5 free cores. GPU: not
+estimated (no accelerator was available to measure on); at 8x8 images and batch 64 the step is
+launch-bound, so a GPU's gain per step cannot be inferred from CPU figures.
+Convergence not measured: `--stage converge` ran 11 minutes at load 18-24 (the FD classifier first) and reached step 60 of
+600 (about 7 % of a core), so it was stopped. What is known: seed 0's plain FD fell 6.48 -> 4.08
+between 1300 and 2200 total steps (issue 28's review), 4x the resampling noise of the 100-step study
+(0.56): the 1200-step bases were not converged, and B >= 2400.
 """
 
 from __future__ import annotations
@@ -81,7 +122,6 @@ from raygen.models import load_denoiser
 from raygen.train_loop import TrainState, _read_checkpoint, seeded
 
 BASE_STEPS, STEPS, SAMPLES, SEEDS = 1200, 100, 500, 3
-CONVERGED_BASE = 4800  # issue 28's plan: see the docstring's measurement
 METRICS = ("fd", "kid", "precision", "recall")
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}  # t_{0.975, df}
 
@@ -363,6 +403,9 @@ def cost(seed: int, root: Path, base_steps: int, k: int, warmup: int, arms) -> d
     out = {"load_average_before": os.getloadavg(), "threads": torch.get_num_threads(), "k": k, "warmup": warmup}
     t0 = time.perf_counter()
     ckpt = train_base(seed, base_steps, root)
+    later = [c.name for c in ckpt.parent.glob("checkpoint_*") if int(c.name.split("_")[1]) > base_steps]
+    if later:  # the extension below would resume from those and time fewer than k steps
+        raise SystemExit(f"{ckpt.parent} already has {later}: time the cost in a fresh --workdir")
     c1, t1 = time.process_time(), time.perf_counter()
     train_base(seed, base_steps + k, root)  # k more base steps (extends the run; includes one checkpoint save)
     out["base"] = {"cpu_s_per_step": (time.process_time() - c1) / k, "wall_s_per_step": (time.perf_counter() - t1) / k}
@@ -381,11 +424,24 @@ def cost(seed: int, root: Path, base_steps: int, k: int, warmup: int, arms) -> d
     return out
 
 
+def converged_base(seed: int = 0) -> int:
+    """The shortest base that `--stage converge` found converged (FD(2B) − FD(B) within the resampling
+    noise) for `seed`; the converged study stops here if that has not been measured."""
+    path = RESULTS / f"sadm_converge_seed{seed}.json"
+    rows = json.loads(path.read_text())["rows"] if path.exists() else []
+    done = [r["base_steps"] for r in rows if r.get("within_noise")]
+    if not done:
+        raise SystemExit(f"no converged base recorded in {path}: run `--converged --stage converge --base-steps 9600` "
+                         "first (or pass --base-steps)")
+    return done[0]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--converged", action="store_true",
-                   help="issue 28's protocol: CONVERGED_BASE-step bases, 1000 fine-tuning steps, 5 seeds, "
+                   help="issue 28's protocol: bases of the length --stage converge found converged, 1000 "
+                        "fine-tuning steps, 5 seeds, "
                         "critic warm-up 200, every arm incl. mmd-0.3, 1000 samples")
     p.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "raygen_sadm_study"),
                    help="base checkpoints and per-seed results are kept here and reused")
@@ -406,10 +462,13 @@ def main() -> None:
     if args.quick:
         base_steps, steps, n, n_seeds, warmup, arm_names = 60, 20, 200, 2, 0, [a.name for a in ARMS]
     elif args.converged:
-        base_steps, steps, n, n_seeds, warmup, arm_names = CONVERGED_BASE, 1000, 1000, 5, 200, list(ALL_ARMS)
+        base_steps, steps, n, n_seeds, warmup, arm_names = None, 1000, 1000, 5, 200, list(ALL_ARMS)
     else:
         base_steps, steps, n, n_seeds, warmup, arm_names = BASE_STEPS, STEPS, SAMPLES, SEEDS, 0, [a.name for a in ARMS]
-    base_steps = args.base_steps or base_steps
+    if args.base_steps:
+        base_steps = args.base_steps
+    elif base_steps is None:  # converge: the longest base tried; cost: the shortest
+        base_steps = {"converge": 9600, "cost": args.first}.get(args.stage) or converged_base()
     steps, n, n_seeds = args.steps or steps, args.samples or n, args.seeds or n_seeds
     warmup = warmup if args.critic_warmup is None else args.critic_warmup
     arm_names = arm_names if not args.arms else list(ALL_ARMS) if args.arms == "all" else args.arms.split(",")
