@@ -122,3 +122,14 @@ def write_zoo_part(store, chunk, chunks, arch, layout_names=None):
             "test_acc": [0.5] * len(ids)}
     meta = {"arch": arch, "layout": layout.to_dict(), "base": None, "tasks": {"0": {"family": "digits"}}}
     store.write(chunk, params_table(cols), chunks, meta)
+
+
+def bucket_objects(uri: str) -> list[str]:
+    """The files under a run directory URI (a bucket or a local path), relative to it, through pyarrow."""
+    from pyarrow import fs as pafs
+
+    from raygen import storage
+
+    loc = storage.resolve(uri)
+    return sorted(i.path[len(loc.path) + 1:] for i in loc.fs.get_file_info(pafs.FileSelector(loc.path, recursive=True))
+                  if i.type == pafs.FileType.File)

@@ -1,5 +1,5 @@
 """`raygen weightgen` under failures: a SIGKILLed zoo worker process, and a SIGKILLed Ray Train worker of the
-autoencoder stage on 2 simulated nodes (tiny budgets)."""
+autoencoder stage (tiny budgets; the same kill on 2 simulated nodes is tests/test_workloads_train.py's)."""
 
 import json
 
@@ -11,11 +11,9 @@ from raygen.parts import Chunks, PartStore
 from raygen.weightgen.store import read_zoo
 from raygen.weightgen.train import load_autoencoder, train_autoencoder
 from raygen.workloads import weightgen, zoo
-from tests import helpers
 from tests.helpers import ZOO_ARCH, kill_mid_run, task_workers, write_zoo_part
 
 pytestmark = pytest.mark.ray
-two_node_cluster = helpers.two_node_cluster
 
 ZOO = dict(mode="tasks", task_family="subset", zoo_tasks=2, classes_per_task=3, seeds=4, member_steps=30)
 
@@ -40,7 +38,7 @@ def test_killed_zoo_worker_still_gives_every_member_exactly_once(ray_local, tmp_
         assert np.array_equal(cols[k], v), k
 
 
-def test_killed_autoencoder_worker_resumes_from_last_checkpoint(two_node_cluster, tmp_path):
+def test_killed_autoencoder_worker_resumes_from_last_checkpoint(ray_local, tmp_path):
     zoo = PartStore.at(str(tmp_path / "zoo"), "model_id")
     write_zoo_part(zoo, 0, Chunks(16, 16), ZOO_ARCH, ["head.weight", "head.bias"])
     cfg = weightgen.WeightgenConfig.from_dict({"latent_dim": 4, "ae_hidden": 16, "ae_steps": 300, "ae_batch": 8,
