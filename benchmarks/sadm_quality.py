@@ -295,9 +295,13 @@ def run_seed(seed: int, ckpt: Path, base_steps: int, steps: int, n: int, classif
         models, logs[arm.name] = finetune(arm, ckpt, seed, base_steps, snaps[-1], snaps, critic_warmup,
                                           log_every=max(steps // 10, 1))
         train_s = time.perf_counter() - t0
-        res[arm.name] = {**score(models[steps], seed, 10_000 + seed, n, classifier, real), "train_s": train_s}
+        moved = {row["step"]: {k: v for k, v in row.items() if k.startswith("move_")}
+                 for row in logs[arm.name] if "step" in row}
+        res[arm.name] = {**score(models[steps], seed, 10_000 + seed, n, classifier, real), "train_s": train_s,
+                         "movement": moved[steps]}
         if arm.form == "plain":
-            res["plain@2N"] = {**score(models[2 * steps], seed, 10_000 + seed, n, classifier, real), "train_s": train_s}
+            res["plain@2N"] = {**score(models[2 * steps], seed, 10_000 + seed, n, classifier, real), "train_s": train_s,
+                               "movement": moved[2 * steps]}
             res["plain_resampled"] = score(models[steps], seed, 20_000 + seed, n, classifier, real)
         print(f"seed {seed} {arm.name}: fd {res[arm.name]['fd']:.3f}  ({train_s:.0f} s)", flush=True)
     return {"results": res, "logs": logs}
@@ -340,6 +344,12 @@ def report(per_seed: list[dict], floor: float, meta: dict) -> dict:
             line += f"{d2['dfd']['mean']:>+8.3f} [{d2['dfd']['lo']:+.3f}, {d2['dfd']['hi']:+.3f}]"
             line += f"  {d1['improves']}/{d2['improves']}"
         print(line)
+    if all("movement" in r[a] for r in per_seed for a in arms):  # runs before issue 28 did not log it
+        print("output movement from the base EMA at the evaluated step, RMS of dD(x_sigma, sigma), mean over seeds:")
+        for a in arms:
+            keys = list(per_seed[0][a]["movement"])
+            print(f"{a:<12}" + "  ".join(f"{k[5:]}: {statistics.mean(r[a]['movement'][k] for r in per_seed):.4f}"
+                                         for k in keys))
     return {**meta, "real_floor_fd": floor, "resampling_abs_dfd": resampling, "summary": summary,
             "decisions": decisions}
 
@@ -397,7 +407,7 @@ def converge(seed: int, root: Path, first: int, last: int, n: int, classifier, r
 
 
 def cost(seed: int, root: Path, base_steps: int, k: int, warmup: int, arms) -> dict:
-    """CPU seconds per step (this process, one thread: what a step costs on a quiet core) of base
+    """CPU seconds per step (this process, one thread; less load-dependent than wall time) of base
     training and of every arm's fine-tuning and critic warm-up, from k steps and `warmup` warm-up
     steps; wall seconds and the load average beside them (the machine is shared)."""
     out = {"load_average_before": os.getloadavg(), "threads": torch.get_num_threads(), "k": k, "warmup": warmup}
