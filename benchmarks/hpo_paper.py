@@ -52,9 +52,17 @@ Result, main (2026-12-04, 165 runs, load average 8-20 on 2 cores): C1 pooled +0.
 holds, "Nyström better than CG" holds for textbook CG, not for the reference CG. ρ spread 0.008 /
 0.004 / 0.002 (robust), reference CG's α spread 0.022 / 0.018 / 0.015. Premise not met: median
 ‖θ_T − θ*‖ / ‖θ_0 − θ*‖ = 0.22 (gradient-norm ratio 0.007).
-Result, per_class at imbalance 100 only (machine time), 5 seeds: C1 +0.003 [−0.013, +0.019], C2 −0.003
-[−0.010, +0.004], both not resolved; comparable accuracy not established; distance ratio 0.18.
-reference_protocol: not run yet.
+Result, per_class (imbalance 100 on 2026-12-04 ~18:00, 200 and 50 added 2026-12-05 00:19-00:26 with
+--workers 2 at load average 12-23; 60 runs, 5 seeds): C1 pooled +0.002 [−0.004, +0.007] (7/15) not
+resolved; C2 −0.006 [−0.009, −0.003] (1/15) worse, inside the margin: comparable accuracy holds, "Nyström
+better than CG" does not; C5 +0.040 [+0.035, +0.045]. Premise not met: distance ratio 0.18 (gradient-norm
+ratio 0.004). (At imbalance 100 alone, 5 seeds: C1 +0.003 [−0.013, +0.019], C2 −0.003 [−0.010, +0.004].)
+Result, reference_protocol (2026-12-04 23:23 - 2026-12-05 00:26, 60 runs, 1 worker, 3,762 s, load average
+0.5 at the start, 17-37 during): C1 pooled +0.028 [+0.020, +0.036] (15/15) better, at every imbalance;
+C2 −0.006 [−0.011, −0.001] (4/15) worse (−0.013 [−0.025, −0.001] at 200, not resolved at 100 and 50):
+its lower end is 0.0006 past the margin, so comparable accuracy is NOT established by the rule; C5
++0.175 [+0.160, +0.189], C6 +0.147 [+0.136, +0.158]. Premise not met, further than in main: median
+distance ratio 0.57, gradient-norm ratio 0.067 (‖∇θ f‖ ≈ 0.12-0.13 at every hypergradient point).
 
     .venv/bin/python benchmarks/hpo_paper.py [--quick] [--setup main|per_class|reference_protocol] [--workers 2] [--imbalances 200,100,50]
 writes benchmarks/results/hpo_paper_<setup>[_quick].json and prints a table. Each finished run is
