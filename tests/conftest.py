@@ -22,6 +22,10 @@ import pytest
 from tests.helpers import free_port
 
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+# Ray Train's controller polls its workers every 2 s by default, so each run ends (and each killed
+# worker is noticed) up to 2 s late; a missed poll is only an error after 10 min, so polling more often
+# in tests changes no outcome. Set before any Ray starts: Ray Train passes it on to its controller.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 # Credentials for the local S3 server; set before any Ray starts so that its workers inherit them.
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")

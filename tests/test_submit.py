@@ -229,17 +229,21 @@ def test_multi_node_cluster_refuses_node_local_storage(cluster, tmp_path):
     assert "node-local but this cluster has 2 nodes" in result.stderr
 
 
-def test_submit_succeeds_and_writes_the_run_dir(cluster, tmp_path):
-    env = {**cluster["env"], "RAY_API_SERVER_ADDRESS": cluster["address"], "RAYGEN_SHARED_STORAGE": str(tmp_path)}
-    result = raygen(cluster, "submit", "jobs/sample_mog.yaml", "--set", "n_samples=200",
-                    "--set", f"storage_path={tmp_path}", env=env)
+def test_submit_succeeds_and_writes_the_run_dir_in_a_bucket(cluster, bucket, tmp_path):
+    """One submission checks both the job path and bucket storage (the storage a multi-node cluster
+    needs); local shared storage (RAYGEN_SHARED_STORAGE) is submitted by the failing and stopped jobs below."""
+    from raygen import storage
+
+    result = raygen(cluster, "submit", "jobs/sample_mog.yaml", "--set", "n_samples=100", "--set", "chunk_size=50",
+                    "--set", f"storage_path={bucket}", env={**cluster["env"], "RAY_API_SERVER_ADDRESS": cluster["address"]})
     assert result.returncode == 0, result.stdout + result.stderr
     assert_quiet(result.stdout + result.stderr)
     job_id = result.stdout.split("job ", 1)[1].split()[0]
     assert f"job {job_id} SUCCEEDED" in result.stdout
-    run_dir = tmp_path / "sample_mog"
-    assert (run_dir / "config.json").is_file() and (run_dir / "report.json").is_file()
-    assert list((run_dir / "samples").glob("*.parquet"))
+    run = storage.resolve(storage.join(bucket, "sample_mog"))
+    assert storage.exists(run.child("config.json")) and storage.exists(run.child("report.json"))
+    assert len([n for n in storage.listdir(run.child("samples")) if n.endswith(".parquet")]) == 2
+    assert not (ROOT / "s3:").exists() and not (tmp_path / "s3:").exists()
     logs = raygen(cluster, "jobs", "logs", job_id)
     assert logs.returncode == 0 and "done: sample run 'sample_mog'" in logs.stdout
     listed = raygen(cluster, "jobs", "list")
@@ -250,18 +254,6 @@ def assert_quiet(output: str) -> None:
     """A default run shows raygen's lines only: no library warnings, SDK INFO logs or C++ core-worker lines."""
     noisy = [line for line in output.splitlines() if any(w in line for w in ("Warning", "INFO", "core_worker"))]
     assert not noisy, noisy
-
-
-def test_submit_with_bucket_storage(cluster, bucket, tmp_path):
-    from raygen import storage
-
-    result = raygen(cluster, "submit", "jobs/sample_mog.yaml", "--set", "n_samples=100", "--set", "chunk_size=50",
-                    "--set", f"storage_path={bucket}", env={**cluster["env"], "RAY_API_SERVER_ADDRESS": cluster["address"]})
-    assert result.returncode == 0, result.stdout + result.stderr
-    run = storage.resolve(storage.join(bucket, "sample_mog"))
-    assert storage.exists(run.child("report.json"))
-    assert len([n for n in storage.listdir(run.child("samples")) if n.endswith(".parquet")]) == 2
-    assert not (ROOT / "s3:").exists() and not (tmp_path / "s3:").exists()
 
 
 def test_failing_job_exits_nonzero_with_the_jobs_error(cluster, tmp_path):

@@ -1,5 +1,6 @@
 """`raygen weightgen` under failures: a SIGKILLed zoo worker process, and a SIGKILLed Ray Train worker of the
-autoencoder stage (tiny budgets; the same kill on 2 simulated nodes is tests/test_workloads_train.py's)."""
+autoencoder stage, 2 workers (DDP through the loss-as-forward; tiny budgets; the same kill on 2 simulated
+nodes is tests/test_workloads_train.py's)."""
 
 import json
 
@@ -55,5 +56,6 @@ def test_killed_autoencoder_worker_resumes_from_last_checkpoint(ray_local, tmp_p
     assert final["step"] == 300 and final["resumed_from"] in (100, 200)  # from a checkpoint, not from step 0
     steps = [json.loads(line)["step"] for line in (tmp_path / "ae" / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 301))  # the curve continues without gaps or repeats
-    ae, norm, _ = load_autoencoder(uri)
-    assert ae.decode(torch.zeros(1, 4)).shape == (1, norm.layout.numel)
+    ae, norm, _ = load_autoencoder(uri)  # DDP's checkpoint (loss-as-forward on 2 workers) read back
+    assert norm.layout.numel == 170 and ae.decode(torch.zeros(1, 4)).shape == (1, 170)
+    assert weightgen._train_stage(stage, train_autoencoder, False) == uri  # a re-run finds the finished stage

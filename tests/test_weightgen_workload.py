@@ -14,7 +14,6 @@ from raygen.weightgen.zoo import build_classifier, task_splits, zoo_splits
 from raygen.workloads import weightgen, zoo
 from raygen.workloads.weightgen import WeightgenConfig
 from raygen.weightgen.store import read_zoo
-from raygen.weightgen.train import load_autoencoder, train_autoencoder
 from tests.helpers import ZOO_ARCH, write_zoo_part
 
 TINY = dict(mode="tasks", task_family="subset", zoo_tasks=2, heldout_tasks=[7], classes_per_task=3, seeds=2,
@@ -117,23 +116,3 @@ def test_heldout_task_in_zoo_is_refused(tmp_path):
     assert not list(tmp_path.iterdir())
     with pytest.raises(UserError, match="trajectory mode collects one task"):
         WeightgenConfig.from_dict({"zoo_tasks": 3})
-
-
-def test_autoencoder_trains_on_two_ray_train_workers(ray_local, tmp_path):
-    """The AE stage under TorchTrainer (2 workers, DDP through the loss-as-forward), its checkpoint
-    read back; the diffusion stage runs the same scaffold path (in process in the end-to-end test)."""
-    zoo = PartStore.at(str(tmp_path / "zoo"), "model_id")
-    chunks = Chunks(16, 8)
-    for c in range(2):
-        write_zoo_part(zoo, c, chunks, ZOO_ARCH, ["head.weight", "head.bias"])
-    cfg = WeightgenConfig.from_dict({"name": "r", "latent_dim": 4, "ae_hidden": 16, "ae_steps": 4, "ae_batch": 8,
-                                     "train_workers": 2, "log_every": 2})
-    stage = weightgen.stage_config(cfg, "ae", str(tmp_path / "runs"), zoo.uri)
-    ae_uri = weightgen._train_stage(stage, train_autoencoder, False)
-    assert ae_uri.endswith("checkpoint_000004")
-    ae, norm, _ = load_autoencoder(ae_uri)
-    assert norm.layout.numel == 170 and ae.decode(torch.zeros(1, 4)).shape == (1, 170)
-    metrics = [json.loads(line) for line in (tmp_path / "runs" / "ae" / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in metrics] == [2, 4]
-    # a re-run finds the finished stage and trains nothing
-    assert weightgen._train_stage(stage, train_autoencoder, False) == ae_uri
