@@ -39,6 +39,12 @@ model, the trajectories, the autoencoder, the diffusion and the generation seeds
     1 of 3 seeds); reconstructions' sd 0.62 / 0.80 / 1.05 vs 0.64 / 0.81 / 1.01 (corr 0.97-0.99);
     wrong-prediction IoU generated 0.914 vs originals 0.896.
 
+    Added in the eighth session, before its runs: the latent diffusion now standardises each latent
+    dimension by its own spread over the zoo (`latent_scale: dim`, the new default; the results
+    above used one scalar). Both regimes re-run with it, 3 seeds each, arms `--only pdiff --tag dim`
+    and `--only pdiff --tag adamw_dim` (with the AdamW keys above): the same rules decide, reported
+    beside the scalar-noise results, which stand as measured.
+
 D2NWG (jobs/weightgen_tasks.yaml, held-out class-subset tasks, seeds 0, 1, 2):
     r = steps_to_90(generated init) / steps_to_90(random init)  (steps to 90% of each curve's
         final accuracy, curves averaged over `finetune_models` inits and the held-out tasks)
