@@ -44,6 +44,10 @@ model, the trajectories, the autoencoder, the diffusion and the generation seeds
     above used one scalar). Both regimes re-run with it, 3 seeds each, arms `--only pdiff --tag dim`
     and `--only pdiff --tag adamw_dim` (with the AdamW keys above): the same rules decide, reported
     beside the scalar-noise results, which stand as measured.
+    Result (2 quiet cores, 357 s and 298 s): SGD SUPPORTED, d_mean -0.01 (CI -0.08..+0.07), d_max
+    0.00 on every seed, wrong-prediction IoU 0.983 vs originals 0.984. AdamW SUPPORTED at the rule's
+    edge: d_max +0.20 / -0.20 / 0.00 (one test image is 0.198 points; the scalar model had -0.40),
+    d_mean +0.13 (CI -0.23..+0.50), exceeds on 1 of 3 seeds.
 
 D2NWG (jobs/weightgen_tasks.yaml, held-out class-subset tasks, seeds 0, 1, 2):
     r = steps_to_90(generated init) / steps_to_90(random init)  (steps to 90% of each curve's
