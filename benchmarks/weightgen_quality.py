@@ -127,6 +127,11 @@ D2NWG (jobs/weightgen_tasks.yaml, held-out class-subset tasks, seeds 0, 1, 2):
     38.3 %, best-of-N 43.1 -> 47.8 %, retrieval 49.5 -> 70.0 %: the larger zoo helps retrieval
     most. Latent per-dimension std 2.26..3.74. Zoo: 1,586 s for 200 members (7.9 s each), so
     5 members x 100 tasks is ~66 min per seed: not run. Run: 1,920 s after the zoo.
+    Seeds 1 and 2 (eighth session; seed 2 on 2 quiet cores: zoo 259 s, run ~9 min), all 3 seeds:
+    retrieval 63.9 % vs generated best-of-20 44.7 % (top-3 43.3 %, all draws 33.7 %, CI 22.0..45.4):
+    -19.15 points (CI -28.27..-10.03; -22.17 / -20.22 / -15.06): DOES NOT BEAT RETRIEVAL. Zero-shot
+    above max(chance, every zoo model) +13.68 (CI +1.97..+25.38): TRANSFERS. Zoo tasks -11.77 (CI
+    -14.57..-8.98): DOES NOT. Fine-tuning r = 0.40 / 0.43 / 0.62: NOT SUPPORTED (needs every seed).
 
 What was wrong in the first session's D2NWG run (generated weights at chance even on zoo tasks),
 diagnosed on a 30-task zoo with scripts (seed 0, 10 samples per task):
