@@ -103,12 +103,12 @@ def load_splits(source: str) -> dict[tuple[str, int], tuple[tuple[int, ...], tup
     if not path.is_file():
         raise UserError(f"{where}: no such file; give a CSV of target,split,year,role or one of "
                         f"{', '.join(SHIPPED_SPLITS)}")
-    head = path.read_bytes()[:2]
-    if head[:1] == b"\x80" or path.suffix in (".dill", ".pkl", ".pickle"):
+    data = path.read_bytes()
+    if data[:1] == b"\x80" or path.suffix in (".dill", ".pkl", ".pickle"):
         raise UserError(f"{where} is a pickle; raygen never unpickles (it can run code): convert it to CSV with "
                         f"{CONVERTER}")
     try:
-        rows = list(csv.reader(path.read_text(encoding="utf-8").splitlines()))
+        rows = list(csv.reader(data.decode("utf-8").splitlines()))
     except UnicodeDecodeError:
         raise UserError(f"{where} is not a text CSV; it needs the columns {','.join(SPLITS_HEADER)}") from None
     if not rows or [c.strip() for c in rows[0]] != SPLITS_HEADER:
@@ -138,8 +138,7 @@ def load_splits(source: str) -> dict[tuple[str, int], tuple[tuple[int, ...], tup
 
 def fixed_split(panel: Panel, target: str, split: int) -> Split:
     """Split `split` of `target` as panel.splits lists it (by year); checked against the panel's years."""
-    if target not in panel.names:
-        raise UserError(f"unknown target domain {target!r}; valid: {', '.join(panel.names)}")
+    t = _target_index(panel, target)
     if (target, split) not in panel.splits:
         have = sorted(s for t, s in panel.splits if t == target)
         raise UserError(f"splits_from has no split {split} for target {target!r} (it has "
@@ -148,18 +147,27 @@ def fixed_split(panel: Panel, target: str, split: int) -> Split:
     if panel.year is None:
         raise UserError("splits_from names rows by year: the gasoline CSV needs a YEAR column")
     train, test = panel.splits[(target, split)]
-    t = panel.names.index(target)
     mine = panel.domain == t
     row_of = {int(y): i for i, y in enumerate(panel.year[mine])}
     if len(row_of) != int(mine.sum()) or sorted(train + test) != sorted(row_of):
         raise UserError(f"splits_from split {split} of {target!r} lists years {sorted(train + test)}, not each of "
                         f"the panel's years for it ({sorted(row_of)}) once")
-    z_target = panel.z[mine]
-    source = ~mine
+    return _hold_out(panel, t, [row_of[y] for y in train], [row_of[y] for y in test])
+
+
+def _target_index(panel: Panel, target: str) -> int:
+    if target not in panel.names:
+        raise UserError(f"unknown target domain {target!r}; valid: {', '.join(panel.names)}")
+    return panel.names.index(target)
+
+
+def _hold_out(panel: Panel, t: int, train, test) -> Split:
+    """Domain t's rows `train` / `test` (indices into its rows) as the target; every other domain a source."""
+    z_target = panel.z[panel.domain == t]
+    source = panel.domain != t
     u = panel.domain[source]
-    return Split(z_source=panel.z[source], u_source=np.where(u > t, u - 1, u),
-                 z_train=z_target[[row_of[y] for y in train]], z_test=z_target[[row_of[y] for y in test]],
-                 z_target=z_target)
+    return Split(z_source=panel.z[source], u_source=np.where(u > t, u - 1, u), z_train=z_target[train],
+                 z_test=z_target[test], z_target=z_target)
 
 
 def _check_domains(names, where: str) -> None:
@@ -236,15 +244,10 @@ def synthetic_panel(rng: np.random.Generator, *, n_sources: int, source_size: in
 
 def split_target(panel: Panel, target: str, n: int, rng: np.random.Generator) -> Split:
     """Hold out `target`; n of its rows (drawn by `rng`) train, the rest test; every other domain is a source."""
-    if target not in panel.names:
-        raise UserError(f"unknown target domain {target!r}; valid: {', '.join(panel.names)}")
-    z_target = panel.rows_of(target)
-    if len(z_target) < n + 1:
-        raise UserError(f"target {target!r} has {len(z_target)} points, fewer than n_train={n} training points plus "
+    t = _target_index(panel, target)
+    size = int((panel.domain == t).sum())
+    if size < n + 1:
+        raise UserError(f"target {target!r} has {size} points, fewer than n_train={n} training points plus "
                         "at least one test point; lower n_train")
-    t = panel.names.index(target)
-    source = panel.domain != t
-    u = panel.domain[source]
-    perm = rng.permutation(len(z_target))
-    return Split(z_source=panel.z[source], u_source=np.where(u > t, u - 1, u), z_train=z_target[perm[:n]],
-                 z_test=z_target[perm[n:]], z_target=z_target)
+    perm = rng.permutation(size)
+    return _hold_out(panel, t, perm[:n], perm[n:])
